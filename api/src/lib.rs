@@ -1,0 +1,33 @@
+//! Tabby's Kubernetes API: the custom resource types, their defaults and their validation rules.
+//!
+//! Everything here is pure: types, schemas, CEL rules and functions over values. Nothing does I/O,
+//! so the operator, the agent, the CLI and the manifest generator all share one definition.
+//!
+//! Two API groups:
+//! - `operator.tabby.dev/v1`: [`Installation`] (what the user asks for) and [`TabbyStatus`] (how it is going).
+//! - `tabby.dev/v1`: the network's own objects, named after their Calico v3 counterparts:
+//!   [`IPPool`], [`IPAMConfig`], [`IPAMBlock`], [`BlockAffinity`], [`IPAMHandle`], [`BGPConfiguration`],
+//!   [`BGPPeer`] and [`NodeStatus`].
+
+pub mod bgp;
+pub mod condition;
+pub mod crds;
+pub mod installation;
+pub mod ipam;
+pub mod names;
+pub mod nodestatus;
+pub mod tabbystatus;
+
+pub use bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec};
+pub use installation::{Installation, InstallationSpec, InstallationStatus};
+pub use ipam::{
+    BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMBlockSpec, IPAMConfig, IPAMConfigSpec, IPAMHandle,
+    IPAMHandleSpec, IPPool, IPPoolSpec,
+};
+pub use nodestatus::{NodeStatus, NodeStatusSpec, NodeStatusStatus};
+pub use tabbystatus::{TabbyStatus, TabbyStatusSpec, TabbyStatusStatus};
+
+/// The API group of the operator's own resources.
+pub const OPERATOR_GROUP: &str = "operator.tabby.dev";
+/// The API group of the network's resources.
+pub const NETWORK_GROUP: &str = "tabby.dev";
