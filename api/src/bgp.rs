@@ -34,26 +34,29 @@ const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h
 pub struct BGPConfigurationSpec {
     /// The AS number of every node (default 64512). 4-octet AS numbers are supported.
     #[serde(default = "default_as_number")]
-    #[schemars(range(min = 1, max = 4294967295u32))]
+    #[schemars(range(min = 1, max = 4294967295u32), extend("format" = "int64"))]
     pub as_number: u32,
     /// Whether every node peers with every other node (default true). Turn it off when using route reflectors.
     #[serde(default = "default_true")]
     pub node_to_node_mesh_enabled: bool,
     /// TCP port the nodes listen on for BGP (default 179).
     #[serde(default = "default_listen_port")]
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(range(min = 1, max = 65535), extend("format" = "int32"))]
     pub listen_port: u16,
     /// BGP log level: Error, Warning, Info (default), Debug.
     #[serde(default = "default_log_severity")]
     pub log_severity_screen: BgpLogSeverity,
     /// Service cluster IP ranges every node advertises.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "serviceClusterIPs")]
+    #[schemars(length(max = 64))]
     pub service_cluster_ips: Vec<ServiceCidr>,
     /// Service external IP ranges every node advertises.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "serviceExternalIPs")]
+    #[schemars(length(max = 64))]
     pub service_external_ips: Vec<ServiceCidr>,
     /// LoadBalancer IP ranges every node advertises.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "serviceLoadBalancerIPs")]
+    #[schemars(length(max = 64))]
     pub service_load_balancer_ips: Vec<ServiceCidr>,
     /// TCP MD5 password of the node-to-node mesh sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,7 +135,12 @@ pub struct BgpPassword {
     plural = "bgppeers",
     doc = "BGPPeer is a BGP session beyond the node-to-node mesh: an external router or selected nodes.",
     printcolumn(name = "PeerIP", type_ = "string", json_path = ".spec.peerIP", description = "The peer's address"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".spec.node", description = "The node that peers (unset: every node)"),
+    printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".spec.node",
+        description = "The node that peers (unset: every node)"
+    ),
     printcolumn(name = "ASN", type_ = "integer", json_path = ".spec.asNumber", description = "The peer's AS number")
 )]
 #[serde(rename_all = "camelCase")]
@@ -157,7 +165,7 @@ pub struct BGPPeerSpec {
     pub peer_selector: Option<String>,
     /// The peer's AS number (required with peerIP; with peerSelector the selected nodes' own AS is used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 4294967295u32))]
+    #[schemars(range(min = 1, max = 4294967295u32), extend("format" = "int64"))]
     pub as_number: Option<u32>,
     /// TCP MD5 password of the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,7 +185,7 @@ pub struct BGPPeerSpec {
     pub next_hop_mode: Option<NextHopMode>,
     /// GTSM: the peer is at most this many hops away (RFC 5082).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 255))]
+    #[schemars(range(min = 1, max = 255), extend("format" = "int32"))]
     pub ttl_security: Option<u8>,
     /// Source address of the session: UseNodeIP (default) or None (let the kernel pick).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -29,11 +29,37 @@ fn default_node_selector() -> String {
     plural = "ippools",
     doc = "IPPool is a range of pod addresses, cut into per-node blocks.",
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr", description = "The pool's range"),
-    printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing", description = "Masquerade traffic leaving the pools"),
-    printcolumn(name = "IPIPMode", type_ = "string", json_path = ".spec.ipipMode", description = "IP-in-IP encapsulation"),
-    printcolumn(name = "VXLANMode", type_ = "string", json_path = ".spec.vxlanMode", description = "VXLAN encapsulation"),
-    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled", description = "No new allocations"),
-    printcolumn(name = "Selector", type_ = "string", json_path = ".spec.nodeSelector", description = "Nodes that may use the pool", priority = 1)
+    printcolumn(
+        name = "NAT",
+        type_ = "boolean",
+        json_path = ".spec.natOutgoing",
+        description = "Masquerade traffic leaving the pools"
+    ),
+    printcolumn(
+        name = "IPIPMode",
+        type_ = "string",
+        json_path = ".spec.ipipMode",
+        description = "IP-in-IP encapsulation"
+    ),
+    printcolumn(
+        name = "VXLANMode",
+        type_ = "string",
+        json_path = ".spec.vxlanMode",
+        description = "VXLAN encapsulation"
+    ),
+    printcolumn(
+        name = "Disabled",
+        type_ = "boolean",
+        json_path = ".spec.disabled",
+        description = "No new allocations"
+    ),
+    printcolumn(
+        name = "Selector",
+        type_ = "string",
+        json_path = ".spec.nodeSelector",
+        description = "Nodes that may use the pool",
+        priority = 1
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.blockSize) || !isCIDR(self.cidr) || (cidr(self.cidr).ip().family() == 4 ? (self.blockSize >= 20 && self.blockSize <= 32) : (self.blockSize >= 116 && self.blockSize <= 128))").message("blockSize: must be 20-32 for an IPv4 pool or 116-128 for an IPv6 pool").field_path(".blockSize"))]
@@ -162,7 +188,12 @@ fn default_true() -> bool {
     plural = "ipamblocks",
     doc = "IPAMBlock is one block of a pool: its owner and every allocation in it.",
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr", description = "The block"),
-    printcolumn(name = "Affinity", type_ = "string", json_path = ".spec.affinity", description = "The owning node (host:<node>)")
+    printcolumn(
+        name = "Affinity",
+        type_ = "string",
+        json_path = ".spec.affinity",
+        description = "The owning node (host:<node>)"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPAMBlockSpec {
@@ -212,7 +243,12 @@ pub struct AllocationAttribute {
     doc = "BlockAffinity is a node's claim on a block.",
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.node", description = "The node"),
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr", description = "The block"),
-    printcolumn(name = "State", type_ = "string", json_path = ".spec.state", description = "pending, confirmed or pendingDeletion")
+    printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".spec.state",
+        description = "pending, confirmed or pendingDeletion"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BlockAffinitySpec {

@@ -9,6 +9,10 @@
 //!   [`IPPool`], [`IPAMConfig`], [`IPAMBlock`], [`BlockAffinity`], [`IPAMHandle`], [`BGPConfiguration`],
 //!   [`BGPPeer`] and [`NodeStatus`].
 
+// `#[kube(printcolumn(...), printcolumn(...))]` repeats keys such as `type_` by design; clippy's
+// duplicated-attributes lint reads them as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod bgp;
 pub mod condition;
 pub mod crds;
@@ -21,8 +25,8 @@ pub mod tabbystatus;
 pub use bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec};
 pub use installation::{Installation, InstallationSpec, InstallationStatus};
 pub use ipam::{
-    BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMBlockSpec, IPAMConfig, IPAMConfigSpec, IPAMHandle,
-    IPAMHandleSpec, IPPool, IPPoolSpec,
+    BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMBlockSpec, IPAMConfig, IPAMConfigSpec, IPAMHandle, IPAMHandleSpec,
+    IPPool, IPPoolSpec,
 };
 pub use nodestatus::{NodeStatus, NodeStatusSpec, NodeStatusStatus};
 pub use tabbystatus::{TabbyStatus, TabbyStatusSpec, TabbyStatusStatus};

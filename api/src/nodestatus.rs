@@ -18,10 +18,30 @@ use crate::condition::Condition;
     plural = "nodestatuses",
     status = "NodeStatusStatus",
     doc = "NodeStatus is the state of one node's Tabby agent: conditions, BGP peers, blocks, routes and MTU.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "The node's pod network works"),
-    printcolumn(name = "Address", type_ = "string", json_path = ".status.addressV4", description = "The node's IPv4 address"),
-    printcolumn(name = "MTU", type_ = "integer", json_path = ".status.mtu", description = "Pod interface MTU on this node"),
-    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.lastHeartbeat", description = "When the agent last reported")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "The node's pod network works"
+    ),
+    printcolumn(
+        name = "Address",
+        type_ = "string",
+        json_path = ".status.addressV4",
+        description = "The node's IPv4 address"
+    ),
+    printcolumn(
+        name = "MTU",
+        type_ = "integer",
+        json_path = ".status.mtu",
+        description = "Pod interface MTU on this node"
+    ),
+    printcolumn(
+        name = "Heartbeat",
+        type_ = "date",
+        json_path = ".status.lastHeartbeat",
+        description = "When the agent last reported"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatusSpec {

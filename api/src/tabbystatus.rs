@@ -17,10 +17,30 @@ use crate::condition::Condition;
     plural = "tabbystatuses",
     status = "TabbyStatusStatus",
     doc = "TabbyStatus reports whether a Tabby component is Available, Progressing or Degraded.",
-    printcolumn(name = "Available", type_ = "string", json_path = ".status.conditions[?(@.type==\"Available\")].status", description = "The component works"),
-    printcolumn(name = "Progressing", type_ = "string", json_path = ".status.conditions[?(@.type==\"Progressing\")].status", description = "A change is rolling out"),
-    printcolumn(name = "Degraded", type_ = "string", json_path = ".status.conditions[?(@.type==\"Degraded\")].status", description = "Something needs attention"),
-    printcolumn(name = "Since", type_ = "date", json_path = ".status.conditions[?(@.type==\"Available\")].lastTransitionTime", description = "When Available last changed")
+    printcolumn(
+        name = "Available",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Available\")].status",
+        description = "The component works"
+    ),
+    printcolumn(
+        name = "Progressing",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Progressing\")].status",
+        description = "A change is rolling out"
+    ),
+    printcolumn(
+        name = "Degraded",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].status",
+        description = "Something needs attention"
+    ),
+    printcolumn(
+        name = "Since",
+        type_ = "date",
+        json_path = ".status.conditions[?(@.type==\"Available\")].lastTransitionTime",
+        description = "When Available last changed"
+    )
 )]
 pub struct TabbyStatusSpec {}
 

@@ -154,8 +154,8 @@ fn every_crd_generates_and_is_structural() {
         assert!(json.len() < 262_144 / 2, "{} is {} bytes", crd.metadata.name.as_deref().unwrap(), json.len());
         let version = &crd.spec.versions[0];
         assert!(version.served && version.storage);
-        let schema = serde_json::to_value(version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap())
-            .unwrap();
+        let schema =
+            serde_json::to_value(version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
         assert_structural(&schema, "");
         assert_eq!(crd.spec.scope, "Cluster", "{} should be cluster-scoped", crd.spec.names.kind);
     }
