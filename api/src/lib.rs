@@ -13,6 +13,7 @@
 // duplicated-attributes lint reads them as duplicates.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod agentenv;
 pub mod bgp;
 pub mod condition;
 pub mod crds;
