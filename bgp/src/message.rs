@@ -39,12 +39,7 @@ impl Open {
         if !caps.iter().any(|c| matches!(c, Capability::FourOctetAs(_))) {
             caps.push(Capability::FourOctetAs(asn));
         }
-        Open {
-            my_as,
-            hold_time,
-            router_id,
-            capabilities: caps,
-        }
+        Open { my_as, hold_time, router_id, capabilities: caps }
     }
 
     /// The sender's AS: from the 4-octet AS capability when present.
@@ -70,11 +65,7 @@ impl Open {
                 _ => None,
             })
             .collect();
-        if !self
-            .capabilities
-            .iter()
-            .any(|c| matches!(c, Capability::Multiprotocol { .. }))
-        {
+        if !self.capabilities.iter().any(|c| matches!(c, Capability::Multiprotocol { .. })) {
             out.push(Family::Ipv4Unicast);
         }
         out.sort();
@@ -92,9 +83,7 @@ impl Open {
 
     /// True if route refresh is advertised.
     pub fn route_refresh(&self) -> bool {
-        self.capabilities
-            .iter()
-            .any(|c| matches!(c, Capability::RouteRefresh))
+        self.capabilities.iter().any(|c| matches!(c, Capability::RouteRefresh))
     }
 }
 
@@ -178,14 +167,7 @@ pub struct AsPath(pub Vec<Segment>);
 impl AsPath {
     /// A path made of one AS_SEQUENCE.
     pub fn sequence(asns: Vec<u32>) -> AsPath {
-        if asns.is_empty() {
-            AsPath(Vec::new())
-        } else {
-            AsPath(vec![Segment {
-                kind: SegmentKind::Sequence,
-                asns,
-            }])
-        }
+        if asns.is_empty() { AsPath(Vec::new()) } else { AsPath(vec![Segment { kind: SegmentKind::Sequence, asns }]) }
     }
 
     /// Path length for best path selection: an AS_SET counts 1, confederation segments 0.
@@ -217,16 +199,8 @@ impl AsPath {
     pub fn prepend(&self, asn: u32) -> AsPath {
         let mut segs = self.0.clone();
         match segs.first_mut() {
-            Some(s) if s.kind == SegmentKind::Sequence && s.asns.len() < 255 => {
-                s.asns.insert(0, asn)
-            }
-            _ => segs.insert(
-                0,
-                Segment {
-                    kind: SegmentKind::Sequence,
-                    asns: vec![asn],
-                },
-            ),
+            Some(s) if s.kind == SegmentKind::Sequence && s.asns.len() < 255 => s.asns.insert(0, asn),
+            _ => segs.insert(0, Segment { kind: SegmentKind::Sequence, asns: vec![asn] }),
         }
         AsPath(segs)
     }
@@ -336,13 +310,7 @@ impl Update {
     pub fn end_of_rib(family: Family) -> Update {
         match family {
             Family::Ipv4Unicast => Update::default(),
-            f => Update {
-                mp_unreach: Some(MpUnreach {
-                    family: f,
-                    withdrawn: Vec::new(),
-                }),
-                ..Update::default()
-            },
+            f => Update { mp_unreach: Some(MpUnreach { family: f, withdrawn: Vec::new() }), ..Update::default() },
         }
     }
 
@@ -363,16 +331,12 @@ impl Update {
 
     /// All prefixes announced by this UPDATE.
     pub fn announced(&self) -> impl Iterator<Item = &Prefix> {
-        self.nlri
-            .iter()
-            .chain(self.mp_reach.iter().flat_map(|m| m.nlri.iter()))
+        self.nlri.iter().chain(self.mp_reach.iter().flat_map(|m| m.nlri.iter()))
     }
 
     /// All prefixes withdrawn by this UPDATE (not counting treat-as-withdraw).
     pub fn withdrawn_all(&self) -> impl Iterator<Item = &Prefix> {
-        self.withdrawn
-            .iter()
-            .chain(self.mp_unreach.iter().flat_map(|m| m.withdrawn.iter()))
+        self.withdrawn.iter().chain(self.mp_unreach.iter().flat_map(|m| m.withdrawn.iter()))
     }
 }
 
@@ -390,11 +354,7 @@ pub struct Notification {
 impl Notification {
     /// A notification without data.
     pub fn new(code: u8, subcode: u8) -> Notification {
-        Notification {
-            code,
-            subcode,
-            data: Vec::new(),
-        }
+        Notification { code, subcode, data: Vec::new() }
     }
 }
 

@@ -66,21 +66,11 @@ impl Prefix {
         match addr {
             IpAddr::V4(a) if len <= 32 => {
                 let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                Some(Prefix {
-                    addr: IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)),
-                    len,
-                })
+                Some(Prefix { addr: IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask)), len })
             }
             IpAddr::V6(a) if len <= 128 => {
-                let mask = if len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - len)
-                };
-                Some(Prefix {
-                    addr: IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)),
-                    len,
-                })
+                let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                Some(Prefix { addr: IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), len })
             }
             _ => None,
         }

@@ -7,51 +7,34 @@ use tabby_bgp::codec::{self, Ctx};
 use tabby_bgp::*;
 
 fn prefix_v4() -> impl Strategy<Value = Prefix> {
-    (any::<u32>(), 0u8..=32)
-        .prop_map(|(a, l)| Prefix::new(IpAddr::V4(Ipv4Addr::from(a)), l).unwrap())
+    (any::<u32>(), 0u8..=32).prop_map(|(a, l)| Prefix::new(IpAddr::V4(Ipv4Addr::from(a)), l).unwrap())
 }
 
 fn prefix_v6() -> impl Strategy<Value = Prefix> {
-    (any::<u128>(), 0u8..=128)
-        .prop_map(|(a, l)| Prefix::new(IpAddr::V6(Ipv6Addr::from(a)), l).unwrap())
+    (any::<u128>(), 0u8..=128).prop_map(|(a, l)| Prefix::new(IpAddr::V6(Ipv6Addr::from(a)), l).unwrap())
 }
 
 fn segment(confed: bool) -> impl Strategy<Value = Segment> {
     let kinds = if confed {
-        vec![
-            SegmentKind::Set,
-            SegmentKind::Sequence,
-            SegmentKind::ConfedSequence,
-            SegmentKind::ConfedSet,
-        ]
+        vec![SegmentKind::Set, SegmentKind::Sequence, SegmentKind::ConfedSequence, SegmentKind::ConfedSet]
     } else {
         vec![SegmentKind::Set, SegmentKind::Sequence]
     };
-    (
-        proptest::sample::select(kinds),
-        prop::collection::vec(any::<u32>(), 1..8),
-    )
+    (proptest::sample::select(kinds), prop::collection::vec(any::<u32>(), 1..8))
         .prop_map(|(kind, asns)| Segment { kind, asns })
 }
 
 fn attrs(four: bool) -> impl Strategy<Value = PathAttrs> {
-    let unknown_code = any::<u8>().prop_filter("unknown code", |c| {
-        ![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 17, 18].contains(c)
-    });
+    let unknown_code =
+        any::<u8>().prop_filter("unknown code", |c| ![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 17, 18].contains(c));
     (
         (
-            proptest::option::of(proptest::sample::select(vec![
-                Origin::Igp,
-                Origin::Egp,
-                Origin::Incomplete,
-            ])),
+            proptest::option::of(proptest::sample::select(vec![Origin::Igp, Origin::Egp, Origin::Incomplete])),
             proptest::option::of(prop::collection::vec(segment(four), 0..4).prop_map(AsPath)),
             proptest::option::of(
                 any::<u32>()
                     .prop_map(Ipv4Addr::from)
-                    .prop_filter("valid nh", |a| {
-                        !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast()
-                    }),
+                    .prop_filter("valid nh", |a| !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast()),
             ),
             proptest::option::of(any::<u32>()),
             proptest::option::of(any::<u32>()),
@@ -63,16 +46,9 @@ fn attrs(four: bool) -> impl Strategy<Value = PathAttrs> {
             proptest::option::of(any::<u32>().prop_map(Ipv4Addr::from)),
             prop::collection::vec(any::<u32>().prop_map(Ipv4Addr::from), 0..4),
             prop::collection::vec(
-                (
-                    unknown_code,
-                    any::<bool>(),
-                    prop::collection::vec(any::<u8>(), 0..300),
-                )
-                    .prop_map(|(code, partial, value)| RawAttr {
-                        flags: 0xc0 | if partial { 0x20 } else { 0 },
-                        code,
-                        value,
-                    }),
+                (unknown_code, any::<bool>(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(
+                    |(code, partial, value)| RawAttr { flags: 0xc0 | if partial { 0x20 } else { 0 }, code, value },
+                ),
                 0..3,
             ),
         ),
@@ -87,13 +63,7 @@ fn attrs(four: bool) -> impl Strategy<Value = PathAttrs> {
                 unknown.retain(|u| seen.insert(u.code));
                 // On 2-octet sessions an AGGREGATOR with a real 2-octet AS makes AS4_PATH ignored
                 // (RFC 6793 §4.2.3), so only generate 4-octet or AS_TRANS aggregators there.
-                let aggregator = aggregator.map(|(a, ip)| {
-                    if four || a > 0xffff {
-                        (a, ip)
-                    } else {
-                        (0x10000 | a, ip)
-                    }
-                });
+                let aggregator = aggregator.map(|(a, ip)| if four || a > 0xffff { (a, ip) } else { (0x10000 | a, ip) });
                 PathAttrs {
                     origin,
                     as_path,
@@ -124,39 +94,25 @@ fn update(four: bool) -> impl Strategy<Value = Update> {
                     nlri,
                 }
             }),
-            (
-                any::<u128>(),
-                proptest::option::of(any::<u128>()),
-                prop::collection::vec(prefix_v6(), 0..20)
-            )
-                .prop_map(|(nh, ll, nlri)| MpReach {
+            (any::<u128>(), proptest::option::of(any::<u128>()), prop::collection::vec(prefix_v6(), 0..20)).prop_map(
+                |(nh, ll, nlri)| MpReach {
                     family: Family::Ipv6Unicast,
                     next_hop: IpAddr::V6(Ipv6Addr::from(nh)),
                     link_local: ll.map(Ipv6Addr::from),
                     nlri,
-                }),
+                }
+            ),
         ]),
         proptest::option::of(prop_oneof![
-            prop::collection::vec(prefix_v4(), 0..20).prop_map(|w| MpUnreach {
-                family: Family::Ipv4Unicast,
-                withdrawn: w
-            }),
-            prop::collection::vec(prefix_v6(), 0..20).prop_map(|w| MpUnreach {
-                family: Family::Ipv6Unicast,
-                withdrawn: w
-            }),
+            prop::collection::vec(prefix_v4(), 0..20)
+                .prop_map(|w| MpUnreach { family: Family::Ipv4Unicast, withdrawn: w }),
+            prop::collection::vec(prefix_v6(), 0..20)
+                .prop_map(|w| MpUnreach { family: Family::Ipv6Unicast, withdrawn: w }),
         ]),
         prop::collection::vec(prefix_v4(), 0..20),
     )
         .prop_map(|(withdrawn, attrs, mp_reach, mp_unreach, nlri)| {
-            let mut u = Update {
-                withdrawn,
-                attrs,
-                mp_reach,
-                mp_unreach,
-                nlri,
-                treat_as_withdraw: None,
-            };
+            let mut u = Update { withdrawn, attrs, mp_reach, mp_unreach, nlri, treat_as_withdraw: None };
             // The decoder flags announcements lacking mandatory attributes; mirror that.
             let a = &u.attrs;
             let announcing = !u.nlri.is_empty() || u.mp_reach.is_some();
@@ -183,15 +139,9 @@ fn capability() -> impl Strategy<Value = Capability> {
             prop::collection::vec((any::<u16>(), any::<u8>(), any::<bool>()), 0..4)
         )
             .prop_map(|(restarting, notification, restart_time, families)| {
-                Capability::GracefulRestart(GracefulRestart {
-                    restarting,
-                    notification,
-                    restart_time,
-                    families,
-                })
+                Capability::GracefulRestart(GracefulRestart { restarting, notification, restart_time, families })
             }),
-        prop::collection::vec((any::<u16>(), any::<u8>(), any::<u8>()), 1..4)
-            .prop_map(Capability::AddPath),
+        prop::collection::vec((any::<u16>(), any::<u8>(), any::<u8>()), 1..4).prop_map(Capability::AddPath),
         ((70u8..=255), prop::collection::vec(any::<u8>(), 0..30))
             .prop_map(|(code, value)| Capability::Unknown { code, value }),
     ]
@@ -212,20 +162,11 @@ fn message(four: bool) -> impl Strategy<Value = Message> {
                 capabilities,
             })),
         update(four).prop_map(Message::Update),
-        (
-            any::<u8>(),
-            any::<u8>(),
-            prop::collection::vec(any::<u8>(), 0..64)
-        )
-            .prop_map(|(code, subcode, data)| Message::Notification(Notification {
-                code,
-                subcode,
-                data
-            })),
+        (any::<u8>(), any::<u8>(), prop::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(code, subcode, data)| Message::Notification(Notification { code, subcode, data })),
         Just(Message::Keepalive),
-        (any::<u16>(), any::<u8>(), any::<u8>()).prop_map(|(afi, subtype, safi)| {
-            Message::RouteRefresh(RouteRefresh { afi, subtype, safi })
-        }),
+        (any::<u16>(), any::<u8>(), any::<u8>())
+            .prop_map(|(afi, subtype, safi)| { Message::RouteRefresh(RouteRefresh { afi, subtype, safi }) }),
     ]
 }
 
@@ -243,10 +184,7 @@ fn roundtrip(m: &Message, ctx: &Ctx) -> Result<(), TestCaseError> {
     prop_assert_eq!(&back, m);
     // Every strict prefix of a message is incomplete, never an error or a panic.
     for cut in [0, 18, bytes.len() / 2, bytes.len() - 1] {
-        prop_assert!(matches!(
-            codec::decode(&bytes[..cut.min(bytes.len() - 1)], ctx),
-            Ok(None)
-        ));
+        prop_assert!(matches!(codec::decode(&bytes[..cut.min(bytes.len() - 1)], ctx), Ok(None)));
     }
     Ok(())
 }
@@ -283,19 +221,13 @@ fn end_of_rib_markers() {
     for f in Family::ALL {
         let m = Message::Update(Update::end_of_rib(f));
         let bytes = codec::to_bytes(&m, &Ctx::default()).unwrap();
-        let (Message::Update(u), _) = codec::decode(&bytes, &Ctx::default()).unwrap().unwrap()
-        else {
+        let (Message::Update(u), _) = codec::decode(&bytes, &Ctx::default()).unwrap().unwrap() else {
             panic!("not an update")
         };
         assert_eq!(u.end_of_rib_family(), Some(f));
     }
     assert_eq!(
-        codec::to_bytes(
-            &Message::Update(Update::end_of_rib(Family::Ipv4Unicast)),
-            &Ctx::default()
-        )
-        .unwrap()
-        .len(),
+        codec::to_bytes(&Message::Update(Update::end_of_rib(Family::Ipv4Unicast)), &Ctx::default()).unwrap().len(),
         23
     );
 }
@@ -308,31 +240,14 @@ fn as4_path_sent_to_two_octet_peers() {
         next_hop: Some(Ipv4Addr::new(10, 0, 0, 1)),
         ..PathAttrs::default()
     };
-    let m = Message::Update(Update {
-        attrs,
-        nlri: vec!["10.1.0.0/16".parse().unwrap()],
-        ..Update::default()
-    });
-    let bytes = codec::to_bytes(
-        &m,
-        &Ctx {
-            four_octet_as: false,
-        },
-    )
-    .unwrap();
+    let m = Message::Update(Update { attrs, nlri: vec!["10.1.0.0/16".parse().unwrap()], ..Update::default() });
+    let bytes = codec::to_bytes(&m, &Ctx { four_octet_as: false }).unwrap();
     // AS_PATH carries AS_TRANS (0x5ba0) in place of the 4-octet ASes.
     let as_path = [0x40, 2, 8, 2, 3, 0x5b, 0xa0, 0xfd, 0xe9, 0x5b, 0xa0];
     assert!(bytes.windows(as_path.len()).any(|w| w == as_path));
     // AS4_PATH (17) is present, optional transitive.
     assert!(bytes.windows(2).any(|w| w == [0xc0, 17]));
-    let (back, _) = codec::decode(
-        &bytes,
-        &Ctx {
-            four_octet_as: false,
-        },
-    )
-    .unwrap()
-    .unwrap();
+    let (back, _) = codec::decode(&bytes, &Ctx { four_octet_as: false }).unwrap().unwrap();
     assert_eq!(back, m);
 }
 
@@ -344,18 +259,10 @@ fn encode_routes_splits_into_max_size_messages() {
         next_hop: Some(Ipv4Addr::new(10, 0, 0, 1)),
         ..PathAttrs::default()
     };
-    let prefixes: Vec<Prefix> = (0..5000u32)
-        .map(|i| Prefix::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i << 8))), 24).unwrap())
-        .collect();
+    let prefixes: Vec<Prefix> =
+        (0..5000u32).map(|i| Prefix::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i << 8))), 24).unwrap()).collect();
     let mut out = Vec::new();
-    codec::encode_routes(
-        Some((&attrs, None)),
-        Family::Ipv4Unicast,
-        &prefixes,
-        &Ctx::default(),
-        &mut out,
-    )
-    .unwrap();
+    codec::encode_routes(Some((&attrs, None)), Family::Ipv4Unicast, &prefixes, &Ctx::default(), &mut out).unwrap();
     let mut got = Vec::new();
     let mut buf = &out[..];
     while let Some((m, n)) = codec::decode(buf, &Ctx::default()).unwrap() {
@@ -366,13 +273,7 @@ fn encode_routes_splits_into_max_size_messages() {
     }
     assert_eq!(got, prefixes);
     let v6: Vec<Prefix> = (0..3000u128)
-        .map(|i| {
-            Prefix::new(
-                IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | (i << 64))),
-                64,
-            )
-            .unwrap()
-        })
+        .map(|i| Prefix::new(IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | (i << 64))), 64).unwrap())
         .collect();
     let mut out = Vec::new();
     codec::encode_routes(

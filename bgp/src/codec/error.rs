@@ -86,11 +86,7 @@ impl DecodeError {
             DecodeError::OptionalAttr(_, d) => (code::UPDATE, 9, d.clone()),
             DecodeError::RouteRefreshLength(_, d) => (code::ROUTE_REFRESH, 1, d.clone()),
         };
-        Notification {
-            code: c,
-            subcode: s,
-            data,
-        }
+        Notification { code: c, subcode: s, data }
     }
 }
 

@@ -30,9 +30,7 @@ pub struct Ctx {
 
 impl Default for Ctx {
     fn default() -> Self {
-        Ctx {
-            four_octet_as: true,
-        }
+        Ctx { four_octet_as: true }
     }
 }
 
@@ -70,11 +68,9 @@ pub fn decode(buf: &[u8], ctx: &Ctx) -> Result<Option<(Message, usize)>, DecodeE
     let msg = match ty {
         T_OPEN => Message::Open(open::decode(body)?),
         T_UPDATE => Message::Update(update::decode(body, ctx)?),
-        T_NOTIFICATION => Message::Notification(Notification {
-            code: body[0],
-            subcode: body[1],
-            data: body[2..].to_vec(),
-        }),
+        T_NOTIFICATION => {
+            Message::Notification(Notification { code: body[0], subcode: body[1], data: body[2..].to_vec() })
+        }
         T_KEEPALIVE => Message::Keepalive,
         _ => {
             if ulen != 23 {

@@ -37,9 +37,7 @@ pub(crate) fn decode(body: &[u8]) -> Result<Open, DecodeError> {
     while !r.is_empty() {
         let ptype = r.u8().ok_or(DecodeError::MalformedOpen("parameter"))?;
         let plen = r.u8().ok_or(DecodeError::MalformedOpen("parameter"))?;
-        let pval = r
-            .take(usize::from(plen))
-            .ok_or(DecodeError::MalformedOpen("parameter length"))?;
+        let pval = r.take(usize::from(plen)).ok_or(DecodeError::MalformedOpen("parameter length"))?;
         if ptype != PARAM_CAPABILITIES {
             return Err(DecodeError::UnsupportedOptParam(ptype));
         }
@@ -47,18 +45,11 @@ pub(crate) fn decode(body: &[u8]) -> Result<Open, DecodeError> {
         while !c.is_empty() {
             let code = c.u8().ok_or(DecodeError::MalformedOpen("capability"))?;
             let clen = c.u8().ok_or(DecodeError::MalformedOpen("capability"))?;
-            let val = c
-                .take(usize::from(clen))
-                .ok_or(DecodeError::MalformedOpen("capability length"))?;
+            let val = c.take(usize::from(clen)).ok_or(DecodeError::MalformedOpen("capability length"))?;
             capabilities.push(decode_cap(code, val)?);
         }
     }
-    Ok(Open {
-        my_as,
-        hold_time,
-        router_id: Ipv4Addr::from(id),
-        capabilities,
-    })
+    Ok(Open { my_as, hold_time, router_id: Ipv4Addr::from(id), capabilities })
 }
 
 fn decode_cap(code: u8, val: &[u8]) -> Result<Capability, DecodeError> {
@@ -113,10 +104,7 @@ fn decode_cap(code: u8, val: &[u8]) -> Result<Capability, DecodeError> {
             }
             Capability::AddPath(v)
         }
-        _ => Capability::Unknown {
-            code,
-            value: val.to_vec(),
-        },
+        _ => Capability::Unknown { code, value: val.to_vec() },
     };
     Ok(cap)
 }
@@ -186,10 +174,9 @@ pub(crate) fn encode(o: &Open, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let p = out.len();
         out.extend_from_slice(&[PARAM_CAPABILITIES, 0]);
         encode_cap(c, out)?;
-        out[p + 1] = u8::try_from(out.len() - p - 2)
-            .map_err(|_| EncodeError::OutOfRange("parameter length"))?;
+        out[p + 1] = u8::try_from(out.len() - p - 2).map_err(|_| EncodeError::OutOfRange("parameter length"))?;
     }
-    out[opt_start] = u8::try_from(out.len() - opt_start - 1)
-        .map_err(|_| EncodeError::OutOfRange("optional parameters length"))?;
+    out[opt_start] =
+        u8::try_from(out.len() - opt_start - 1).map_err(|_| EncodeError::OutOfRange("optional parameters length"))?;
     Ok(())
 }

@@ -5,8 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::wire::{self, Reader};
 use super::{Ctx, DecodeError, EncodeError, MAX_MESSAGE};
 use crate::message::{
-    AsPath, MpReach, MpUnreach, Origin, PathAttrs, RawAttr, Segment, SegmentKind, TreatAsWithdraw,
-    Update,
+    AsPath, MpReach, MpUnreach, Origin, PathAttrs, RawAttr, Segment, SegmentKind, TreatAsWithdraw, Update,
 };
 use crate::types::{AS_TRANS, Family, Prefix};
 
@@ -35,30 +34,15 @@ pub(crate) const KNOWN_CODES: [u8; 14] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15,
 
 pub(crate) fn decode(body: &[u8], ctx: &Ctx) -> Result<Update, DecodeError> {
     let mut r = Reader::new(body);
-    let wlen = r
-        .u16()
-        .ok_or(DecodeError::MalformedAttrList("withdrawn length"))?;
-    let wbuf = r
-        .take(usize::from(wlen))
-        .ok_or(DecodeError::MalformedAttrList("withdrawn routes length"))?;
-    let alen = r
-        .u16()
-        .ok_or(DecodeError::MalformedAttrList("attribute length"))?;
-    let abuf = r
-        .take(usize::from(alen))
-        .ok_or(DecodeError::MalformedAttrList(
-            "total path attribute length",
-        ))?;
+    let wlen = r.u16().ok_or(DecodeError::MalformedAttrList("withdrawn length"))?;
+    let wbuf = r.take(usize::from(wlen)).ok_or(DecodeError::MalformedAttrList("withdrawn routes length"))?;
+    let alen = r.u16().ok_or(DecodeError::MalformedAttrList("attribute length"))?;
+    let abuf = r.take(usize::from(alen)).ok_or(DecodeError::MalformedAttrList("total path attribute length"))?;
     let nbuf = r.rest();
-    let withdrawn = wire::read_prefixes(wbuf, Family::Ipv4Unicast)
-        .ok_or(DecodeError::MalformedAttrList("withdrawn routes"))?;
-    let nlri =
-        wire::read_prefixes(nbuf, Family::Ipv4Unicast).ok_or(DecodeError::InvalidNetworkField)?;
-    let mut u = Update {
-        withdrawn,
-        nlri,
-        ..Update::default()
-    };
+    let withdrawn =
+        wire::read_prefixes(wbuf, Family::Ipv4Unicast).ok_or(DecodeError::MalformedAttrList("withdrawn routes"))?;
+    let nlri = wire::read_prefixes(nbuf, Family::Ipv4Unicast).ok_or(DecodeError::InvalidNetworkField)?;
+    let mut u = Update { withdrawn, nlri, ..Update::default() };
     decode_attrs(abuf, ctx, &mut u)?;
     if u.treat_as_withdraw.is_none() {
         let mut missing = None;
@@ -94,11 +78,7 @@ fn decode_attrs(buf: &[u8], ctx: &Ctx, u: &mut Update) -> Result<(), DecodeError
             u.treat_as_withdraw = Some(TreatAsWithdraw::Overrun);
             break;
         };
-        let len = if flags & F_EXTENDED != 0 {
-            r.u16().map(usize::from)
-        } else {
-            r.u8().map(usize::from)
-        };
+        let len = if flags & F_EXTENDED != 0 { r.u16().map(usize::from) } else { r.u8().map(usize::from) };
         let Some(val) = len.and_then(|l| r.take(l)) else {
             u.treat_as_withdraw = Some(TreatAsWithdraw::Overrun);
             break;
@@ -184,10 +164,7 @@ fn decode_attrs(buf: &[u8], ctx: &Ctx, u: &mut Update) -> Result<(), DecodeError
                     let (asn, ip) = if want == 8 {
                         (be32(val), be32(&val[4..]))
                     } else {
-                        (
-                            u32::from(u16::from_be_bytes([val[0], val[1]])),
-                            be32(&val[2..]),
-                        )
+                        (u32::from(u16::from_be_bytes([val[0], val[1]])), be32(&val[2..]))
                     };
                     a.aggregator = Some((asn, Ipv4Addr::from(ip)));
                 }
@@ -216,33 +193,26 @@ fn decode_attrs(buf: &[u8], ctx: &Ctx, u: &mut Update) -> Result<(), DecodeError
                 } else if val.is_empty() || val.len() % 4 != 0 {
                     taw(u, code, "length");
                 } else {
-                    a.cluster_list = val
-                        .chunks_exact(4)
-                        .map(|c| Ipv4Addr::from(be32(c)))
-                        .collect();
+                    a.cluster_list = val.chunks_exact(4).map(|c| Ipv4Addr::from(be32(c))).collect();
                 }
             }
             A_MP_REACH => {
                 if ot != F_OPTIONAL {
                     return Err(DecodeError::AttrFlags(code, whole.to_vec()));
                 }
-                u.mp_reach = decode_mp_reach(val)
-                    .ok_or_else(|| DecodeError::OptionalAttr(code, whole.to_vec()))?;
+                u.mp_reach = decode_mp_reach(val).ok_or_else(|| DecodeError::OptionalAttr(code, whole.to_vec()))?;
             }
             A_MP_UNREACH => {
                 if ot != F_OPTIONAL {
                     return Err(DecodeError::AttrFlags(code, whole.to_vec()));
                 }
-                u.mp_unreach = decode_mp_unreach(val)
-                    .ok_or_else(|| DecodeError::OptionalAttr(code, whole.to_vec()))?;
+                u.mp_unreach = decode_mp_unreach(val).ok_or_else(|| DecodeError::OptionalAttr(code, whole.to_vec()))?;
             }
             A_AS4_PATH => {
                 // RFC 6793 §6: malformed AS4_PATH is discarded; ignored from NEW speakers.
                 if !ctx.four_octet_as && ot == F_OPTIONAL | F_TRANSITIVE {
-                    as4_path = decode_as_path(val, true).filter(|p| {
-                        p.0.iter()
-                            .all(|s| matches!(s.kind, SegmentKind::Set | SegmentKind::Sequence))
-                    });
+                    as4_path = decode_as_path(val, true)
+                        .filter(|p| p.0.iter().all(|s| matches!(s.kind, SegmentKind::Set | SegmentKind::Sequence)));
                 }
             }
             A_AS4_AGGREGATOR => {
@@ -301,10 +271,7 @@ fn merge_as4(a: &mut PathAttrs, as4_path: Option<AsPath>, as4_agg: Option<(u32, 
             }
             SegmentKind::Sequence if keep > 0 => {
                 let take = keep.min(s.asns.len());
-                out.push(Segment {
-                    kind: SegmentKind::Sequence,
-                    asns: s.asns[..take].to_vec(),
-                });
+                out.push(Segment { kind: SegmentKind::Sequence, asns: s.asns[..take].to_vec() });
                 keep -= take;
             }
             _ => {}
@@ -374,12 +341,7 @@ fn decode_mp_reach(val: &[u8]) -> Option<Option<MpReach>> {
         _ => return None,
     };
     let nlri = wire::read_prefixes(r.rest(), family)?;
-    Some(Some(MpReach {
-        family,
-        next_hop,
-        link_local,
-        nlri,
-    }))
+    Some(Some(MpReach { family, next_hop, link_local, nlri }))
 }
 
 fn v6(b: &[u8]) -> Ipv6Addr {
@@ -447,12 +409,7 @@ fn encode_attrs(a: &PathAttrs, ctx: &Ctx, out: &mut Vec<u8>) -> Result<(), Encod
     }
     let mut need_as4 = false;
     if let Some(p) = &a.as_path {
-        attr(
-            out,
-            F_TRANSITIVE,
-            A_AS_PATH,
-            &encode_as_path(p, ctx.four_octet_as, false)?,
-        )?;
+        attr(out, F_TRANSITIVE, A_AS_PATH, &encode_as_path(p, ctx.four_octet_as, false)?)?;
         need_as4 = !ctx.four_octet_as && p.0.iter().any(|s| s.asns.iter().any(|x| *x > 0xffff));
     }
     if let Some(nh) = a.next_hop {
@@ -493,12 +450,7 @@ fn encode_attrs(a: &PathAttrs, ctx: &Ctx, out: &mut Vec<u8>) -> Result<(), Encod
         attr(out, F_OPTIONAL, A_CLUSTER_LIST, &v)?;
     }
     if need_as4 && let Some(p) = &a.as_path {
-        attr(
-            out,
-            F_OPTIONAL | F_TRANSITIVE,
-            A_AS4_PATH,
-            &encode_as_path(p, true, true)?,
-        )?;
+        attr(out, F_OPTIONAL | F_TRANSITIVE, A_AS4_PATH, &encode_as_path(p, true, true)?)?;
     }
     if let Some((asn, ip)) = as4_agg {
         let mut v = asn.to_be_bytes().to_vec();
@@ -642,19 +594,9 @@ fn build(base: &Update, family: Family, mp_nh: Option<IpAddr>, ps: &[Prefix]) ->
                 Some(nh) => (nh, None),
                 None => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), None),
             };
-            u.mp_reach = Some(MpReach {
-                family: f,
-                next_hop,
-                link_local,
-                nlri: ps.to_vec(),
-            })
+            u.mp_reach = Some(MpReach { family: f, next_hop, link_local, nlri: ps.to_vec() })
         }
-        (f, false) => {
-            u.mp_unreach = Some(MpUnreach {
-                family: f,
-                withdrawn: ps.to_vec(),
-            })
-        }
+        (f, false) => u.mp_unreach = Some(MpUnreach { family: f, withdrawn: ps.to_vec() }),
     }
     u
 }

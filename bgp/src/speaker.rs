@@ -1,0 +1,554 @@
+//! The speaker: a listener task, one session task per peer and one RIB task that owns the
+//! routing tables, applies policy and sends UPDATEs; plus the handle the agent uses.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::best::Source;
+use crate::codec::{self, Ctx};
+use crate::config::{PeerConfig, SpeakerConfig};
+use crate::hash::FastMap;
+use crate::message::{GracefulRestart, Message, TreatAsWithdraw, Update};
+use crate::policy::{self, Local, PeerInfo, Policy};
+use crate::rib::{AdjRibOut, LOCAL, PeerId, Rib, RouteAttrs};
+use crate::session::{RibMsg, Session, SessionInfo};
+use crate::socket;
+use crate::status::PeerStatus;
+use crate::types::{Family, Prefix};
+
+/// A change of the best path of a prefix, for the agent to program the kernel.
+#[derive(Debug, Clone)]
+pub struct RibEvent {
+    /// The prefix.
+    pub prefix: Prefix,
+    /// New best path (source peer and attributes), `None` if the prefix is gone.
+    pub best: Option<(PeerId, Arc<RouteAttrs>)>,
+}
+
+/// A route of the Loc-RIB as listed by [`Speaker::routes`].
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    /// The prefix.
+    pub prefix: Prefix,
+    /// Source peer address (`None` for local routes).
+    pub peer: Option<IpAddr>,
+    /// Attributes.
+    pub attrs: Arc<RouteAttrs>,
+    /// Kept stale for a restarting peer.
+    pub stale: bool,
+}
+
+enum Cmd {
+    Originate(Prefix, Option<IpAddr>),
+    Withdraw(Prefix),
+    Routes(Family, oneshot::Sender<Vec<RouteEntry>>),
+    Subscribe(mpsc::UnboundedSender<Vec<RibEvent>>),
+}
+
+/// Handle to a running speaker. Dropping it stops all its tasks.
+pub struct Speaker {
+    cmd: mpsc::Sender<Cmd>,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+    counts: Arc<[AtomicUsize; 2]>,
+    local_addr: Option<std::net::SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Speaker {
+    /// Starts the speaker on the current tokio runtime.
+    ///
+    /// With `policy` the agent filters imports and exports; `restarting` sets the graceful
+    /// restart R bit in the first OPEN to each peer.
+    pub async fn start(cfg: SpeakerConfig, policy: Arc<dyn Policy>) -> io::Result<Speaker> {
+        let cfg = Arc::new(cfg);
+        let status =
+            Arc::new(Mutex::new(cfg.peers.iter().map(|p| PeerStatus::new(p.address, p.asn)).collect::<Vec<_>>()));
+        let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let (rib_tx, rib_rx) = mpsc::channel::<RibMsg>(256);
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(64);
+        let mut tasks = Vec::new();
+        let mut incoming = HashMap::new();
+        let restarting = cfg.graceful_restart.as_ref().is_some_and(|g| g.restarting);
+        for (i, p) in cfg.peers.iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<TcpStream>(4);
+            incoming.insert(p.address, tx);
+            let s = Session {
+                id: i as PeerId + 1,
+                cfg: p.clone(),
+                spk: cfg.clone(),
+                status: status.clone(),
+                rib: rib_tx.clone(),
+                incoming: rx,
+                restarting,
+            };
+            tasks.push(tokio::spawn(s.run()));
+        }
+        let mut local_addr = None;
+        if let Some(addr) = cfg.listen {
+            let l = socket::listen(addr)?;
+            for p in cfg.peers.iter().filter(|p| p.password.is_some()) {
+                socket::set_md5(&l, p.address, p.password.as_deref())?;
+            }
+            local_addr = Some(l.local_addr()?);
+            tasks.push(tokio::spawn(accept_loop(l, incoming)));
+        }
+        let mut rib = Rib::new();
+        rib.set_source(
+            LOCAL,
+            Source { local: true, ebgp: false, router_id: cfg.router_id, address: IpAddr::V4(Ipv4Addr::UNSPECIFIED) },
+        );
+        let task = RibTask {
+            local: Local { asn: cfg.asn, router_id: cfg.router_id, cluster_id: cfg.cluster_id },
+            max_restart: cfg.graceful_restart.as_ref().map_or(120, |g| g.max_restart_time),
+            peers: cfg
+                .peers
+                .iter()
+                .map(|c| Slot { cfg: c.clone(), up: None, last_info: None, peer_gr: None, stale_until: None })
+                .collect(),
+            rib,
+            policy,
+            status: status.clone(),
+            counts: counts.clone(),
+            subs: Vec::new(),
+        };
+        tasks.push(tokio::spawn(task.run(rib_rx, cmd_rx)));
+        Ok(Speaker { cmd: cmd_tx, status, counts, local_addr, tasks })
+    }
+
+    /// Address the listener is bound to.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local_addr
+    }
+
+    /// State of every configured peer.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Number of prefixes in the Loc-RIB of `family` (lock-free).
+    pub fn loc_rib_len(&self, family: Family) -> usize {
+        self.counts[family as usize].load(Ordering::Relaxed)
+    }
+
+    /// Originates `prefix` with next hop `next_hop` (`None`: our session address).
+    pub async fn originate(&self, prefix: Prefix, next_hop: Option<IpAddr>) {
+        let _ = self.cmd.send(Cmd::Originate(prefix, next_hop)).await;
+    }
+
+    /// Withdraws a locally originated prefix.
+    pub async fn withdraw(&self, prefix: Prefix) {
+        let _ = self.cmd.send(Cmd::Withdraw(prefix)).await;
+    }
+
+    /// The Loc-RIB of `family`.
+    pub async fn routes(&self, family: Family) -> Vec<RouteEntry> {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Cmd::Routes(family, tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Best-path changes from now on (the import hook for kernel programming).
+    pub async fn subscribe(&self) -> mpsc::UnboundedReceiver<Vec<RibEvent>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.cmd.send(Cmd::Subscribe(tx)).await;
+        rx
+    }
+}
+
+async fn accept_loop(l: TcpListener, incoming: HashMap<IpAddr, mpsc::Sender<TcpStream>>) {
+    loop {
+        let (s, addr) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match incoming.get(&addr.ip().to_canonical()) {
+            Some(tx) => {
+                if tx.try_send(s).is_err() {
+                    tracing::warn!(peer = %addr, "session busy, dropping connection");
+                }
+            }
+            None => tracing::info!(peer = %addr, "connection from unknown peer refused"),
+        }
+    }
+}
+
+struct Up {
+    info: PeerInfo,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    ctx: Ctx,
+    families: Vec<Family>,
+    adj_out: AdjRibOut,
+}
+
+struct Slot {
+    cfg: PeerConfig,
+    up: Option<Up>,
+    last_info: Option<PeerInfo>,
+    peer_gr: Option<GracefulRestart>,
+    stale_until: Option<Instant>,
+}
+
+struct RibTask {
+    local: Local,
+    max_restart: u16,
+    peers: Vec<Slot>,
+    rib: Rib,
+    policy: Arc<dyn Policy>,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+    counts: Arc<[AtomicUsize; 2]>,
+    subs: Vec<mpsc::UnboundedSender<Vec<RibEvent>>>,
+}
+
+fn idx(peer: PeerId) -> usize {
+    peer as usize - 1
+}
+
+impl RibTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<RibMsg>, mut cmd: mpsc::Receiver<Cmd>) {
+        loop {
+            let next_stale = self.peers.iter().filter_map(|s| s.stale_until).min();
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => self.on_msg(m),
+                    None => return,
+                },
+                c = cmd.recv() => match c {
+                    Some(c) => self.on_cmd(c),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_stale.unwrap_or_else(Instant::now)), if next_stale.is_some() => {
+                    let now = Instant::now();
+                    for i in 0..self.peers.len() {
+                        if self.peers[i].stale_until.is_some_and(|t| t <= now) {
+                            self.peers[i].stale_until = None;
+                            tracing::info!(peer = %self.peers[i].cfg.address, "restart timer expired, removing stale routes");
+                            let mut changed = Vec::new();
+                            for f in Family::ALL {
+                                changed.extend(self.rib.sweep(i as PeerId + 1, f, true));
+                            }
+                            self.propagate(&changed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, c: Cmd) {
+        match c {
+            Cmd::Originate(p, nh) => {
+                let ra = self.rib.intern(policy::local_route(nh, p.family()));
+                if self.rib.announce(LOCAL, &p, ra) {
+                    self.propagate(&[p]);
+                }
+            }
+            Cmd::Withdraw(p) => {
+                if self.rib.withdraw(LOCAL, &p) {
+                    self.propagate(&[p]);
+                }
+            }
+            Cmd::Routes(f, tx) => {
+                let addr = |id: PeerId| (id != LOCAL).then(|| self.peers[idx(id)].cfg.address);
+                let v = self
+                    .rib
+                    .iter_best(f)
+                    .map(|(prefix, p)| RouteEntry {
+                        prefix,
+                        peer: addr(p.peer),
+                        attrs: p.attrs.clone(),
+                        stale: p.stale,
+                    })
+                    .collect();
+                let _ = tx.send(v);
+            }
+            Cmd::Subscribe(tx) => self.subs.push(tx),
+        }
+    }
+
+    fn on_msg(&mut self, m: RibMsg) {
+        match m {
+            RibMsg::Up { peer, session, out } => self.on_up(peer, session, out),
+            RibMsg::Update { peer, update } => self.on_update(peer, *update),
+            RibMsg::Down { peer, graceful } => self.on_down(peer, graceful),
+            RibMsg::Refresh { peer, family } => self.full_export(peer, family, false),
+        }
+    }
+
+    fn on_up(&mut self, peer: PeerId, s: SessionInfo, out: mpsc::UnboundedSender<Vec<u8>>) {
+        let slot = &mut self.peers[idx(peer)];
+        let asn = s.open.asn();
+        let ebgp = asn != self.local.asn;
+        let info = PeerInfo {
+            id: peer,
+            address: slot.cfg.address,
+            asn,
+            router_id: s.open.router_id,
+            ebgp,
+            rr_client: slot.cfg.rr_client && !ebgp && self.local.cluster_id.is_some(),
+            next_hop_self: slot.cfg.next_hop_self,
+            self_v4: match s.local.ip().to_canonical() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => slot.cfg.next_hop_v4,
+            },
+            self_v6: match s.local.ip().to_canonical() {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => slot.cfg.next_hop_v6,
+            },
+        };
+        self.rib.set_source(peer, Source { local: false, ebgp, router_id: info.router_id, address: info.address });
+        // Helper side of graceful restart: stale routes of families the peer no longer preserves
+        // go now; the rest wait for End-of-RIB or the restart timer.
+        let new_gr = s.open.graceful_restart().cloned();
+        let mut changed = Vec::new();
+        if slot.stale_until.is_some() {
+            for f in Family::ALL {
+                let (afi, safi) = f.afi_safi();
+                let kept = new_gr
+                    .as_ref()
+                    .is_some_and(|g| g.families.iter().any(|(a, s, fwd)| *a == afi && *s == safi && *fwd));
+                if !kept {
+                    changed.extend(self.rib.sweep(peer, f, true));
+                }
+            }
+        }
+        slot.peer_gr = new_gr;
+        slot.last_info = Some(info.clone());
+        let families = s.families.clone();
+        slot.up = Some(Up { info, out, ctx: s.ctx, families: families.clone(), adj_out: AdjRibOut::default() });
+        tracing::info!(peer = %slot.cfg.address, asn, families = ?families, "established");
+        self.propagate(&changed);
+        for f in families {
+            self.full_export(peer, f, true);
+        }
+    }
+
+    fn on_down(&mut self, peer: PeerId, graceful: bool) {
+        let max_restart = self.max_restart;
+        let slot = &mut self.peers[idx(peer)];
+        slot.up = None;
+        let mut changed = Vec::new();
+        let gr = slot.peer_gr.clone().filter(|_| graceful);
+        match gr {
+            Some(g) => {
+                let secs = g.restart_time.min(max_restart);
+                for f in Family::ALL {
+                    let (afi, safi) = f.afi_safi();
+                    if g.families.iter().any(|(a, s, _)| *a == afi && *s == safi) && secs > 0 {
+                        self.rib.mark_stale(peer, f);
+                    } else {
+                        changed.extend(self.rib.sweep(peer, f, false));
+                    }
+                }
+                slot.stale_until = Some(Instant::now() + Duration::from_secs(secs.into()));
+                tracing::info!(peer = %slot.cfg.address, secs, "peer down, keeping its routes as stale");
+            }
+            None => {
+                slot.stale_until = None;
+                for f in Family::ALL {
+                    changed.extend(self.rib.sweep(peer, f, false));
+                }
+            }
+        }
+        self.propagate(&changed);
+        self.publish_counts(&[peer]);
+    }
+
+    fn on_update(&mut self, peer: PeerId, mut u: Update) {
+        let slot = &mut self.peers[idx(peer)];
+        let Some(up) = slot.up.as_ref() else { return };
+        if let Some(f) = u.end_of_rib_family() {
+            let changed = self.rib.sweep(peer, f, true);
+            tracing::debug!(peer = %slot.cfg.address, family = %f, removed = changed.len(), "End-of-RIB");
+            if self.peers[idx(peer)].stale_until.is_some() {
+                let any_stale = Family::ALL.iter().any(|f| self.rib.adj_in(peer, *f).iter().any(|(_, p)| p.stale));
+                if !any_stale {
+                    self.peers[idx(peer)].stale_until = None;
+                }
+            }
+            self.propagate(&changed);
+            self.publish_counts(&[peer]);
+            return;
+        }
+        let info = up.info.clone();
+        let families = up.families.clone();
+        let mut changed: Vec<Prefix> = Vec::new();
+        for p in u.withdrawn_all() {
+            if self.rib.withdraw(peer, p) {
+                changed.push(*p);
+            }
+        }
+        let mut attrs = std::mem::take(&mut u.attrs);
+        let verdict: Result<(), TreatAsWithdraw> = match u.treat_as_withdraw.take() {
+            Some(t) => Err(t),
+            None => policy::check_import(&mut attrs, &info, &self.local),
+        };
+        if let Err(why) = verdict {
+            tracing::debug!(peer = %info.address, reason = %why, "treat-as-withdraw");
+            for p in u.announced() {
+                if self.rib.withdraw(peer, p) {
+                    changed.push(*p);
+                }
+            }
+        } else {
+            let mut batches = Vec::new();
+            if !u.nlri.is_empty()
+                && let Some(nh) = attrs.next_hop
+            {
+                let mut a = attrs.clone();
+                a.next_hop = None;
+                batches.push((IpAddr::V4(nh), a, std::mem::take(&mut u.nlri)));
+            }
+            if let Some(m) = u.mp_reach.take() {
+                let mut a = attrs;
+                a.next_hop = None;
+                batches.push((m.next_hop, a, m.nlri));
+            }
+            for (nh, a, prefixes) in batches {
+                let ra = self.rib.intern(RouteAttrs { next_hop: nh, attrs: a });
+                for p in prefixes {
+                    let ok = families.contains(&p.family()) && self.policy.import(&info, &p, &ra);
+                    let c = if ok { self.rib.announce(peer, &p, ra.clone()) } else { self.rib.withdraw(peer, &p) };
+                    if c {
+                        changed.push(p);
+                    }
+                }
+            }
+        }
+        self.propagate(&changed);
+        self.publish_counts(&[peer]);
+    }
+
+    fn publish_counts(&self, peers: &[PeerId]) {
+        self.counts[0].store(self.rib.len(Family::Ipv4Unicast), Ordering::Relaxed);
+        self.counts[1].store(self.rib.len(Family::Ipv6Unicast), Ordering::Relaxed);
+        if let Ok(mut st) = self.status.lock() {
+            for p in peers {
+                let s = &mut st[idx(*p)];
+                s.prefixes_received = self.rib.count_from(*p);
+                s.prefixes_advertised = self.peers[idx(*p)].up.as_ref().map_or(0, |u| u.adj_out.len());
+            }
+        }
+    }
+
+    /// Sends changed best paths to every established peer and to subscribers.
+    fn propagate(&mut self, changed: &[Prefix]) {
+        if changed.is_empty() {
+            return;
+        }
+        self.subs.retain(|s| !s.is_closed());
+        if !self.subs.is_empty() {
+            let ev: Vec<RibEvent> = changed.iter().map(|p| RibEvent { prefix: *p, best: self.rib.best(p) }).collect();
+            for s in &self.subs {
+                let _ = s.send(ev.clone());
+            }
+        }
+        let ids: Vec<PeerId> =
+            (0..self.peers.len()).filter(|i| self.peers[*i].up.is_some()).map(|i| i as PeerId + 1).collect();
+        for id in &ids {
+            self.export_to(*id, changed.iter().copied(), false);
+        }
+        self.publish_counts(&ids);
+    }
+
+    /// Advertises every best path of `family` to `peer` (session start, route refresh).
+    fn full_export(&mut self, peer: PeerId, family: Family, end_of_rib: bool) {
+        let prefixes: Vec<Prefix> = self.rib.iter_best(family).map(|(p, _)| p).collect();
+        self.export_to(peer, prefixes.into_iter(), true);
+        if end_of_rib && let Some(up) = &self.peers[idx(peer)].up {
+            let mut buf = Vec::new();
+            if codec::encode(&Message::Update(Update::end_of_rib(family)), &up.ctx, &mut buf).is_ok() {
+                let _ = up.out.send(buf);
+            }
+        }
+        self.publish_counts(&[peer]);
+    }
+
+    fn export_to(&mut self, to: PeerId, prefixes: impl Iterator<Item = Prefix>, force: bool) {
+        let RibTask { local, peers, rib, policy, .. } = self;
+        let Some(up) = peers[idx(to)].up.as_ref() else { return };
+        let to_info = up.info.clone();
+        let families = up.families.clone();
+        // Export results depend only on (attributes, source): compute each once per batch.
+        let mut memo: FastMap<(usize, PeerId, Family), Option<Arc<RouteAttrs>>> = FastMap::default();
+        let mut groups: FastMap<(usize, Family), (Arc<RouteAttrs>, Vec<Prefix>)> = FastMap::default();
+        let mut withdrawals: Vec<Prefix> = Vec::new();
+        let mut decided: Vec<(Prefix, Option<Arc<RouteAttrs>>)> = Vec::new();
+        for p in prefixes {
+            let f = p.family();
+            if !families.contains(&f) {
+                continue;
+            }
+            let out = rib.best(&p).and_then(|(from, ra)| {
+                let key = (Arc::as_ptr(&ra) as usize, from, f);
+                let exported = memo
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let from_info = if from == LOCAL { None } else { peers[idx(from)].last_info.as_ref() };
+                        policy::export(&ra, f, from_info, &to_info, local).map(|a| rib.intern(a))
+                    })
+                    .clone();
+                exported.filter(|a| policy.export(&to_info, &p, a))
+            });
+            decided.push((p, out));
+        }
+        let Some(up) = peers[idx(to)].up.as_mut() else { return };
+        for (p, out) in decided {
+            match out {
+                Some(a) => {
+                    if up.adj_out.advertise(p, a.clone()) || force {
+                        groups
+                            .entry((Arc::as_ptr(&a) as usize, p.family()))
+                            .or_insert_with(|| (a, Vec::new()))
+                            .1
+                            .push(p);
+                    }
+                }
+                None => {
+                    if up.adj_out.withdraw(&p) {
+                        withdrawals.push(p);
+                    }
+                }
+            }
+        }
+        let mut buf = Vec::new();
+        for f in Family::ALL {
+            let w: Vec<Prefix> = withdrawals.iter().copied().filter(|p| p.family() == f).collect();
+            if !w.is_empty()
+                && let Err(e) = codec::encode_routes(None, f, &w, &up.ctx, &mut buf)
+            {
+                tracing::warn!(error = %e, "encoding withdrawals");
+            }
+        }
+        for ((_, f), (a, ps)) in groups {
+            if let Err(e) = codec::encode_routes(Some((&a.attrs, Some(a.next_hop))), f, &ps, &up.ctx, &mut buf) {
+                tracing::warn!(error = %e, "encoding announcements");
+            }
+        }
+        if !buf.is_empty() {
+            let _ = up.out.send(buf);
+        }
+    }
+}
