@@ -1,0 +1,186 @@
+//! Tabby speakers talking to each other over loopback (no root or other daemons needed).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tabby_bgp::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn pfx(s: &str) -> Prefix {
+    s.parse().unwrap()
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < end {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn route(s: &Speaker, p: &str) -> Option<RouteEntry> {
+    let p = pfx(p);
+    s.routes(p.family()).await.into_iter().find(|r| r.prefix == p)
+}
+
+fn established(s: &Speaker, n: usize) -> bool {
+    s.peers().iter().filter(|p| p.state == State::Established).count() == n
+}
+
+/// A listening speaker on `addr` (port 0 = any).
+async fn listener(
+    id: u8,
+    asn: u32,
+    addr: &str,
+    peers: Vec<PeerConfig>,
+    tweak: impl FnOnce(&mut SpeakerConfig),
+) -> Speaker {
+    let mut c = SpeakerConfig::new(Ipv4Addr::new(1, 1, 1, id), asn);
+    c.listen = Some(SocketAddr::new(ip(addr), 0));
+    c.connect_retry = Duration::from_secs(1);
+    c.hold_time = 9;
+    c.peers = peers;
+    tweak(&mut c);
+    Speaker::start(c, Arc::new(AcceptAll)).await.unwrap()
+}
+
+fn passive(addr: &str, asn: u32) -> PeerConfig {
+    let mut p = PeerConfig::new(ip(addr), asn);
+    p.passive = true;
+    p
+}
+
+fn active(to: SocketAddr, from: &str, asn: u32) -> PeerConfig {
+    let mut p = PeerConfig::new(to.ip(), asn);
+    p.port = to.port();
+    p.local_address = Some(ip(from));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ebgp_four_octet_as_routes_both_ways_and_withdrawals() {
+    let mut pa = passive("127.0.0.12", 4_200_000_002);
+    pa.next_hop_v6 = Some("fd00::1".parse().unwrap());
+    let a = listener(1, 4_200_000_001, "127.0.0.11", vec![pa], |_| {}).await;
+    let mut pb = active(a.listen_addr().unwrap(), "127.0.0.12", 4_200_000_001);
+    pb.next_hop_v6 = Some("fd00::2".parse().unwrap());
+    let b = listener(2, 4_200_000_002, "127.0.0.12", vec![pb], |_| {}).await;
+    wait_for("established", 10, async || established(&a, 1) && established(&b, 1)).await;
+    a.originate(pfx("10.1.0.0/16"), None).await;
+    a.originate(pfx("fd10::/48"), None).await;
+    b.originate(pfx("10.2.0.0/16"), None).await;
+    wait_for("routes", 10, async || {
+        route(&b, "10.1.0.0/16").await.is_some()
+            && route(&b, "fd10::/48").await.is_some()
+            && route(&a, "10.2.0.0/16").await.is_some()
+    })
+    .await;
+    let r = route(&b, "10.1.0.0/16").await.unwrap();
+    assert_eq!(r.attrs.next_hop, ip("127.0.0.11"));
+    assert_eq!(r.attrs.attrs.as_path, Some(AsPath::sequence(vec![4_200_000_001])));
+    let r6 = route(&b, "fd10::/48").await.unwrap();
+    assert_eq!(r6.attrs.next_hop, ip("fd00::1"));
+    assert_eq!(b.peers()[0].prefixes_received, 2);
+    assert_eq!(a.peers()[0].prefixes_advertised, 2);
+    a.withdraw(pfx("10.1.0.0/16")).await;
+    wait_for("withdrawal", 10, async || route(&b, "10.1.0.0/16").await.is_none()).await;
+    assert!(route(&b, "fd10::/48").await.is_some());
+    assert!(a.peers()[0].uptime().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_right_key_connects_wrong_key_does_not() {
+    let mut pa = passive("127.0.0.22", 65002);
+    pa.password = Some("right".into());
+    let mut pa3 = passive("127.0.0.23", 65003);
+    pa3.password = Some("right".into());
+    let a = listener(1, 65001, "127.0.0.21", vec![pa, pa3], |_| {}).await;
+    let mut pb = active(a.listen_addr().unwrap(), "127.0.0.22", 65001);
+    pb.password = Some("right".into());
+    let b = listener(2, 65002, "127.0.0.22", vec![pb], |_| {}).await;
+    let mut pc = active(a.listen_addr().unwrap(), "127.0.0.23", 65001);
+    pc.password = Some("wrong".into());
+    let c = listener(3, 65003, "127.0.0.23", vec![pc], |_| {}).await;
+    wait_for("right key established", 10, async || established(&b, 1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.peers()[0].state != State::Established, true, "wrong key must not connect");
+    assert_eq!(a.peers()[1].state != State::Established, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_reflector_with_three_clients() {
+    let clients = ["127.0.0.32", "127.0.0.33", "127.0.0.34"];
+    let rr = listener(
+        1,
+        65000,
+        "127.0.0.31",
+        clients
+            .iter()
+            .map(|c| {
+                let mut p = passive(c, 65000);
+                p.rr_client = true;
+                p
+            })
+            .collect(),
+        |c| c.cluster_id = Some(Ipv4Addr::new(9, 9, 9, 9)),
+    )
+    .await;
+    let mut cs = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let s = listener(2 + i as u8, 65000, c, vec![active(rr.listen_addr().unwrap(), c, 65000)], |_| {}).await;
+        cs.push(s);
+    }
+    wait_for("established", 10, async || established(&rr, 3)).await;
+    for (i, c) in cs.iter().enumerate() {
+        c.originate(pfx(&format!("10.3{i}.0.0/16")), None).await;
+    }
+    for (i, c) in cs.iter().enumerate() {
+        for j in 0..3 {
+            if i == j {
+                continue;
+            }
+            let p = format!("10.3{j}.0.0/16");
+            wait_for("reflected route", 10, async || route(c, &p).await.is_some()).await;
+            let r = route(c, &p).await.unwrap();
+            assert_eq!(
+                r.attrs.attrs.originator_id,
+                Some(Ipv4Addr::new(1, 1, 1, 2 + j as u8)),
+                "ORIGINATOR_ID of {p} at client {i}"
+            );
+            assert_eq!(r.attrs.attrs.cluster_list, vec![Ipv4Addr::new(9, 9, 9, 9)]);
+            assert_eq!(r.attrs.next_hop, ip(clients[j]), "next hop unchanged by reflection");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_helper_keeps_routes_until_end_of_rib() {
+    let gr = |c: &mut SpeakerConfig| c.graceful_restart = Some(GracefulRestartConfig::default());
+    let a = listener(1, 65001, "127.0.0.41", vec![passive("127.0.0.42", 65002)], gr).await;
+    let to = a.listen_addr().unwrap();
+    let b = listener(2, 65002, "127.0.0.42", vec![active(to, "127.0.0.42", 65001)], gr).await;
+    b.originate(pfx("10.42.0.0/16"), None).await;
+    b.originate(pfx("10.43.0.0/16"), None).await;
+    wait_for("routes", 10, async || route(&a, "10.43.0.0/16").await.is_some()).await;
+    drop(b);
+    // The restarting peer's routes stay, marked stale.
+    wait_for("session down", 10, async || !established(&a, 1)).await;
+    let r = route(&a, "10.42.0.0/16").await.expect("stale route kept");
+    assert!(r.stale);
+    // Restart: only 10.42/16 is announced again; End-of-RIB sweeps 10.43/16.
+    let b = listener(2, 65002, "127.0.0.42", vec![active(to, "127.0.0.42", 65001)], |c| {
+        c.graceful_restart = Some(GracefulRestartConfig { restarting: true, ..GracefulRestartConfig::default() })
+    })
+    .await;
+    b.originate(pfx("10.42.0.0/16"), None).await;
+    wait_for("stale route swept", 15, async || route(&a, "10.43.0.0/16").await.is_none()).await;
+    let r = route(&a, "10.42.0.0/16").await.expect("refreshed route");
+    assert!(!r.stale);
+}
