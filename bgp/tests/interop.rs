@@ -155,3 +155,249 @@ fn bird_keeps_our_routes_while_we_restart_until_end_of_rib() {
     assert!(lab.bird.route("10.100.1.0/24").contains("10.77.1.1"));
     assert!(tabby.route("10.201.0.0/24").is_some());
 }
+
+fn frr_pair_config(password: &str) -> String {
+    format!(
+        r#"frr defaults traditional
+hostname frr
+!
+router bgp 4200000003
+ bgp router-id 10.77.2.2
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ neighbor 10.77.2.1 remote-as {TABBY_AS}
+ {password}
+ neighbor 10.77.2.1 timers 3 9
+ neighbor 10.77.2.1 timers connect 1
+ address-family ipv4 unicast
+  network 10.202.0.0/24
+ exit-address-family
+ address-family ipv6 unicast
+  network fd20:2::/48
+  neighbor 10.77.2.1 activate
+  neighbor 10.77.2.1 route-map V6NH out
+ exit-address-family
+!
+route-map V6NH permit 10
+ set ipv6 next-hop global fd77:2::2
+!
+"#
+    )
+}
+
+#[test]
+fn frr_routes_both_ways_four_octet_as_md5_and_withdrawals() {
+    if !lab_available("frr_routes_both_ways", &["/usr/lib/frr/bgpd", "/usr/lib/frr/zebra", "vtysh"]) {
+        return;
+    }
+    let t = Netns::new("t");
+    let f = Netns::new("f");
+    link(&t, &["10.77.2.1/24", "fd77:2::1/64"], &f, &["10.77.2.2/24", "fd77:2::2/64"]);
+    let frr = Frr::start(&f, &frr_pair_config("neighbor 10.77.2.1 password s3cret"));
+    let extra = r#", "originate": ["10.100.1.0/24", "fd10:1::/48"]"#;
+    let mut tabby = Tabby::start(
+        &t,
+        &tabby_config("10.77.2.1", "10.77.2.2", 4_200_000_003, "fd77:2::1", r#", "password": "s3cret""#, extra),
+    );
+    wait_until("FRR session Established", 40, || frr.established("10.77.2.1") && tabby.established("10.77.2.2"));
+    wait_until("our routes at FRR", 20, || {
+        !frr.route("10.100.1.0/24").is_null() && !frr.route("fd10:1::/48").is_null()
+    });
+    let r = frr.route("10.100.1.0/24");
+    assert_eq!(r["aspath"]["string"], TABBY_AS.to_string(), "{r}");
+    assert_eq!(r["valid"], true, "{r}");
+    let r6 = frr.route("fd10:1::/48");
+    assert_eq!(r6["valid"], true, "{r6}");
+    wait_until("FRR routes at Tabby", 20, || {
+        tabby.route("10.202.0.0/24").is_some() && tabby.route("fd20:2::/48").is_some()
+    });
+    let r = tabby.route("10.202.0.0/24").unwrap();
+    assert!(r.contains("aspath=[4200000003]") && r.contains("nh=10.77.2.2"), "{r}");
+    assert!(tabby.route("fd20:2::/48").unwrap().contains("nh=fd77:2::2"));
+    tabby.send("withdraw 10.100.1.0/24");
+    tabby.send("withdraw fd10:1::/48");
+    wait_until("withdrawal at FRR", 20, || frr.route("10.100.1.0/24").is_null() && frr.route("fd10:1::/48").is_null());
+    let d = frr.dir.0.to_str().unwrap().to_string();
+    run_quiet(&[
+        "vtysh",
+        "--vty_socket",
+        &d,
+        "-c",
+        "configure terminal",
+        "-c",
+        "router bgp 4200000003",
+        "-c",
+        "address-family ipv4 unicast",
+        "-c",
+        "no network 10.202.0.0/24",
+    ]);
+    wait_until("withdrawal at Tabby", 20, || tabby.route("10.202.0.0/24").is_none());
+    assert!(tabby.route("fd20:2::/48").is_some());
+}
+
+#[test]
+fn frr_md5_wrong_key_does_not_connect() {
+    if !lab_available("frr_md5_wrong_key", &["/usr/lib/frr/bgpd", "/usr/lib/frr/zebra", "vtysh"]) {
+        return;
+    }
+    let t = Netns::new("t");
+    let f = Netns::new("f");
+    link(&t, &["10.77.2.1/24", "fd77:2::1/64"], &f, &["10.77.2.2/24", "fd77:2::2/64"]);
+    let frr = Frr::start(&f, &frr_pair_config("neighbor 10.77.2.1 password s3cret"));
+    let tabby = Tabby::start(
+        &t,
+        &tabby_config("10.77.2.1", "10.77.2.2", 4_200_000_003, "fd77:2::1", r#", "password": "wrong""#, ""),
+    );
+    holds_for("no session with a wrong MD5 key", 8, || {
+        !frr.established("10.77.2.1") && !tabby.established("10.77.2.2")
+    });
+}
+
+fn gobgp_config(asn: u32, me: &str, peer: &str, peer_as: u32) -> String {
+    format!(
+        r#"[global.config]
+  as = {asn}
+  router-id = "{me}"
+  local-address-list = ["{me}"]
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{peer}"
+    peer-as = {peer_as}
+  [neighbors.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+    connect-retry = 1
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv4-unicast"
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "ipv6-unicast"
+"#
+    )
+}
+
+fn as_path_of(gobgp_path: &serde_json::Value) -> Vec<u64> {
+    gobgp_path["attrs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == 2)
+        .flat_map(|a| a["as_paths"].as_array().cloned().unwrap_or_default())
+        .flat_map(|s| s["asns"].as_array().cloned().unwrap_or_default())
+        .filter_map(|x| x.as_u64())
+        .collect()
+}
+
+#[test]
+fn gobgp_routes_both_ways_four_octet_as_and_withdrawals() {
+    if !lab_available("gobgp_routes_both_ways", &["gobgpd", "gobgp"]) {
+        return;
+    }
+    let t = Netns::new("t");
+    let g = Netns::new("g");
+    link(&t, &["10.77.3.1/24", "fd77:3::1/64"], &g, &["10.77.3.2/24", "fd77:3::2/64"]);
+    let gobgp = GoBgp::start(&g, &gobgp_config(4_200_000_004, "10.77.3.2", "10.77.3.1", TABBY_AS));
+    let extra = r#", "originate": ["10.100.1.0/24", "fd10:1::/48"]"#;
+    let mut tabby = Tabby::start(&t, &tabby_config("10.77.3.1", "10.77.3.2", 4_200_000_004, "fd77:3::1", "", extra));
+    wait_until("GoBGP session Established", 40, || gobgp.established("10.77.3.1") && tabby.established("10.77.3.2"));
+    gobgp.cli(&["global", "rib", "add", "10.203.0.0/24", "-a", "ipv4"]);
+    gobgp.cli(&["global", "rib", "add", "fd20:3::/48", "nexthop", "fd77:3::2", "-a", "ipv6"]);
+    wait_until("our routes at GoBGP", 20, || {
+        !gobgp.route("10.100.1.0/24").is_null() && !gobgp.route("fd10:1::/48").is_null()
+    });
+    assert_eq!(as_path_of(&gobgp.route("10.100.1.0/24")), vec![u64::from(TABBY_AS)]);
+    wait_until("GoBGP routes at Tabby", 20, || {
+        tabby.route("10.203.0.0/24").is_some() && tabby.route("fd20:3::/48").is_some()
+    });
+    let r = tabby.route("10.203.0.0/24").unwrap();
+    assert!(r.contains("aspath=[4200000004]") && r.contains("nh=10.77.3.2"), "{r}");
+    tabby.send("withdraw 10.100.1.0/24");
+    wait_until("withdrawal at GoBGP", 20, || gobgp.route("10.100.1.0/24").is_null());
+    assert!(!gobgp.route("fd10:1::/48").is_null());
+    gobgp.cli(&["global", "rib", "del", "10.203.0.0/24", "-a", "ipv4"]);
+    gobgp.cli(&["global", "rib", "del", "fd20:3::/48", "-a", "ipv6"]);
+    wait_until("withdrawal at Tabby", 20, || {
+        tabby.route("10.203.0.0/24").is_none() && tabby.route("fd20:3::/48").is_none()
+    });
+}
+
+#[test]
+fn route_reflector_with_bird_frr_and_gobgp_clients() {
+    if !lab_available(
+        "route_reflector",
+        &["bird", "birdc", "/usr/lib/frr/bgpd", "/usr/lib/frr/zebra", "vtysh", "gobgpd", "gobgp"],
+    ) {
+        return;
+    }
+    let r = Netns::new("r");
+    bridge(&r, &["10.78.0.1/24"]);
+    let (c1, c2, c3) = (Netns::new("c"), Netns::new("c"), Netns::new("c"));
+    attach(&r, &c1, &["10.78.0.2/24"]);
+    attach(&r, &c2, &["10.78.0.3/24"]);
+    attach(&r, &c3, &["10.78.0.4/24"]);
+    let bird = Bird::start(
+        &c1,
+        r#"router id 10.78.0.2;
+protocol device { scan time 1; }
+protocol static s4 { ipv4; route 10.211.0.0/24 blackhole; }
+protocol bgp reflector {
+  local 10.78.0.2 as 65000;
+  neighbor 10.78.0.1 as 65000;
+  direct; connect retry time 1; error wait time 1, 2;
+  ipv4 { import all; export all; };
+}
+"#,
+    );
+    let frr = Frr::start(
+        &c2,
+        "frr defaults traditional\nhostname c2\n!\nrouter bgp 65000\n bgp router-id 10.78.0.3\n no bgp network import-check\n \
+         neighbor 10.78.0.1 remote-as 65000\n neighbor 10.78.0.1 timers connect 1\n address-family ipv4 unicast\n  network 10.212.0.0/24\n \
+         exit-address-family\n!\n",
+    );
+    let gobgp = GoBgp::start(&c3, &gobgp_config(65000, "10.78.0.4", "10.78.0.1", 65000));
+    let peers: Vec<String> = ["10.78.0.2", "10.78.0.3", "10.78.0.4"]
+        .iter()
+        .map(|a| format!(r#"{{"address": "{a}", "asn": 65000, "rr_client": true, "families": ["ipv4"]}}"#))
+        .collect();
+    let cfg = format!(
+        r#"{{"router_id": "10.78.0.1", "asn": 65000, "listen": "10.78.0.1:179", "connect_retry": 1,
+            "cluster_id": "9.9.9.9", "peers": [{}]}}"#,
+        peers.join(",")
+    );
+    let mut tabby = Tabby::start(&r, &cfg);
+    wait_until_diag(
+        "three clients Established",
+        40,
+        || ["10.78.0.2", "10.78.0.3", "10.78.0.4"].iter().all(|a| tabby.established(a)),
+        || format!("tabby:\n{}\nbird:\n{}\nfrr:\n{}\ngobgp:\n{}", tabby.output(), bird.log(), frr.log(), gobgp.log()),
+    );
+    gobgp.cli(&["global", "rib", "add", "10.213.0.0/24", "-a", "ipv4"]);
+    wait_until("client routes at the reflector", 20, || {
+        ["10.211.0.0/24", "10.212.0.0/24", "10.213.0.0/24"].iter().all(|p| tabby.route(p).is_some())
+    });
+    // BIRD (client 1) learns the FRR and GoBGP routes.
+    for (p, origin) in [("10.212.0.0/24", "10.78.0.3"), ("10.213.0.0/24", "10.78.0.4")] {
+        wait_until("reflected route at BIRD", 20, || !bird.route(p).is_empty());
+        let out = bird.route(p);
+        assert!(out.contains(&format!("BGP.originator_id: {origin}")), "{out}");
+        assert!(out.contains("BGP.cluster_list: 9.9.9.9"), "{out}");
+    }
+    // FRR (client 2) learns the BIRD and GoBGP routes.
+    for (p, origin) in [("10.211.0.0/24", "10.78.0.2"), ("10.213.0.0/24", "10.78.0.4")] {
+        wait_until("reflected route at FRR", 20, || !frr.route(p).is_null());
+        let v = frr.route(p);
+        assert_eq!(v["originatorId"], origin, "{v}");
+        assert_eq!(v["clusterList"]["list"], serde_json::json!(["9.9.9.9"]), "{v}");
+    }
+    // GoBGP (client 3) learns the BIRD and FRR routes.
+    for (p, origin) in [("10.211.0.0/24", "10.78.0.2"), ("10.212.0.0/24", "10.78.0.3")] {
+        wait_until("reflected route at GoBGP", 20, || !gobgp.route(p).is_null());
+        let v = gobgp.route(p);
+        let attrs = v["attrs"].as_array().cloned().unwrap_or_default();
+        let orig = attrs.iter().find(|a| a["type"] == 9).map(|a| a["value"].clone());
+        let clusters = attrs.iter().find(|a| a["type"] == 10).map(|a| a["value"].clone());
+        assert_eq!(orig, Some(serde_json::json!(origin)), "{v}");
+        assert_eq!(clusters, Some(serde_json::json!(["9.9.9.9"])), "{v}");
+    }
+}

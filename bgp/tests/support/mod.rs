@@ -81,6 +81,18 @@ pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     panic!("timed out after {secs}s waiting for {what}");
 }
 
+/// Like [`wait_until`], printing `diag()` on timeout.
+pub fn wait_until_diag(what: &str, secs: u64, mut f: impl FnMut() -> bool, diag: impl FnOnce() -> String) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {secs}s waiting for {what}\n{}", diag());
+}
+
 /// Checks that `f` stays true for `secs`.
 pub fn holds_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -301,6 +313,11 @@ impl Tabby {
         self.lines.lock().unwrap().iter().rev().find(|l| l.starts_with(&pat)).cloned()
     }
 
+    /// All output lines so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
     pub fn established(&self, addr: &str) -> bool {
         self.peer_line(addr).is_some_and(|l| l.contains("state=Established"))
     }
@@ -391,6 +408,8 @@ impl Frr {
         let zcfg = dir.write("zebra.conf", "hostname zebra\n");
         let zsock = dir.file("zserv.api");
         let d = dir.0.to_str().unwrap().to_string();
+        // FRR daemons insist on a user in the frrvty group: run them as the package's frr user.
+        run(&["chown", "-R", "frr:frr", &d]);
         let zebra = spawn(
             ns,
             "zebra",
@@ -405,11 +424,13 @@ impl Frr {
                 "-i",
                 &format!("{d}/zebra.pid"),
                 "-u",
-                "root",
+                "frr",
                 "-g",
-                "root",
+                "frr",
                 "--log",
                 "stdout",
+                "-P",
+                "0",
             ],
             &dir.file("zebra.out"),
         );
@@ -428,9 +449,9 @@ impl Frr {
                 "-i",
                 &format!("{d}/bgpd.pid"),
                 "-u",
-                "root",
+                "frr",
                 "-g",
-                "root",
+                "frr",
                 "--log",
                 "stdout",
                 "-P",
@@ -504,7 +525,7 @@ impl GoBgp {
     }
 
     pub fn established(&self, peer: &str) -> bool {
-        self.cli(&["neighbor", peer]).contains("BGP state = established")
+        self.cli(&["neighbor", peer]).to_lowercase().contains("bgp state = established")
     }
 
     /// JSON paths of `prefix` in the global RIB (Null when absent).
