@@ -1,0 +1,124 @@
+//! `get TYPE [NAME] [-o wide|yaml|json]`.
+
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use tabby_api::{BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPPool, NodeStatus};
+
+use crate::args::{GetArgs, OutputFormat};
+use crate::cluster::{Cluster, Kind};
+use crate::columns::{self, ResourceType};
+use crate::error::{Error, Result};
+use crate::ipam::math::Cidr;
+use crate::table::Table;
+use crate::{neat, output, wep};
+
+/// Runs `get`.
+pub async fn run(cluster: &Cluster, args: &GetArgs) -> Result<()> {
+    let rt = ResourceType::parse(&args.resource)?;
+    let (name, out) = (args.name.as_deref(), args.output);
+    match rt {
+        ResourceType::IPPool => objects::<IPPool>(cluster, rt, name, out, columns::ippools).await,
+        ResourceType::IPAMBlock => objects::<IPAMBlock>(cluster, rt, name, out, columns::ipamblocks).await,
+        ResourceType::BlockAffinity => objects::<BlockAffinity>(cluster, rt, name, out, columns::blockaffinities).await,
+        ResourceType::BGPConfiguration => {
+            objects::<BGPConfiguration>(cluster, rt, name, out, columns::bgpconfigs).await
+        }
+        ResourceType::BGPPeer => objects::<BGPPeer>(cluster, rt, name, out, columns::bgppeers).await,
+        ResourceType::NodeStatus => {
+            let now = Timestamp::now();
+            objects::<NodeStatus>(cluster, rt, name, out, |items, wide| columns::nodestatuses(items, wide, now)).await
+        }
+        ResourceType::WorkloadEndpoint => workload_endpoints(cluster, name, out).await,
+    }
+}
+
+async fn objects<K: Kind>(
+    cluster: &Cluster,
+    rt: ResourceType,
+    name: Option<&str>,
+    out: Option<OutputFormat>,
+    table: impl Fn(&[K], bool) -> Table,
+) -> Result<()> {
+    let mut items = match name {
+        Some(n) => vec![cluster.get::<K>(n).await?.ok_or_else(|| Error::ObjectNotFound {
+            kind: rt.kind(),
+            name: n.to_string(),
+            resource: rt.cli_name(),
+        })?],
+        None => cluster.list::<K>().await?,
+    };
+    items.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+    match out {
+        Some(OutputFormat::Yaml | OutputFormat::Json) => {
+            let values = items
+                .iter()
+                .map(|o| serde_json::to_value(o).map(neat::neat).map_err(|e| Error::Output(e.to_string())))
+                .collect::<Result<Vec<Value>>>()?;
+            emit(values, name.is_some(), out)
+        }
+        _ if items.is_empty() => {
+            output::note("No resources found.");
+            Ok(())
+        }
+        _ => {
+            output::print(&table(&items, out == Some(OutputFormat::Wide)).plain());
+            Ok(())
+        }
+    }
+}
+
+/// One object as itself, several as a `kind: List`.
+fn emit(mut values: Vec<Value>, single: bool, out: Option<OutputFormat>) -> Result<()> {
+    let value = if single && values.len() == 1 { values.remove(0) } else { neat::list(values) };
+    let text = if out == Some(OutputFormat::Json) { output::json(&value)? } else { output::yaml(&value)? };
+    output::print(&text);
+    Ok(())
+}
+
+async fn workload_endpoints(cluster: &Cluster, name: Option<&str>, out: Option<OutputFormat>) -> Result<()> {
+    let pools: Vec<Cidr> =
+        cluster.list::<IPPool>().await?.iter().filter_map(|p| Cidr::parse(&p.spec.cidr).ok()).collect();
+    let blocks: Vec<_> = cluster.list::<IPAMBlock>().await?.into_iter().map(|b| b.spec).collect();
+    let mut pods = cluster.pods(cluster.all_namespaces).await?;
+    if let Some(n) = name {
+        pods.retain(|p| p.metadata.name.as_deref() == Some(n));
+    }
+    let weps = wep::derive(&pods, &pools, &blocks);
+    if let Some(n) = name
+        && weps.is_empty()
+    {
+        return Err(Error::ObjectNotFound {
+            kind: "WorkloadEndpoint",
+            name: n.to_string(),
+            resource: "workloadendpoint",
+        });
+    }
+    match out {
+        Some(OutputFormat::Yaml | OutputFormat::Json) => {
+            // A derived, read-only view: there is no WorkloadEndpoint object to apply.
+            let values = weps
+                .iter()
+                .map(|w| {
+                    json!({
+                        "apiVersion": "tabby.dev/v1",
+                        "kind": "WorkloadEndpoint",
+                        "metadata": {"name": w.pod, "namespace": w.namespace},
+                        "spec": {"node": w.node, "networks": w.networks, "interfaceName": w.interface, "handles": w.handles},
+                    })
+                })
+                .collect();
+            emit(values, name.is_some(), out)
+        }
+        _ if weps.is_empty() => {
+            let scope =
+                if cluster.all_namespaces { String::new() } else { format!(" in {} namespace", cluster.namespace) };
+            output::note(&format!("No resources found{scope}."));
+            Ok(())
+        }
+        _ => {
+            let wide = out == Some(OutputFormat::Wide);
+            output::print(&columns::workloadendpoints(&weps, cluster.all_namespaces, wide).plain());
+            Ok(())
+        }
+    }
+}
