@@ -1,0 +1,288 @@
+//! Finding and releasing leaked addresses.
+//!
+//! - [`release_local_leaks`]: once at agent start, this node's allocations whose pod is not on this node
+//!   and whose host veth is absent are released after the grace period, each re-checked first.
+//! - [`run_cluster_gc`]: the agent holding the `tabby-ipam-gc` Lease (coordination.k8s.io) periodically
+//!   releases allocations whose pod is gone (or whose node is gone, for allocations without a pod), deletes
+//!   empty blocks and affinities of deleted nodes and handles no block refers to. Every candidate must look
+//!   leaked for the whole grace period and is re-checked against the API right before it is released.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+use tabby_api::ipam::{BlockAffinity, IPAMBlock, IPAMHandle, block_affinity_name};
+use tabby_cni::plugin::veth_name;
+
+use super::allocator::{self, Allocator, ReleaseSel, handle_object_name};
+use super::block;
+
+/// Seconds a GC lease is valid without renewal.
+const LEASE_SECONDS: i32 = 30;
+
+fn pod_on(pods: &HashMap<(String, String), Option<String>>, ns: &str, pod: &str, node: &str) -> bool {
+    pods.get(&(ns.to_string(), pod.to_string())).is_some_and(|n| n.as_deref().is_none_or(|n| n == node))
+}
+
+/// Whether the host side of a pod's veth exists in this network namespace.
+fn attachment_present(ns: &str, pod: &str) -> bool {
+    std::path::Path::new(&format!("/proc/sys/net/ipv4/conf/{}", veth_name(ns, pod))).exists()
+}
+
+async fn pod_still_there(client: &Client, ns: &str, pod: &str, node: &str) -> bool {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(pod).await {
+        Ok(Some(p)) => p.spec.and_then(|s| s.node_name).is_none_or(|n| n == node),
+        Ok(None) => false,
+        Err(_) => true, // unsure: keep it
+    }
+}
+
+/// At start: releases this node's allocations with no pod on this node and no veth, after `grace`.
+pub async fn release_local_leaks(alloc: Allocator, client: Client, pods: Store<Pod>, grace: Duration) {
+    let node = alloc.node().to_string();
+    let candidates = |alloc: &Allocator| -> Vec<(IpNet, usize, Option<String>, String, String)> {
+        let mut out = Vec::new();
+        for b in alloc.blocks() {
+            let Ok(cidr) = b.spec.cidr.parse::<IpNet>() else { continue };
+            for ord in 0..b.spec.allocations.len() {
+                let Some(a) = block::attribute_at(&b.spec, ord) else { continue };
+                let (Some(ns), Some(pod)) = (a.secondary.get(block::ATTR_NAMESPACE), a.secondary.get(block::ATTR_POD))
+                else {
+                    continue;
+                };
+                let on_node = pods
+                    .get(&ObjectRef::new(pod).within(ns))
+                    .is_some_and(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_none_or(|n| n == node));
+                if !on_node && !attachment_present(ns, pod) {
+                    out.push((cidr, ord, a.handle_id.clone(), ns.clone(), pod.clone()));
+                }
+            }
+        }
+        out
+    };
+    let first: BTreeSet<(IpNet, usize, Option<String>)> =
+        candidates(&alloc).into_iter().map(|(c, o, h, _, _)| (c, o, h)).collect();
+    if first.is_empty() {
+        return;
+    }
+    tracing::info!(
+        count = first.len(),
+        grace_s = grace.as_secs(),
+        "allocations without a pod; releasing after the grace period"
+    );
+    tokio::time::sleep(grace).await;
+    let mut exact = Vec::new();
+    for (c, o, h, ns, pod) in candidates(&alloc) {
+        if first.contains(&(c, o, h.clone())) && !pod_still_there(&client, &ns, &pod, &node).await {
+            exact.push((c, o, h));
+        }
+    }
+    if exact.is_empty() {
+        return;
+    }
+    match alloc.release(ReleaseSel::Exact(exact)).await {
+        Ok(n) => tracing::info!(released = n, "released leaked allocations of this node"),
+        Err(e) => tracing::warn!(error = %e, "releasing leaked allocations failed"),
+    }
+}
+
+/// Acquires or renews the GC lease; true while this agent holds it.
+pub async fn acquire_lease(client: &Client, namespace: &str, name: &str, me: &str) -> bool {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let now = MicroTime(Timestamp::now());
+    let spec = |transitions: i32| LeaseSpec {
+        holder_identity: Some(me.to_string()),
+        lease_duration_seconds: Some(LEASE_SECONDS),
+        acquire_time: Some(now.clone()),
+        renew_time: Some(now.clone()),
+        lease_transitions: Some(transitions),
+        ..Default::default()
+    };
+    match api.get_opt(name).await {
+        Ok(None) => {
+            let lease =
+                Lease { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, spec: Some(spec(0)) };
+            api.create(&PostParams::default(), &lease).await.is_ok()
+        }
+        Ok(Some(mut lease)) => {
+            let cur = lease.spec.clone().unwrap_or_default();
+            let mine = cur.holder_identity.as_deref() == Some(me);
+            let expired = cur.renew_time.as_ref().is_none_or(|t| {
+                let age = Timestamp::now().duration_since(t.0);
+                age.as_secs() > i64::from(cur.lease_duration_seconds.unwrap_or(LEASE_SECONDS))
+            });
+            if !mine && !expired {
+                return false;
+            }
+            let mut next = spec(cur.lease_transitions.unwrap_or(0) + i32::from(!mine));
+            if mine {
+                next.acquire_time = cur.acquire_time;
+            }
+            lease.spec = Some(next);
+            api.replace(name, &PostParams::default(), &lease).await.is_ok()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the GC lease failed");
+            false
+        }
+    }
+}
+
+/// Where a garbage collector pass remembers since when each candidate has looked leaked.
+#[derive(Default)]
+pub struct GcState {
+    seen: HashMap<String, Instant>,
+}
+
+impl GcState {
+    /// True once `key` has looked leaked for `grace`; every key not offered in a pass is forgotten by
+    /// [`GcState::retain`].
+    fn ripe(&mut self, key: String, grace: Duration, offered: &mut HashSet<String>) -> bool {
+        offered.insert(key.clone());
+        self.seen.entry(key).or_insert_with(Instant::now).elapsed() >= grace
+    }
+
+    fn retain(&mut self, offered: &HashSet<String>) {
+        self.seen.retain(|k, _| offered.contains(k));
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub released: u32,
+    pub blocks_deleted: u32,
+    pub affinities_deleted: u32,
+    pub handles_deleted: u32,
+}
+
+/// One cluster-wide pass (the caller holds the lease).
+pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> Result<GcReport, kube::Error> {
+    let blocks_api: Api<IPAMBlock> = Api::all(client.clone());
+    let nodes: HashSet<String> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .map(|n| n.name_any())
+        .collect();
+    let pods: HashMap<(String, String), Option<String>> = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.spec.and_then(|s| s.node_name)))
+        .collect();
+    let blocks = blocks_api.list(&ListParams::default()).await?.items;
+    let mut report = GcReport::default();
+    let mut offered = HashSet::new();
+    let mut referenced: HashSet<String> = HashSet::new();
+    for b in &blocks {
+        let Ok(cidr) = b.spec.cidr.parse::<IpNet>() else { continue };
+        let owner = b.spec.affinity.as_deref().and_then(|a| a.strip_prefix("host:")).unwrap_or_default().to_string();
+        let mut release: Vec<(usize, Option<String>)> = Vec::new();
+        for ord in 0..b.spec.allocations.len() {
+            let Some(a) = block::attribute_at(&b.spec, ord) else { continue };
+            if let Some(h) = &a.handle_id {
+                referenced.insert(h.clone());
+            }
+            let node = a.secondary.get(block::ATTR_NODE).cloned().unwrap_or_else(|| owner.clone());
+            let pod = (a.secondary.get(block::ATTR_NAMESPACE), a.secondary.get(block::ATTR_POD));
+            let leaked = match pod {
+                (Some(ns), Some(p)) => !pod_on(&pods, ns, p, &node),
+                _ => !nodes.contains(&node),
+            };
+            if !leaked {
+                continue;
+            }
+            let key = format!("alloc/{cidr}/{ord}/{:?}", a.handle_id);
+            if !state.ripe(key, grace, &mut offered) {
+                continue;
+            }
+            // Re-check against the API right before releasing.
+            let still = match pod {
+                (Some(ns), Some(p)) => !pod_still_there(client, ns, p, &node).await,
+                _ => Api::<Node>::all(client.clone()).get_opt(&node).await.is_ok_and(|n| n.is_none()),
+            };
+            if still {
+                release.push((ord, a.handle_id.clone()));
+            }
+        }
+        if !release.is_empty() {
+            let n = allocator::release_in_block(&blocks_api, &cidr, |o, a| {
+                release.iter().any(|(ro, rh)| *ro == o && *rh == a.handle_id)
+            })
+            .await
+            .unwrap_or(0);
+            report.released += n;
+            tracing::info!(block = %cidr, released = n, "released leaked allocations");
+        }
+        // Empty blocks of deleted nodes go, with their affinities.
+        if !owner.is_empty() && !nodes.contains(&owner) {
+            let Some(fresh) = blocks_api.get_opt(&b.name_any()).await? else { continue };
+            if fresh.spec.allocations.iter().all(Option::is_none)
+                && state.ripe(format!("block/{cidr}"), grace, &mut offered)
+                && allocator::delete_block_if_unchanged(&blocks_api, &fresh).await.unwrap_or(false)
+            {
+                report.blocks_deleted += 1;
+                let aff: Api<BlockAffinity> = Api::all(client.clone());
+                if aff.delete(&block_affinity_name(&owner, &b.spec.cidr), &DeleteParams::default()).await.is_ok() {
+                    report.affinities_deleted += 1;
+                }
+            }
+        }
+    }
+    // Affinities of deleted nodes whose block is gone or someone else's.
+    let owners: BTreeMap<String, Option<String>> =
+        blocks.iter().map(|b| (b.spec.cidr.clone(), b.spec.affinity.clone())).collect();
+    let aff_api: Api<BlockAffinity> = Api::all(client.clone());
+    for a in aff_api.list(&ListParams::default()).await? {
+        let owned =
+            owners.get(&a.spec.cidr).is_some_and(|o| o.as_deref() == Some(format!("host:{}", a.spec.node).as_str()));
+        if !nodes.contains(&a.spec.node)
+            && !owned
+            && state.ripe(format!("affinity/{}", a.name_any()), grace, &mut offered)
+            && aff_api.delete(&a.name_any(), &DeleteParams::default()).await.is_ok()
+        {
+            report.affinities_deleted += 1;
+        }
+    }
+    // Handles no block refers to.
+    let handles: Api<IPAMHandle> = Api::all(client.clone());
+    for h in handles.list(&ListParams::default()).await? {
+        if !referenced.contains(&h.spec.handle_id)
+            && state.ripe(format!("handle/{}", h.spec.handle_id), grace, &mut offered)
+            && handles.delete(&handle_object_name(&h.spec.handle_id), &DeleteParams::default()).await.is_ok()
+        {
+            report.handles_deleted += 1;
+        }
+    }
+    state.retain(&offered);
+    Ok(report)
+}
+
+/// Competes for the GC lease forever; the holder runs [`gc_pass`] every `interval`.
+pub async fn run_cluster_gc(client: Client, me: String, namespace: String, interval: Duration, grace: Duration) {
+    let mut state = GcState::default();
+    let tick = interval.min(Duration::from_secs(10));
+    let mut last: Option<Instant> = None;
+    loop {
+        if acquire_lease(&client, &namespace, crate::config::GC_LEASE_NAME, &me).await
+            && last.is_none_or(|l| l.elapsed() >= interval)
+        {
+            last = Some(Instant::now());
+            match gc_pass(&client, &mut state, grace).await {
+                Ok(r) if r != GcReport::default() => tracing::info!(?r, "IPAM garbage collection"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "IPAM garbage collection failed"),
+            }
+        }
+        tokio::time::sleep(tick).await;
+    }
+}

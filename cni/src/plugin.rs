@@ -1,0 +1,487 @@
+//! The commands: ADD, DEL, CHECK, STATUS, GC and VERSION, wired the Calico way (docs/cni.md).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha1::{Digest, Sha1};
+
+use crate::log::{Level, Logger};
+use crate::netlink::{self, Link, NetNs, Netlink, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RTPROT_BOOT, RTPROT_TABBY, Route};
+use crate::proto::{self, ClientError, Op, Response};
+use crate::spec::{self, AddResult, CniError, Interface, NetConf, code};
+
+/// The MAC of every host-side veth (the pod resolves its gateway to it by proxy ARP).
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
+/// The pod's IPv4 gateway: link-local, answered by the host veth's proxy ARP.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pod's IPv6 gateway: the host veth's EUI-64 link-local address derived from [`HOST_MAC`].
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+/// Prefix of host-side veth names.
+pub const VETH_PREFIX: &str = "tby";
+
+/// The host-side veth of a pod: `tby` + the first 12 hex digits of SHA-1(`<namespace>.<pod>`).
+pub fn veth_name(namespace: &str, pod: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{VETH_PREFIX}{hex}")
+}
+
+/// The invocation's environment (`CNI_*`).
+#[derive(Debug, Default, Clone)]
+pub struct Invocation {
+    pub command: String,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+    /// `K8S_POD_NAMESPACE`, `K8S_POD_NAME`, … from `CNI_ARGS`.
+    pub args: BTreeMap<String, String>,
+}
+
+impl Invocation {
+    /// Reads `CNI_*` through `env`; only the variables every command needs are required here.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        let invalid = |what: String| CniError::new(code::INVALID_ENV, "invalid environment", what);
+        let command =
+            env("CNI_COMMAND").filter(|c| !c.is_empty()).ok_or_else(|| invalid("CNI_COMMAND is not set".into()))?;
+        let mut args = BTreeMap::new();
+        for pair in env("CNI_ARGS").unwrap_or_default().split(';').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| invalid(format!("CNI_ARGS: {pair:?} is not KEY=VALUE")))?;
+            args.insert(k.to_string(), v.to_string());
+        }
+        Ok(Invocation {
+            command,
+            container_id: env("CNI_CONTAINERID").unwrap_or_default(),
+            netns: env("CNI_NETNS").unwrap_or_default(),
+            ifname: env("CNI_IFNAME").unwrap_or_default(),
+            args,
+        })
+    }
+
+    fn require_container(&self, netns: bool) -> Result<(), CniError> {
+        let invalid = |what: String| CniError::new(code::INVALID_ENV, "invalid environment", what);
+        if self.container_id.is_empty() {
+            return Err(invalid("CNI_CONTAINERID is not set".into()));
+        }
+        if !self.container_id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            || !self.container_id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            return Err(invalid(format!(
+                "CNI_CONTAINERID {:?}: must be letters, digits, '_', '.' or '-'",
+                self.container_id
+            )));
+        }
+        if self.ifname.is_empty() {
+            return Err(invalid("CNI_IFNAME is not set".into()));
+        }
+        if self.ifname.len() > 15
+            || self.ifname == "."
+            || self.ifname == ".."
+            || self.ifname.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+        {
+            return Err(invalid(format!("CNI_IFNAME {:?}: not a valid interface name", self.ifname)));
+        }
+        if netns && self.netns.is_empty() {
+            return Err(invalid("CNI_NETNS is not set".into()));
+        }
+        Ok(())
+    }
+
+    fn pod(&self) -> (Option<String>, Option<String>) {
+        let get = |k: &str| self.args.get(k).filter(|v| !v.is_empty()).cloned();
+        (get("K8S_POD_NAMESPACE"), get("K8S_POD_NAME"))
+    }
+
+    /// The host veth name: from the pod when the runtime names it, else from the container ID.
+    pub fn host_veth(&self) -> String {
+        match self.pod() {
+            (Some(ns), Some(pod)) => veth_name(&ns, &pod),
+            _ => veth_name("", &self.container_id),
+        }
+    }
+}
+
+/// Runs one invocation; returns the exit code and what to print on stdout.
+pub fn run(stdin: &[u8], env: &dyn Fn(&str) -> Option<String>) -> (i32, String) {
+    let version_hint = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+        .filter(|v| spec::SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| spec::SPEC_VERSION.to_string());
+    let fail = |e: CniError, log: &mut Logger| {
+        log.error(&format!("code={} msg={:?} details={:?}", e.code, e.msg, e.details));
+        (1, e.to_json(&version_hint).to_string())
+    };
+    let inv = match Invocation::from_env(env) {
+        Ok(i) => i,
+        Err(e) => return fail(e, &mut Logger::off()),
+    };
+    if inv.command == "VERSION" {
+        let v = json!({"cniVersion": version_hint, "supportedVersions": spec::SUPPORTED_VERSIONS});
+        return (0, v.to_string());
+    }
+    let conf = match spec::parse_conf(stdin) {
+        Ok(c) => c,
+        Err(e) => return fail(e, &mut Logger::off()),
+    };
+    let mut log =
+        Logger::open(&conf.log_file_path, Level::parse(conf.log_level.as_deref()), &inv.command, &inv.container_id);
+    let result = match inv.command.as_str() {
+        "ADD" => inv.require_container(true).and_then(|()| add(&conf, &inv, &mut log)).map(Some),
+        "DEL" => inv.require_container(false).and_then(|()| del(&conf, &inv, &mut log)).map(|()| None),
+        "CHECK" => inv.require_container(true).and_then(|()| check(&conf, &inv, &mut log)).map(|()| None),
+        "STATUS" => status(&conf).map(|()| None),
+        "GC" => gc(&conf, &mut log).map(|()| None),
+        other => Err(CniError::new(code::INVALID_ENV, "invalid environment", format!("unknown CNI_COMMAND {other:?}"))),
+    };
+    match result {
+        Ok(Some(out)) => (0, out.to_string()),
+        Ok(None) => (0, String::new()),
+        Err(e) => fail(e, &mut log),
+    }
+}
+
+fn agent_call(conf: &NetConf, op: Op) -> Result<Response, CniError> {
+    let socket = Path::new(&conf.agent_socket);
+    let resp = proto::call(socket, op, Duration::from_secs(conf.agent_timeout_seconds)).map_err(|e| match e {
+        ClientError::Connect(..) => CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the Tabby agent is not reachable; try again later",
+            format!("socket {}: {e}", conf.agent_socket),
+        ),
+        e => CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the Tabby agent did not answer; try again later",
+            format!("socket {}: {e}", conf.agent_socket),
+        ),
+    })?;
+    if let Some(err) = resp.error {
+        return Err(CniError::new(err.code, err.msg, err.details));
+    }
+    Ok(resp)
+}
+
+fn nl_err(e: impl std::fmt::Display) -> CniError {
+    CniError::new(code::NETLINK, "configuring the pod network failed", e.to_string())
+}
+
+fn open_netns(path: &str) -> Result<NetNs, CniError> {
+    NetNs::open_checked(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            CniError::new(code::UNKNOWN_CONTAINER, "the container's network namespace does not exist", path.to_string())
+        }
+        _ => CniError::new(code::INVALID_ENV, "CNI_NETNS is not a network namespace", format!("{path}: {e}")),
+    })
+}
+
+fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<Value, CniError> {
+    let pod_ns = open_netns(&inv.netns)?;
+    let host_ns = NetNs::current().map_err(nl_err)?;
+    let handle = proto::handle_id(&conf.name, &inv.container_id);
+    let (namespace, pod) = inv.pod();
+    let resp = agent_call(
+        conf,
+        Op::Add {
+            handle: handle.clone(),
+            container_id: inv.container_id.clone(),
+            ifname: inv.ifname.clone(),
+            namespace,
+            pod,
+        },
+    )?;
+    let mut ips = Vec::new();
+    for s in &resp.ips {
+        let (ip, _) = spec::parse_cidr(s)
+            .ok_or_else(|| CniError::new(code::AGENT, "the agent returned an invalid address", s.clone()))?;
+        ips.push(ip);
+    }
+    log.info(&format!("allocated {ips:?} handle={handle}"));
+    let mtu = if conf.mtu != 0 { conf.mtu } else { resp.mtu.filter(|m| *m != 0).unwrap_or(1500) };
+    let host_veth = inv.host_veth();
+    match wire(&pod_ns, &host_ns, inv, &host_veth, &ips, mtu) {
+        Ok(result) => {
+            log.info(&format!("wired {} <-> {} mtu {mtu}", inv.ifname, host_veth));
+            Ok(result.to_json(&conf.cni_version))
+        }
+        Err(e) => {
+            log.error(&format!("wiring failed, rolling back: {e}"));
+            if let Ok(mut host) = Netlink::open()
+                && let Ok(Some(l)) = host.link_by_name(&host_veth)
+            {
+                let _ = host.delete_link(l.index);
+            }
+            if let Ok(mut pod) = Netlink::open_in(&pod_ns, &host_ns)
+                && let Ok(Some(l)) = pod.link_by_name(&inv.ifname)
+            {
+                let _ = pod.delete_link(l.index);
+            }
+            if let Err(re) = agent_call(conf, Op::Del { handle }) {
+                log.error(&format!("releasing the allocation failed: {re}"));
+            }
+            Err(e)
+        }
+    }
+}
+
+fn sysctl(path: &str, value: &str) -> Result<(), CniError> {
+    std::fs::write(path, value).map_err(|e| nl_err(format!("sysctl {path}: {e}")))
+}
+
+fn wire(
+    pod_ns: &NetNs,
+    host_ns: &NetNs,
+    inv: &Invocation,
+    host_veth: &str,
+    ips: &[IpAddr],
+    mtu: u32,
+) -> Result<AddResult, CniError> {
+    let mut host = Netlink::open().map_err(nl_err)?;
+    let mut pod = Netlink::open_in(pod_ns, host_ns).map_err(nl_err)?;
+    // A repeated ADD (or a stale pair of an earlier sandbox of the same pod) starts from a clean slate.
+    if let Some(l) = pod.link_by_name(&inv.ifname).map_err(nl_err)? {
+        pod.delete_link(l.index).map_err(nl_err)?;
+    }
+    if let Some(l) = host.link_by_name(host_veth).map_err(nl_err)? {
+        host.delete_link(l.index).map_err(nl_err)?;
+    }
+    // Created from inside the pod's namespace with the peer placed straight into the host's: no move.
+    pod.create_veth(&inv.ifname, host_veth, host_ns, mtu, HOST_MAC).map_err(nl_err)?;
+    let missing = |n: &str| nl_err(format!("{n} vanished right after it was created"));
+    let hl: Link = host.link_by_name(host_veth).map_err(nl_err)?.ok_or_else(|| missing(host_veth))?;
+    let has_v4 = ips.iter().any(IpAddr::is_ipv4);
+    let has_v6 = ips.iter().any(IpAddr::is_ipv6);
+    if has_v4 {
+        for (k, v) in [("route_localnet", "1"), ("proxy_arp", "1"), ("forwarding", "1")] {
+            sysctl(&format!("/proc/sys/net/ipv4/conf/{host_veth}/{k}"), v)?;
+        }
+        sysctl(&format!("/proc/sys/net/ipv4/neigh/{host_veth}/proxy_delay"), "0")?;
+    }
+    if has_v6 {
+        for (k, v) in [("accept_dad", "0"), ("accept_ra", "0"), ("proxy_ndp", "1"), ("forwarding", "1")] {
+            sysctl(&format!("/proc/sys/net/ipv6/conf/{host_veth}/{k}"), v)?;
+        }
+    }
+    host.set_up(hl.index).map_err(nl_err)?;
+    let pl: Link = pod.link_by_name(&inv.ifname).map_err(nl_err)?.ok_or_else(|| missing(&inv.ifname))?;
+    pod.set_up(pl.index).map_err(nl_err)?;
+    let mut result = AddResult {
+        interfaces: vec![
+            Interface { name: host_veth.to_string(), mac: netlink::mac_string(&hl.mac), sandbox: None },
+            Interface { name: inv.ifname.clone(), mac: netlink::mac_string(&pl.mac), sandbox: Some(inv.netns.clone()) },
+        ],
+        ips: Vec::new(),
+        routes: Vec::new(),
+    };
+    for ip in ips {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        pod.add_addr(pl.index, *ip, prefix).map_err(nl_err)?;
+        result.ips.push((*ip, prefix, None, 1));
+    }
+    if has_v4 {
+        let gw = IpAddr::V4(GATEWAY_V4);
+        pod.add_route(
+            &Route {
+                dst: Some(gw),
+                dst_len: 32,
+                gateway: None,
+                oif: Some(pl.index),
+                protocol: RTPROT_BOOT,
+                scope: RT_SCOPE_LINK,
+            },
+            false,
+        )
+        .map_err(nl_err)?;
+        pod.add_route(
+            &Route {
+                dst: None,
+                dst_len: 0,
+                gateway: Some(gw),
+                oif: Some(pl.index),
+                protocol: RTPROT_BOOT,
+                scope: RT_SCOPE_UNIVERSE,
+            },
+            false,
+        )
+        .map_err(nl_err)?;
+        result.routes.push((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, Some(gw)));
+    }
+    if has_v6 {
+        let gw = IpAddr::V6(GATEWAY_V6);
+        pod.add_route(
+            &Route {
+                dst: None,
+                dst_len: 0,
+                gateway: Some(gw),
+                oif: Some(pl.index),
+                protocol: RTPROT_BOOT,
+                scope: RT_SCOPE_UNIVERSE,
+            },
+            true,
+        )
+        .map_err(nl_err)?;
+        result.routes.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0, Some(gw)));
+    }
+    for ip in ips {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        host.add_route(
+            &Route {
+                dst: Some(*ip),
+                dst_len: len,
+                gateway: None,
+                oif: Some(hl.index),
+                protocol: RTPROT_TABBY,
+                scope: RT_SCOPE_LINK,
+            },
+            ip.is_ipv6(),
+        )
+        .map_err(nl_err)?;
+    }
+    Ok(result)
+}
+
+fn del(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<(), CniError> {
+    // Interfaces first, so the address is unused before it can be handed out again.
+    if !inv.netns.is_empty()
+        && let Ok(pod_ns) = NetNs::open_checked(&inv.netns)
+    {
+        let host_ns = NetNs::current().map_err(nl_err)?;
+        let mut pod = Netlink::open_in(&pod_ns, &host_ns).map_err(nl_err)?;
+        if let Some(l) = pod.link_by_name(&inv.ifname).map_err(nl_err)? {
+            pod.delete_link(l.index).map_err(nl_err)?;
+            log.info(&format!("deleted {}", inv.ifname));
+        } else {
+            // The pod side is gone but the namespace is not: remove a host side left behind.
+            let mut host = Netlink::open().map_err(nl_err)?;
+            if let Some(l) = host.link_by_name(&inv.host_veth()).map_err(nl_err)? {
+                host.delete_link(l.index).map_err(nl_err)?;
+                log.info(&format!("deleted stale {}", l.name));
+            }
+        }
+    }
+    let handle = proto::handle_id(&conf.name, &inv.container_id);
+    let resp = agent_call(conf, Op::Del { handle: handle.clone() })?;
+    log.info(&format!("released {} address(es) of {handle}", resp.released));
+    Ok(())
+}
+
+fn check(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<(), CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(code::INVALID_CONFIG, "invalid network configuration", "CHECK needs prevResult")
+    })?;
+    let prev = spec::parse_prev_result(prev)?;
+    let pod_ns = open_netns(&inv.netns)?;
+    let host_ns = NetNs::current().map_err(nl_err)?;
+    let mismatch = |what: String| CniError::new(code::CHECK_MISMATCH, "the attachment differs from prevResult", what);
+    let mut pod = Netlink::open_in(&pod_ns, &host_ns).map_err(nl_err)?;
+    let pl = pod
+        .link_by_name(&inv.ifname)
+        .map_err(nl_err)?
+        .ok_or_else(|| mismatch(format!("interface {} is missing in {}", inv.ifname, inv.netns)))?;
+    if !pl.up {
+        return Err(mismatch(format!("interface {} is down", inv.ifname)));
+    }
+    let mut have = pod.addrs(Some(pl.index), false).map_err(nl_err)?;
+    have.extend(pod.addrs(Some(pl.index), true).map_err(nl_err)?);
+    for (ip, prefix) in &prev.ips {
+        if !have.iter().any(|a| a.addr == *ip && a.prefix == *prefix) {
+            return Err(mismatch(format!("address {ip}/{prefix} is missing on {}", inv.ifname)));
+        }
+    }
+    for v6 in [false, true] {
+        if !prev.ips.iter().any(|(ip, _)| ip.is_ipv6() == v6) {
+            continue;
+        }
+        let gw = if v6 { IpAddr::V6(GATEWAY_V6) } else { IpAddr::V4(GATEWAY_V4) };
+        let routes = pod.routes(v6).map_err(nl_err)?;
+        if !routes.iter().any(|r| r.dst_len == 0 && r.gateway == Some(gw) && r.oif == Some(pl.index)) {
+            return Err(mismatch(format!("the default route via {gw} is missing")));
+        }
+    }
+    let mut host = Netlink::open().map_err(nl_err)?;
+    let host_veth = inv.host_veth();
+    let hl = host
+        .link_by_name(&host_veth)
+        .map_err(nl_err)?
+        .ok_or_else(|| mismatch(format!("host interface {host_veth} is missing")))?;
+    for v6 in [false, true] {
+        let routes = host.routes(v6).map_err(nl_err)?;
+        for (ip, _) in prev.ips.iter().filter(|(ip, _)| ip.is_ipv6() == v6) {
+            if !routes.iter().any(|r| r.dst == Some(*ip) && r.oif == Some(hl.index)) {
+                return Err(mismatch(format!("host route to {ip} via {host_veth} is missing")));
+            }
+        }
+    }
+    let handle = proto::handle_id(&conf.name, &inv.container_id);
+    let resp = agent_call(conf, Op::Check { handle: handle.clone() })?;
+    let mut held: Vec<IpAddr> = resp.ips.iter().filter_map(|s| spec::parse_cidr(s).map(|(ip, _)| ip)).collect();
+    let mut want: Vec<IpAddr> = prev.ips.iter().map(|(ip, _)| *ip).collect();
+    held.sort();
+    want.sort();
+    if held != want {
+        return Err(mismatch(format!("the agent holds {held:?} for {handle}, prevResult says {want:?}")));
+    }
+    log.debug("check passed");
+    Ok(())
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let not_ready =
+        |details: String| CniError::new(code::PLUGIN_NOT_AVAILABLE, "the Tabby agent is not ready", details);
+    match agent_call(conf, Op::Status) {
+        Ok(r) if r.ready => Ok(()),
+        Ok(_) => Err(not_ready(format!("socket {}: agent reports not ready", conf.agent_socket))),
+        Err(e) => Err(not_ready(format!("{}: {}", e.msg, e.details))),
+    }
+}
+
+fn gc(conf: &NetConf, log: &mut Logger) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::new(code::INVALID_CONFIG, "invalid network configuration", "GC needs cni.dev/valid-attachments")
+    })?;
+    let valid_handles = valid.iter().map(|a| proto::handle_id(&conf.name, &a.container_id)).collect();
+    let resp = agent_call(conf, Op::Gc { network: conf.name.clone(), valid_handles })?;
+    log.info(&format!("gc released {} address(es)", resp.released));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names() {
+        let n = veth_name("default", "web-0");
+        assert_eq!(n.len(), 15);
+        assert!(n.starts_with("tby"));
+        assert_eq!(n, veth_name("default", "web-0"));
+        assert_ne!(n, veth_name("default", "web-1"));
+        // SHA-1("default.web-0") starts with these 12 hex digits.
+        let digest = Sha1::digest(b"default.web-0");
+        assert_eq!(&n[3..5], format!("{:02x}", digest[0]));
+    }
+
+    #[test]
+    fn environment_errors() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"tabby","log_file_path":""}"#;
+        let (rc, out) = run(conf, &env(&[]));
+        assert_eq!(rc, 1);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["code"], code::INVALID_ENV);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        let (rc, out) = run(conf, &env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]));
+        assert_eq!(rc, 1);
+        assert!(out.contains("CNI_NETNS"), "{out}");
+        let (rc, out) = run(conf, &env(&[("CNI_COMMAND", "VERSION")]));
+        assert_eq!(rc, 0);
+        assert!(out.contains("1.1.0"), "{out}");
+        let (rc, out) = run(b"garbage", &env(&[("CNI_COMMAND", "VERSION")]));
+        assert_eq!((rc, out.contains("supportedVersions")), (0, true));
+        let (_, out) = run(conf, &env(&[("CNI_COMMAND", "ADD"), ("CNI_ARGS", "novalue")]));
+        assert!(out.contains("KEY=VALUE"), "{out}");
+    }
+}
