@@ -1,0 +1,433 @@
+//! Test support: network namespaces, a control plane with Tabby's CRDs, agents as real processes, and
+//! running the plugin as a container runtime does (inside a per-test "node" network namespace, so every
+//! address, route and link the tests make lives in namespaces the tests own).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tabby_api::ipam::{IPAMBlock, IPAMHandle};
+use tabby_cni::proto::{self, Op, Response};
+use tabby_e2e::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Tests run one at a time: each starts a control plane and many processes on a small machine.
+pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// True when the test can run as root; otherwise skips visibly (fails in CI).
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: needs root (network namespaces) and CI=true");
+    }
+    eprintln!("SKIP {test}: needs root for network namespaces");
+    false
+}
+
+/// A named network namespace (`ip netns`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+    pub path: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("tby-t{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { path: format!("/run/netns/{name}"), name }
+    }
+
+    /// A node namespace: lo up, an uplink `up0` (one end of a veth pair whose other end stays in the same
+    /// namespace) with 192.168.100.1/24 and a default route, like a host's uplink.
+    pub fn node(tag: &str) -> Netns {
+        let ns = Netns::new(tag);
+        for args in [
+            vec!["link", "add", "up0", "type", "veth", "peer", "name", "up1"],
+            vec!["addr", "add", "192.168.100.1/24", "dev", "up0"],
+            vec!["link", "set", "up1", "up"],
+            vec!["link", "set", "up0", "up"],
+            vec!["route", "add", "default", "via", "192.168.100.254", "dev", "up0"],
+        ] {
+            let mut full = vec!["ip", "-n", ns.name.as_str()];
+            full.extend(args);
+            sh(&full);
+        }
+        ns
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec runs")
+    }
+
+    /// `ip -n <ns> <args>` stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip").arg("-n").arg(&self.name).args(args).output().expect("ip runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Names of the `tby…` links in this namespace.
+    pub fn tabby_links(&self) -> Vec<String> {
+        self.ip(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("tby"))
+            .collect()
+    }
+
+    /// Routes with Tabby's protocol number in this namespace (IPv4 and IPv6).
+    pub fn tabby_routes(&self) -> String {
+        format!("{}{}", self.ip(&["route", "show", "proto", "80"]), self.ip(&["-6", "route", "show", "proto", "80"]))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `tabby` plugin binary.
+pub fn plugin_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tabby"))
+}
+
+/// The `tabby-agent` binary: beside the plugin (cargo builds both for the workspace), else built now.
+pub fn agent_bin() -> PathBuf {
+    let path = plugin_bin().with_file_name("tabby-agent");
+    if !path.is_file() {
+        let release = plugin_bin().parent().is_some_and(|d| d.ends_with("release"));
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "tabby-agent", "--bin", "tabby-agent"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("cargo runs");
+        assert!(st.success(), "building tabby-agent failed");
+    }
+    path
+}
+
+/// A control plane with Tabby's CRDs, the tabby-system namespace and nodes.
+pub struct Cluster {
+    pub cp: ControlPlane,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(test: &str) -> Option<Cluster> {
+        Self::start_with(test, true).await
+    }
+
+    pub async fn start_with(test: &str, crds: bool) -> Option<Cluster> {
+        let cp = start_or_skip(test, Options::default()).await?;
+        let dir = tempfile::Builder::new().prefix("tabby-cni-test-").tempdir().expect("tempdir");
+        let c = Cluster { cp, dir };
+        c.cp.kubectl_ok(&["create", "namespace", "tabby-system"]);
+        if crds {
+            c.install_crds();
+        }
+        Some(c)
+    }
+
+    pub fn install_crds(&self) {
+        self.cp.kubectl_ok(&["create", "-f", repo_root().join("crds").to_str().expect("utf-8 path")]);
+        self.cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
+    }
+
+    pub fn client(&self) -> Client {
+        self.cp.client()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let path = self.dir.path().join(format!("obj-{}.yaml", SEQ.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&path, yaml).expect("write yaml");
+        self.cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+    }
+
+    pub fn pool(&self, name: &str, cidr: &str, block_size: u8) {
+        self.apply(&format!(
+            "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {{cidr: '{cidr}', blockSize: {block_size}}}\n"
+        ));
+    }
+
+    pub fn node(&self, name: &str) {
+        self.apply(&format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n"));
+    }
+
+    pub fn pod(&self, ns: &str, name: &str, node: &str) {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n"
+        ));
+    }
+
+    /// Every block.
+    pub async fn blocks(&self) -> Vec<IPAMBlock> {
+        Api::<IPAMBlock>::all(self.client()).list(&ListParams::default()).await.expect("list blocks").items
+    }
+
+    pub async fn handles(&self) -> Vec<IPAMHandle> {
+        Api::<IPAMHandle>::all(self.client()).list(&ListParams::default()).await.expect("list handles").items
+    }
+
+    /// handle → addresses over every block, asserting each block is consistent.
+    pub async fn allocations(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for b in self.blocks().await {
+            tabby_agent::ipam::block::check_consistency(&b.spec).unwrap_or_else(|e| panic!("{e}"));
+            let cidr: IpNet = b.spec.cidr.parse().expect("cidr");
+            for ord in 0..b.spec.allocations.len() {
+                if let Some(h) = tabby_agent::ipam::block::handle_at(&b.spec, ord) {
+                    out.entry(h.to_string())
+                        .or_default()
+                        .push(tabby_agent::ipam::block::addr_at(&cidr, ord).to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A running `tabby-agent` process.
+pub struct Agent {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub node: String,
+    env: Vec<(String, String)>,
+    kubeconfig: PathBuf,
+    dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent for `node` (socket and state in the cluster's temp dir) without waiting.
+    pub fn spawn(c: &Cluster, node: &str, extra: &[(&str, &str)]) -> Agent {
+        let dir = c.dir.path().join(format!("agent-{node}"));
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let mut a = Agent {
+            child: Command::new("true").spawn().expect("true runs"),
+            socket: dir.join("agent.sock"),
+            log: dir.join("agent.log"),
+            node: node.into(),
+            env: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            kubeconfig: c.cp.kubeconfig.clone(),
+            dir,
+        };
+        let _ = a.child.wait();
+        a.launch();
+        a
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
+        self.child = Command::new(agent_bin())
+            .arg("run")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("NODENAME", &self.node)
+            .env("TABBY_AGENT_SOCKET", &self.socket)
+            .env("TABBY_STATE_DIR", self.dir.join("state"))
+            .env("TABBY_HEALTH_PORT", "0")
+            .env("TABBY_MTU", "1450")
+            .env("TABBY_LOG_SEVERITY", "debug")
+            .env("RUST_LOG", "tabby_agent=debug,warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("tabby-agent starts");
+    }
+
+    /// Starts an agent and waits until it reports ready.
+    pub fn start(c: &Cluster, node: &str, extra: &[(&str, &str)]) -> Agent {
+        let a = Agent::spawn(c, node, extra);
+        a.wait_ready();
+        a
+    }
+
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if self.call(Op::Status).is_ok_and(|r| r.ready) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent {} not ready in 60s; log:\n{}", self.node, self.log_tail());
+    }
+
+    pub fn call(&self, op: Op) -> Result<Response, proto::ClientError> {
+        proto::call(&self.socket, op, Duration::from_secs(30))
+    }
+
+    /// ADD through the socket (no netns), for IPAM-only tests.
+    pub fn add(&self, handle: &str) -> Result<Response, proto::ClientError> {
+        self.call(Op::Add {
+            handle: handle.into(),
+            container_id: handle.into(),
+            ifname: "eth0".into(),
+            namespace: None,
+            pod: None,
+        })
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+        self.wait_ready();
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The plugin's network configuration.
+pub fn conf(version: &str, socket: &Path, log: &Path) -> Value {
+    json!({
+        "cniVersion": version,
+        "name": "k8s-pod-network",
+        "type": "tabby",
+        "log_file_path": log,
+        "log_level": "debug",
+        "agent_socket": socket,
+        "agent_timeout_seconds": 10,
+    })
+}
+
+/// One plugin run as a runtime does it.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub json: Value,
+}
+
+/// Builder for a plugin invocation.
+#[derive(Clone, Default)]
+pub struct Cni {
+    pub env: BTreeMap<String, String>,
+    pub stdin: Vec<u8>,
+    /// Runs the plugin inside this namespace (the "host" side).
+    pub host_ns: Option<String>,
+    pub bin: Option<PathBuf>,
+}
+
+impl Cni {
+    pub fn new(command: &str, conf: &Value, cid: &str, netns: &str, ifname: &str) -> Cni {
+        let mut env = BTreeMap::new();
+        env.insert("CNI_COMMAND".into(), command.into());
+        env.insert("CNI_CONTAINERID".into(), cid.into());
+        env.insert("CNI_NETNS".into(), netns.into());
+        env.insert("CNI_IFNAME".into(), ifname.into());
+        env.insert("CNI_PATH".into(), "/usr/lib/cni:/opt/cni/bin".into());
+        Cni { env, stdin: conf.to_string().into_bytes(), host_ns: None, bin: None }
+    }
+
+    pub fn pod(mut self, ns: &str, name: &str, cid: &str) -> Cni {
+        self.env.insert(
+            "CNI_ARGS".into(),
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"),
+        );
+        self
+    }
+
+    pub fn in_ns(mut self, ns: &Netns) -> Cni {
+        self.host_ns = Some(ns.path.clone());
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(self.bin.clone().unwrap_or_else(plugin_bin));
+        cmd.env_clear().envs(&self.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(path) = &self.host_ns {
+            let ns = tabby_cni::netlink::NetNs::open_checked(path).expect("node netns");
+            let fd = ns.raw_fd();
+            // SAFETY: setns is async-signal-safe; `ns` outlives the spawn because it is moved in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let _keep = &ns;
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd
+    }
+
+    pub fn run(&self) -> Run {
+        let mut child = self.command().spawn().expect("plugin starts");
+        child.stdin.take().expect("stdin").write_all(&self.stdin).expect("write stdin");
+        let out = child.wait_with_output().expect("plugin runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+            stdout,
+        }
+    }
+}
+
+/// The pod addresses (without prefix) of an ADD result.
+pub fn result_ips(v: &Value) -> Vec<String> {
+    v["ips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["address"].as_str())
+                .map(|s| s.split('/').next().unwrap_or(s).to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts no two handles share an address and returns the set of addresses.
+pub fn distinct(allocs: &BTreeMap<String, Vec<String>>) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for (h, ips) in allocs {
+        for ip in ips {
+            assert!(seen.insert(ip.clone()), "address {ip} of {h} is allocated twice: {allocs:?}");
+        }
+    }
+    seen
+}
