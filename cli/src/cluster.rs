@@ -83,6 +83,7 @@ impl Cluster {
             Ok(Some(o)) => Ok(Some(o)),
             // A 404 means either "no such object" or "no such type": listing tells them apart.
             Ok(None) => self.list_one::<K>().await.map(|_| None),
+            Err(kube::Error::Api(s)) if s.code == 404 => self.list_one::<K>().await.map(|_| None),
             Err(e) => Err(self.explain(e, &format!("get {plural} {name}"))),
         }
     }

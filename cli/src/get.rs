@@ -54,7 +54,7 @@ async fn objects<K: Kind>(
                 .iter()
                 .map(|o| serde_json::to_value(o).map(neat::neat).map_err(|e| Error::Output(e.to_string())))
                 .collect::<Result<Vec<Value>>>()?;
-            emit(values, name.is_some(), out)
+            emit(values, out)
         }
         _ if items.is_empty() => {
             output::note("No resources found.");
@@ -67,10 +67,21 @@ async fn objects<K: Kind>(
     }
 }
 
-/// One object as itself, several as a `kind: List`.
-fn emit(mut values: Vec<Value>, single: bool, out: Option<OutputFormat>) -> Result<()> {
-    let value = if single && values.len() == 1 { values.remove(0) } else { neat::list(values) };
-    let text = if out == Some(OutputFormat::Json) { output::json(&value)? } else { output::yaml(&value)? };
+/// One object as itself; several as a stream of documents (YAML `---`, JSON one object after another), which
+/// `kubectl apply -f` takes. Not a `kind: List`: kubectl validates List items on the client, and its
+/// validation rejects the null entries of IPAMBlock allocations.
+fn emit(values: Vec<Value>, out: Option<OutputFormat>) -> Result<()> {
+    let mut text = String::new();
+    for (i, value) in values.iter().enumerate() {
+        if out == Some(OutputFormat::Json) {
+            text.push_str(&output::json(value)?);
+        } else {
+            if i > 0 {
+                text.push_str("---\n");
+            }
+            text.push_str(&output::yaml(value)?);
+        }
+    }
     output::print(&text);
     Ok(())
 }
@@ -107,7 +118,7 @@ async fn workload_endpoints(cluster: &Cluster, name: Option<&str>, out: Option<O
                     })
                 })
                 .collect();
-            emit(values, name.is_some(), out)
+            emit(values, out)
         }
         _ if weps.is_empty() => {
             let scope =

@@ -1,6 +1,6 @@
 //! Objects for `-o yaml|json`: what the server added is removed, so the output can be applied again.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Metadata fields the server owns; `kubectl apply` of an object carrying them would fail or conflict.
 const SERVER_METADATA: &[&str] =
@@ -33,15 +33,6 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// A `kind: List` of objects, as `kubectl get -o yaml` prints several.
-pub fn list(items: Vec<Value>) -> Value {
-    let mut m = Map::new();
-    m.insert("apiVersion".into(), "v1".into());
-    m.insert("kind".into(), "List".into());
-    m.insert("items".into(), Value::Array(items));
-    Value::Object(m)
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -68,6 +59,5 @@ mod tests {
                 "spec": {"cidr": "10.0.0.0/16"}
             })
         );
-        assert_eq!(list(vec![json!(1)])["kind"], "List");
     }
 }
