@@ -112,6 +112,20 @@ async fn tables_show_calicoctl_columns_and_content() {
             &["zone-a", "10.250.0.0/24", "false", "Always", "Never", "true", "true", "zone == 'a'"],
         ])
     );
+    // As a kubectl plugin, with the cluster from $KUBECONFIG.
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-tabby")).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let plugin = std::process::Command::new(&cp.kubectl)
+        .args(["tabby", "get", "ippool", "zone-a"])
+        .env("PATH", path)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(plugin.status.success(), "{plugin:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&plugin.stdout),
+        "NAME     CIDR            SELECTOR\nzone-a   10.250.0.0/24   zone == 'a'\n"
+    );
     assert_eq!(
         plain_rows(&tabby_ok(&cp, &["get", "ippool", "zone-a"])),
         rows(&[&["NAME", "CIDR", "SELECTOR"], &["zone-a", "10.250.0.0/24", "zone == 'a'"]])
@@ -568,5 +582,31 @@ async fn missing_crds_installation_objects_and_nodes_say_what_to_do() {
     assert!(run.stderr.contains("the node exists but its Tabby agent has not reported"), "{run:?}");
     let version = tabby_ok(&cp, &["version"]);
     assert!(version.contains("Installation: version unknown, Ready Unknown"), "{version}");
+
+    // version names the images of the operator and the agents.
+    let template = |app: &str| {
+        json!({"metadata": {"labels": {"app": app}},
+               "spec": {"containers": [{"name": app, "image": format!("ghcr.io/tabby-dev/tabby:v9-{app}")}]}})
+    };
+    let mut objects = namespace("tabby-operator");
+    objects.extend(namespace("tabby-system"));
+    objects.push(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "tabby-operator", "namespace": "tabby-operator"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "operator"}}, "template": template("operator")}}));
+    objects.push(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "tabby-node", "namespace": "tabby-system"},
+        "spec": {"selector": {"matchLabels": {"app": "node"}}, "template": template("node")}}));
+    apply(&cp, &objects);
+    let version = tabby_ok(&cp, &["version"]);
+    assert!(version.starts_with("Client Version: v"), "{version}");
+    assert!(version.contains("\nOperator: ghcr.io/tabby-dev/tabby:v9-operator (0/1 ready)\n"), "{version}");
+    assert!(version.contains("\nAgent: ghcr.io/tabby-dev/tabby:v9-node (0/0 nodes ready)\n"), "{version}");
+
+    // Wrong credentials are told apart from an unreachable cluster.
+    let bad = cp.dir().join("bad-kubeconfig");
+    std::fs::write(&bad, std::fs::read_to_string(&cp.kubeconfig).unwrap().replace(&cp.token, "wrong-token")).unwrap();
+    let run = tabby(&bad, &["get", "ippool"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("rejected your credentials") && run.stderr.contains("--context"), "{run:?}");
     cp.stop();
 }
