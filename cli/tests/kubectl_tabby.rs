@@ -608,5 +608,21 @@ async fn missing_crds_installation_objects_and_nodes_say_what_to_do() {
     let run = tabby(&bad, &["get", "ippool"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("rejected your credentials") && run.stderr.contains("--context"), "{run:?}");
+
+    // A valid identity without RBAC rights is told it is not allowed, and what to ask for.
+    apply(
+        &cp,
+        &[
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody", "namespace": "tabby-system"}}),
+        ],
+    );
+    let token = cp.kubectl_ok(&["create", "token", "nobody", "-n", "tabby-system"]);
+    let limited = cp.dir().join("limited-kubeconfig");
+    std::fs::write(&limited, std::fs::read_to_string(&cp.kubeconfig).unwrap().replace(&cp.token, token.trim()))
+        .unwrap();
+    let run = tabby(&limited, &["get", "bgppeer"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("you are not allowed to list bgppeers"), "{run:?}");
+    assert!(run.stderr.contains("Ask a cluster admin"), "{run:?}");
     cp.stop();
 }

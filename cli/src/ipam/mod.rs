@@ -421,5 +421,15 @@ mod tests {
             describe_ip("192.0.2.1".parse().unwrap(), &pools, &blocks, &[]),
             "IP 192.0.2.1 is not in any Tabby IP pool\n"
         );
+        let squatter = serde_json::from_value::<Pod>(serde_json::json!({
+            "metadata": {"name": "squat", "namespace": "x"},
+            "status": {"podIP": "10.0.1.9", "podIPs": [{"ip": "10.0.1.9"}]}
+        }))
+        .unwrap();
+        let used = describe_ip("10.0.1.9".parse().unwrap(), &pools, &blocks, &[squatter]);
+        assert!(
+            used.ends_with("but pod x/squat uses it: its allocation is missing (run kubectl tabby ipam check)\n"),
+            "{used}"
+        );
     }
 }
