@@ -438,6 +438,13 @@ impl Allocator {
             let mut failed: BTreeSet<IpNet> = BTreeSet::new();
             let mut fatal: Option<IpamError> = None;
             for (cidr, r) in join_all(writes).await {
+                tracing::debug!(
+                    block = %cidr,
+                    from = ?work[&cidr].metadata.resource_version,
+                    to = ?r.as_ref().ok().and_then(|b| b.metadata.resource_version.clone()),
+                    error = ?r.as_ref().err().map(|e| e.to_string()),
+                    "block write"
+                );
                 match r {
                     Ok(b) => {
                         // Borrowed blocks of other nodes were only in `work` for this batch.
@@ -616,8 +623,10 @@ impl Allocator {
             for pool in pools {
                 if let Some(b) = self.claim_block(pool, None).await? {
                     let c: IpNet = b.spec.cidr.parse().map_err(|_| IpamError::Stopped)?;
-                    work.insert(c, b);
-                    return Ok(Some(c));
+                    let entry = work.entry(c).or_insert(b);
+                    if block::free(&entry.spec) > 0 {
+                        return Ok(Some(c));
+                    }
                 }
             }
         }
@@ -630,7 +639,12 @@ impl Allocator {
         // Borrow: another node's block with room. It joins `work` (not the owned cache) for this batch.
         for b in self.blocks_api().list(&ListParams::default()).await.map_err(api_err)? {
             let Ok(c) = b.spec.cidr.parse::<IpNet>() else { continue };
-            if nets.iter().any(|n| n.contains(&c)) && !b.spec.deleted && block::free(&b.spec) > 0 {
+            // A block already in `work` carries this batch's assignments: never replace it with the API's copy.
+            if nets.iter().any(|n| n.contains(&c))
+                && !b.spec.deleted
+                && block::free(&b.spec) > 0
+                && !work.contains_key(&c)
+            {
                 tracing::info!(block = %c, owner = ?b.spec.affinity, "borrowing from another node's block");
                 work.insert(c, b);
                 return Ok(Some(c));
@@ -666,7 +680,7 @@ impl Allocator {
                 .await?
                 .ok_or_else(|| IpamError::AddressTaken(ip, "its block could not be claimed".into()))?,
         };
-        work.insert(cidr, blk);
+        work.entry(cidr).or_insert(blk);
         Ok((cidr, block::ordinal_of(&cidr, ip).ok_or(IpamError::Stopped)?))
     }
 

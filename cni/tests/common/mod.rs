@@ -118,20 +118,25 @@ pub fn plugin_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tabby"))
 }
 
-/// The `tabby-agent` binary: beside the plugin (cargo builds both for the workspace), else built now.
+/// The `tabby-agent` binary beside the plugin, (re)built once per test process so it is never stale
+/// (cargo builds a dev-dependency's library for these tests, not its binary).
 pub fn agent_bin() -> PathBuf {
-    let path = plugin_bin().with_file_name("tabby-agent");
-    if !path.is_file() {
-        let release = plugin_bin().parent().is_some_and(|d| d.ends_with("release"));
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "tabby-agent", "--bin", "tabby-agent"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("cargo runs");
-        assert!(st.success(), "building tabby-agent failed");
-    }
-    path
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let release = plugin_bin().parent().is_some_and(|d| d.ends_with("release"));
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "tabby-agent", "--bin", "tabby-agent"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let st = cmd.status().expect("cargo runs");
+            assert!(st.success(), "building tabby-agent failed");
+            let path = plugin_bin().with_file_name("tabby-agent");
+            assert!(path.is_file(), "{} is missing after the build", path.display());
+            path
+        })
+        .clone()
 }
 
 /// A control plane with Tabby's CRDs, the tabby-system namespace and nodes.

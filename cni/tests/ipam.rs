@@ -1,0 +1,220 @@
+//! IPAM under concurrency against a real control plane: 200 concurrent ADDs through the plugin, two agents
+//! racing on a small pool, and an agent killed with SIGKILL in the middle of 100 ADDs.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+use kube::Api;
+use kube::api::ListParams;
+use tabby_api::ipam::{AffinityState, BlockAffinity};
+use tabby_cni::proto::Op;
+use tabby_cni::spec::code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_adds_then_dels() {
+    let _serial = serial();
+    if !require_root("two_hundred_concurrent_adds_then_dels") {
+        return;
+    }
+    let Some(c) = Cluster::start("two_hundred_concurrent_adds_then_dels").await else { return };
+    c.node("node-a");
+    c.pool("pool-a", "10.244.0.0/16", 26);
+    let agent = Agent::start(&c, "node-a", &[]);
+    let node = Netns::node("node");
+    let log = c.dir.path().join("cni.log");
+    let cfg = conf("1.1.0", &agent.socket, &log);
+    let pods: Vec<Netns> = (0..200).map(|i| Netns::new(&format!("p{i}"))).collect();
+    let cni = |cmd: &str, i: usize| {
+        let id = format!("cid{i:04}");
+        Cni::new(cmd, &cfg, &id, &pods[i].path, "eth0").pod("load", &format!("pod-{i}"), &id).in_ns(&node)
+    };
+
+    let results: Mutex<BTreeMap<usize, Vec<String>>> = Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for i in 0..200 {
+            let (cni, results) = (&cni, &results);
+            s.spawn(move || {
+                let r = cni("ADD", i).run();
+                assert_eq!(r.code, 0, "ADD {i}: {}", r.stdout);
+                results.lock().unwrap().insert(i, result_ips(&r.json));
+            });
+        }
+    });
+    let results = results.into_inner().unwrap();
+    let returned: BTreeSet<String> = results.values().flatten().cloned().collect();
+    assert_eq!(returned.len(), 200, "200 distinct addresses returned");
+    let allocs = c.allocations().await;
+    assert_eq!(allocs.len(), 200, "one handle per pod");
+    assert!(allocs.values().all(|v| v.len() == 1), "each recorded once");
+    assert_eq!(distinct(&allocs), returned, "the blocks hold exactly what ADD returned");
+    assert_eq!(c.handles().await.len(), 200);
+    assert_eq!(node.tabby_links().len(), 200);
+    // Four /26 blocks are enough for 200 pods; the agent never claims more than it needs plus one.
+    let blocks = c.blocks().await;
+    assert!(blocks.len() <= 5, "{} blocks", blocks.len());
+    assert!(blocks.iter().all(|b| b.spec.affinity.as_deref() == Some("host:node-a")));
+
+    std::thread::scope(|s| {
+        for i in 0..200 {
+            let cni = &cni;
+            s.spawn(move || {
+                let r = cni("DEL", i).run();
+                assert_eq!(r.code, 0, "DEL {i}: {}", r.stdout);
+            });
+        }
+    });
+    assert!(c.allocations().await.is_empty(), "all released (blocks checked for consistency)");
+    assert!(c.handles().await.is_empty());
+    assert!(node.tabby_links().is_empty());
+    assert_eq!(node.tabby_routes(), "");
+    let log_text = agent.log_tail();
+    assert!(!log_text.contains("\"level\":\"ERROR\""), "{log_text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_race_on_a_small_pool() {
+    let _serial = serial();
+    let Some(c) = Cluster::start("two_agents_race_on_a_small_pool").await else { return };
+    c.node("node-a");
+    c.node("node-b");
+    // 64 addresses in 8 blocks of 8; 80 requests.
+    c.pool("small", "10.250.0.0/26", 29);
+    let a = Agent::start(&c, "node-a", &[]);
+    let b = Agent::start(&c, "node-b", &[]);
+    let outcomes: Mutex<Vec<(String, Result<Vec<String>, u32>)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for i in 0..40 {
+            for (agent, tag) in [(&a, "a"), (&b, "b")] {
+                let outcomes = &outcomes;
+                s.spawn(move || {
+                    let h = format!("k8s-pod-network.{tag}{i}");
+                    let r = agent.add(&h).expect("agent answers");
+                    let res = match r.error {
+                        None => Ok(r.ips),
+                        Some(e) => Err(e.code),
+                    };
+                    outcomes.lock().unwrap().push((h, res));
+                });
+            }
+        }
+    });
+    let outcomes = outcomes.into_inner().unwrap();
+    let ok: Vec<&(String, Result<Vec<String>, u32>)> = outcomes.iter().filter(|(_, r)| r.is_ok()).collect();
+    let failed: Vec<u32> = outcomes.iter().filter_map(|(_, r)| r.as_ref().err().copied()).collect();
+    let allocs = c.allocations().await;
+    if ok.len() != 64 {
+        eprintln!("agent a:\n{}\nagent b:\n{}", a.log_tail(), b.log_tail());
+    }
+    assert_eq!(ok.len(), 64, "every address of the pool handed out once: failures {failed:?}\n{ok:?}\n{allocs:?}");
+    assert!(failed.iter().all(|c| *c == code::POOL_EXHAUSTED), "the rest see exhaustion: {failed:?}");
+    let allocs = c.allocations().await;
+    assert_eq!(distinct(&allocs).len(), 64, "no duplicate address");
+    for (h, r) in &ok {
+        let ips: Vec<String> = r.as_ref().unwrap().iter().map(|s| s.split('/').next().unwrap().to_string()).collect();
+        assert_eq!(allocs.get(h), Some(&ips), "{h} recorded as answered");
+    }
+    // No block has two owners: one block per CIDR, and each confirmed affinity matches its block's owner.
+    let blocks = c.blocks().await;
+    let cidrs: BTreeSet<&str> = blocks.iter().map(|b| b.spec.cidr.as_str()).collect();
+    assert_eq!(cidrs.len(), blocks.len());
+    assert_eq!(blocks.len(), 8);
+    let owners: BTreeMap<String, String> =
+        blocks.iter().map(|b| (b.spec.cidr.clone(), b.spec.affinity.clone().unwrap_or_default())).collect();
+    let affinities = Api::<BlockAffinity>::all(c.client()).list(&ListParams::default()).await.unwrap().items;
+    let mut per_cidr: BTreeMap<String, usize> = BTreeMap::new();
+    for aff in &affinities {
+        assert_eq!(aff.spec.state, AffinityState::Confirmed, "{aff:?}");
+        assert_eq!(owners.get(&aff.spec.cidr), Some(&format!("host:{}", aff.spec.node)), "{aff:?}");
+        *per_cidr.entry(aff.spec.cidr.clone()).or_default() += 1;
+    }
+    assert!(per_cidr.values().all(|n| *n == 1), "one affinity per block: {per_cidr:?}");
+    // Both nodes got blocks.
+    let nodes: BTreeSet<&String> = owners.values().collect();
+    assert_eq!(nodes.len(), 2, "{owners:?}");
+
+    // Release everything through the agent that allocated it (borrowed addresses included).
+    for (h, _) in &ok {
+        let agent = if h.contains(".a") { &a } else { &b };
+        let r = agent.call(Op::Del { handle: h.clone() }).expect("agent answers");
+        assert!(r.error.is_none(), "{r:?}");
+    }
+    assert!(c.allocations().await.is_empty(), "{:?}", c.allocations().await);
+    assert!(c.handles().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_one_hundred_adds() {
+    let _serial = serial();
+    let Some(c) = Cluster::start("sigkill_during_one_hundred_adds").await else { return };
+    c.node("node-a");
+    c.pool("pool-a", "10.244.0.0/16", 26);
+    let mut agent = Agent::start(&c, "node-a", &[]);
+    let handle = |i: usize, round: usize| format!("k8s-pod-network.kill{i}-{round}");
+
+    let done: Mutex<BTreeMap<usize, Vec<String>>> = Mutex::new(BTreeMap::new());
+    let socket = agent.socket.clone();
+    std::thread::scope(|s| {
+        for i in 0..100 {
+            let (done, socket) = (&done, &socket);
+            s.spawn(move || {
+                let r = tabby_cni::proto::call(
+                    socket,
+                    Op::Add {
+                        handle: handle(i, 0),
+                        container_id: format!("kill{i}"),
+                        ifname: "eth0".into(),
+                        namespace: None,
+                        pod: None,
+                    },
+                    Duration::from_secs(10),
+                );
+                if let Ok(r) = r
+                    && r.error.is_none()
+                {
+                    done.lock().unwrap().insert(i, r.ips);
+                }
+            });
+        }
+        // Kill the agent while the requests are in flight, once a few have been answered.
+        let start = std::time::Instant::now();
+        while done.lock().unwrap().len() < 5 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        agent.kill9();
+    });
+    let done = done.into_inner().unwrap();
+    eprintln!("{} of 100 ADDs answered before SIGKILL", done.len());
+    assert!(done.len() < 100, "the kill came too late to test anything");
+    assert!(!done.is_empty(), "the kill came before any answer");
+
+    // Restart and finish as a runtime would: a failed sandbox is retried as a new container.
+    agent.restart();
+    let mut valid = Vec::new();
+    for i in 0..100 {
+        let h = if done.contains_key(&i) { handle(i, 0) } else { handle(i, 1) };
+        let r = agent.add(&h).expect("agent answers");
+        assert!(r.error.is_none(), "{r:?}");
+        if let Some(ips) = done.get(&i) {
+            assert_eq!(&r.ips, ips, "an answered ADD keeps its address across the restart");
+        }
+        valid.push(h);
+    }
+    let allocs = c.allocations().await;
+    distinct(&allocs);
+    assert!(allocs.len() >= 100);
+    // The runtime's GC names the attachments it still has: everything else (allocated for the killed
+    // requests but never answered) is released.
+    let r =
+        agent.call(Op::Gc { network: "k8s-pod-network".into(), valid_handles: valid.clone() }).expect("agent answers");
+    assert!(r.error.is_none(), "{r:?}");
+    let allocs = c.allocations().await;
+    let held: BTreeSet<String> = allocs.keys().cloned().collect();
+    assert_eq!(held, valid.iter().cloned().collect::<BTreeSet<_>>(), "no leak after GC");
+    assert_eq!(distinct(&allocs).len(), 100);
+    let handles: BTreeSet<String> = c.handles().await.into_iter().map(|h| h.spec.handle_id).collect();
+    assert_eq!(handles, held, "IPAMHandles match the blocks");
+}
