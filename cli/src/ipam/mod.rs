@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod math;
+mod release;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -18,9 +19,6 @@ use crate::error::{Error, Result};
 use crate::output;
 use crate::table::{Align, Table};
 use crate::wep::pod_ips;
-
-/// Compare-and-swap attempts before giving up on a busy object.
-const CAS_ATTEMPTS: usize = 10;
 
 /// Pods that hold their addresses: not host-network, not finished (a finished pod's address has been released).
 fn live_pods(pods: Vec<Pod>) -> Vec<Pod> {
@@ -219,7 +217,7 @@ pub fn render_problems(problems: &[Problem]) -> String {
 /// `ipam release --ip` or `--from-report`.
 pub async fn release(cluster: &Cluster, ip: Option<IpAddr>, report: Option<&Path>) -> Result<()> {
     if let Some(ip) = ip {
-        let released = release_one(cluster, ip, None).await?;
+        let released = release::release_one(cluster, ip, None).await?;
         output::print(&format!("Released {ip}{released}\n"));
         return Ok(());
     }
@@ -239,7 +237,7 @@ pub async fn release(cluster: &Cluster, ip: Option<IpAddr>, report: Option<&Path
             failed += 1;
             continue;
         };
-        match release_one(cluster, ip, Some(p)).await {
+        match release::release_one(cluster, ip, Some(p)).await {
             Ok(released) => output::print(&format!("Released {ip}{released}\n")),
             Err(Error::Ipam(why)) => {
                 output::note(&format!("not released: {why}"));
@@ -255,98 +253,6 @@ pub async fn release(cluster: &Cluster, ip: Option<IpAddr>, report: Option<&Path
         )));
     }
     Ok(())
-}
-
-/// Re-checks and releases one address. `expected` is the report's entry: if the allocation changed since,
-/// nothing is released. Returns a note on what was released (`" (handle h, pod ns/p)"`).
-async fn release_one(cluster: &Cluster, ip: IpAddr, expected: Option<&Problem>) -> Result<String> {
-    for _ in 0..CAS_ATTEMPTS {
-        let blocks = cluster.list::<IPAMBlock>().await?;
-        let Some((cidr, mut block)) =
-            blocks.into_iter().find_map(|b| Cidr::parse(&b.spec.cidr).ok().filter(|c| c.contains(ip)).map(|c| (c, b)))
-        else {
-            return Err(Error::Ipam(format!("{ip} is in no IPAM block; nothing to release")));
-        };
-        let Some(allocation) = math::allocated(&cidr, &block.spec).into_iter().find(|a| a.ip == ip) else {
-            return Err(Error::Ipam(format!("{ip} is not allocated; nothing to release")));
-        };
-        let handle = allocation.handle().map(str::to_string);
-        let owner = (allocation.secondary("namespace"), allocation.secondary("pod"));
-        let owner = match owner {
-            (Some(ns), Some(p)) => Some((ns.to_string(), p.to_string())),
-            _ => None,
-        };
-        if let Some(p) = expected
-            && p.handle != handle
-        {
-            return Err(Error::Ipam(format!(
-                "{ip} changed since the report (its handle is now {}); run kubectl tabby ipam check again",
-                handle.as_deref().unwrap_or("unset")
-            )));
-        }
-        // The re-check: read the pods now, right before writing.
-        let pods = live_pods(cluster.pods(true).await?);
-        if let Some(user) = pods.iter().find(|p| pod_ips(p).contains(&ip)) {
-            return Err(Error::Ipam(format!(
-                "refusing to release {ip}: pod {}/{} uses it",
-                user.metadata.namespace.as_deref().unwrap_or_default(),
-                user.metadata.name.as_deref().unwrap_or_default()
-            )));
-        }
-        if let Some((ns, pod)) = &owner
-            && pods.iter().any(|p| {
-                p.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && p.metadata.name.as_deref() == Some(pod.as_str())
-                    && pod_ips(p).is_empty()
-            })
-        {
-            return Err(Error::Ipam(format!(
-                "refusing to release {ip}: its pod {ns}/{pod} exists and has no address in its status yet (it may be starting)"
-            )));
-        }
-        math::release(&mut block.spec, &cidr, ip).map_err(|e| Error::Ipam(e.to_string()))?;
-        if !cluster.replace(&block).await? {
-            continue; // someone wrote the block since we read it: read again and re-check
-        }
-        if let Some(h) = &handle {
-            forget_in_handle(cluster, h, &cidr).await?;
-        }
-        let mut note = Vec::new();
-        if let Some(h) = &handle {
-            note.push(format!("handle {h}"));
-        }
-        if let Some((ns, pod)) = owner {
-            note.push(format!("pod {ns}/{pod}"));
-        }
-        return Ok(if note.is_empty() { String::new() } else { format!(" ({})", note.join(", ")) });
-    }
-    Err(Error::Ipam(format!("{ip}: the block kept changing while releasing; try again")))
-}
-
-/// Takes one address in `cidr` off handle `handle_id`'s IPAMHandle; deletes the handle when it holds none.
-async fn forget_in_handle(cluster: &Cluster, handle_id: &str, cidr: &Cidr) -> Result<()> {
-    for _ in 0..CAS_ATTEMPTS {
-        let found = match cluster.get::<IPAMHandle>(handle_id).await? {
-            Some(h) if h.spec.handle_id == handle_id => Some(h),
-            _ => cluster.list::<IPAMHandle>().await?.into_iter().find(|h| h.spec.handle_id == handle_id),
-        };
-        let Some(mut handle) = found else { return Ok(()) };
-        let key = handle.spec.block.keys().find(|k| Cidr::parse(k).is_ok_and(|c| c == *cidr)).cloned();
-        let Some(key) = key else { return Ok(()) };
-        let left = handle.spec.block.get(&key).copied().unwrap_or(0) - 1;
-        if left > 0 {
-            handle.spec.block.insert(key, left);
-        } else {
-            handle.spec.block.remove(&key);
-        }
-        if handle.spec.block.is_empty() {
-            return cluster.delete::<IPAMHandle>(&name(&handle)).await;
-        }
-        if cluster.replace(&handle).await? {
-            return Ok(());
-        }
-    }
-    Err(Error::Ipam(format!("handle {handle_id} kept changing while releasing; run kubectl tabby ipam check")))
 }
 
 #[cfg(test)]
