@@ -6,7 +6,7 @@ use tabby_api::names::{DEFAULT_NAME, NODE_DAEMONSET, OPERATOR_NAMESPACE, SYSTEM_
 use tabby_api::{Installation, condition};
 
 use crate::cluster::Cluster;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::output;
 
 /// The operator's Deployment, named like its namespace.
@@ -23,14 +23,25 @@ fn images(spec: Option<&PodSpec>) -> String {
     if images.is_empty() { "<no image>".into() } else { images.join(", ") }
 }
 
+/// A read `version` may do without: not being allowed to read it becomes `Ok(Err(reason))`; other errors
+/// (an unreachable cluster) stay errors.
+fn readable<T>(result: Result<T>) -> Result<std::result::Result<T, String>> {
+    match result {
+        Ok(v) => Ok(Ok(v)),
+        Err(Error::Forbidden { .. }) => Ok(Err("you are not allowed to read it".into())),
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs `version`: the client line always, then the cluster's parts (an unreachable cluster is an error).
 pub async fn run(cluster: Option<&Cluster>) -> Result<()> {
     output::print(&client_line());
     let Some(cluster) = cluster else { return Ok(()) };
     output::print(&format!("Cluster: {}\n", cluster.server));
-    let operator = cluster.get_namespaced::<Deployment>(OPERATOR_NAMESPACE, OPERATOR_DEPLOYMENT).await?;
+    let operator = readable(cluster.get_namespaced::<Deployment>(OPERATOR_NAMESPACE, OPERATOR_DEPLOYMENT).await)?;
     let line = match operator {
-        Some(d) => {
+        Err(why) => format!("Operator: unknown ({why})\n"),
+        Ok(Some(d)) => {
             let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
             format!(
@@ -38,13 +49,14 @@ pub async fn run(cluster: Option<&Cluster>) -> Result<()> {
                 images(d.spec.as_ref().and_then(|s| s.template.spec.as_ref()))
             )
         }
-        None => {
+        Ok(None) => {
             format!("Operator: not found (no Deployment {OPERATOR_DEPLOYMENT} in namespace {OPERATOR_NAMESPACE})\n")
         }
     };
     output::print(&line);
-    let line = match cluster.get_namespaced::<DaemonSet>(SYSTEM_NAMESPACE, NODE_DAEMONSET).await? {
-        Some(ds) => {
+    let line = match readable(cluster.get_namespaced::<DaemonSet>(SYSTEM_NAMESPACE, NODE_DAEMONSET).await)? {
+        Err(why) => format!("Agent: unknown ({why})\n"),
+        Ok(Some(ds)) => {
             let st = ds.status.unwrap_or_default();
             format!(
                 "Agent: {} ({}/{} nodes ready)\n",
@@ -53,7 +65,7 @@ pub async fn run(cluster: Option<&Cluster>) -> Result<()> {
                 st.desired_number_scheduled
             )
         }
-        None => format!("Agent: not found (no DaemonSet {NODE_DAEMONSET} in namespace {SYSTEM_NAMESPACE})\n"),
+        Ok(None) => format!("Agent: not found (no DaemonSet {NODE_DAEMONSET} in namespace {SYSTEM_NAMESPACE})\n"),
     };
     output::print(&line);
     // Only informative: a cluster without the CRDs or the Installation still gets the lines above.

@@ -624,5 +624,9 @@ async fn missing_crds_installation_objects_and_nodes_say_what_to_do() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("you are not allowed to list bgppeers"), "{run:?}");
     assert!(run.stderr.contains("Ask a cluster admin"), "{run:?}");
+    let version = tabby(&limited, &["version"]);
+    assert_eq!(version.code, 0, "{version:?}");
+    assert!(version.stdout.contains("\nOperator: unknown (you are not allowed to read it)\n"), "{version:?}");
+    assert!(version.stdout.contains("\nAgent: unknown (you are not allowed to read it)\n"), "{version:?}");
     cp.stop();
 }
