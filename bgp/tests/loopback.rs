@@ -110,8 +110,8 @@ async fn md5_right_key_connects_wrong_key_does_not() {
     let c = listener(3, 65003, "127.0.0.23", vec![pc], |_| {}).await;
     wait_for("right key established", 10, async || established(&b, 1)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(c.peers()[0].state != State::Established, true, "wrong key must not connect");
-    assert_eq!(a.peers()[1].state != State::Established, true);
+    assert_ne!(c.peers()[0].state, State::Established, "wrong key must not connect");
+    assert_ne!(a.peers()[1].state, State::Established);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +142,7 @@ async fn route_reflector_with_three_clients() {
         c.originate(pfx(&format!("10.3{i}.0.0/16")), None).await;
     }
     for (i, c) in cs.iter().enumerate() {
-        for j in 0..3 {
+        for (j, client) in clients.iter().enumerate() {
             if i == j {
                 continue;
             }
@@ -155,7 +155,7 @@ async fn route_reflector_with_three_clients() {
                 "ORIGINATOR_ID of {p} at client {i}"
             );
             assert_eq!(r.attrs.attrs.cluster_list, vec![Ipv4Addr::new(9, 9, 9, 9)]);
-            assert_eq!(r.attrs.next_hop, ip(clients[j]), "next hop unchanged by reflection");
+            assert_eq!(r.attrs.next_hop, ip(client), "next hop unchanged by reflection");
         }
     }
 }

@@ -73,7 +73,7 @@ fn decode_cap(code: u8, val: &[u8]) -> Result<Capability, DecodeError> {
         }
         CAP_AS4 => Capability::FourOctetAs(r.u32().filter(|_| val.len() == 4).ok_or(bad)?),
         CAP_GR => {
-            if val.len() < 2 || (val.len() - 2) % 4 != 0 {
+            if val.len() < 2 || !(val.len() - 2).is_multiple_of(4) {
                 return Err(bad);
             }
             let hdr = r.u16().ok_or(bad.clone())?;
@@ -92,7 +92,7 @@ fn decode_cap(code: u8, val: &[u8]) -> Result<Capability, DecodeError> {
             })
         }
         CAP_ADD_PATH => {
-            if val.is_empty() || val.len() % 4 != 0 {
+            if val.is_empty() || !val.len().is_multiple_of(4) {
                 return Err(bad);
             }
             let mut v = Vec::new();

@@ -172,7 +172,7 @@ fn decode_attrs(buf: &[u8], ctx: &Ctx, u: &mut Update) -> Result<(), DecodeError
             A_COMMUNITIES => {
                 if ot != F_OPTIONAL | F_TRANSITIVE {
                     taw(u, code, "flags");
-                } else if val.is_empty() || val.len() % 4 != 0 {
+                } else if val.is_empty() || !val.len().is_multiple_of(4) {
                     taw(u, code, "length");
                 } else {
                     a.communities = val.chunks_exact(4).map(be32).collect();
@@ -190,7 +190,7 @@ fn decode_attrs(buf: &[u8], ctx: &Ctx, u: &mut Update) -> Result<(), DecodeError
             A_CLUSTER_LIST => {
                 if ot != F_OPTIONAL {
                     taw(u, code, "flags");
-                } else if val.is_empty() || val.len() % 4 != 0 {
+                } else if val.is_empty() || !val.len().is_multiple_of(4) {
                     taw(u, code, "length");
                 } else {
                     a.cluster_list = val.chunks_exact(4).map(|c| Ipv4Addr::from(be32(c))).collect();
