@@ -39,11 +39,14 @@ pub struct Path {
     pub stale: bool,
 }
 
+/// The paths of one prefix. 16 octets: the common single-path case is stored inline, and
+/// several paths live behind one pointer (best first).
 #[derive(Debug, Clone)]
 enum Paths {
     One(Path),
     /// Best first.
-    Many(Vec<Path>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Path>>),
 }
 
 impl Paths {
@@ -155,7 +158,7 @@ impl<K: Key> Table<K> {
                     Paths::One(p) => {
                         let mut v = vec![p.clone(), path];
                         reselect(&mut v, sources);
-                        *paths = Paths::Many(v);
+                        *paths = Paths::Many(Box::new(v));
                         added = true;
                     }
                     Paths::Many(v) => {
@@ -504,6 +507,12 @@ mod tests {
         assert_eq!(rib.sweep(1, Family::Ipv4Unicast, true), vec![p1]);
         assert_eq!(rib.len(Family::Ipv6Unicast), 1);
         assert_eq!(rib.iter_best(Family::Ipv6Unicast).next().unwrap().0, p2);
+    }
+
+    #[test]
+    fn single_path_entries_stay_small() {
+        // The size of the per-prefix value drives the RIB's memory use.
+        assert_eq!(std::mem::size_of::<Paths>(), 16);
     }
 
     #[test]
