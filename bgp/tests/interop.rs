@@ -200,14 +200,15 @@ fn frr_routes_both_ways_four_octet_as_md5_and_withdrawals() {
         &tabby_config("10.77.2.1", "10.77.2.2", 4_200_000_003, "fd77:2::1", r#", "password": "s3cret""#, extra),
     );
     wait_until("FRR session Established", 40, || frr.established("10.77.2.1") && tabby.established("10.77.2.2"));
-    wait_until("our routes at FRR", 20, || {
-        !frr.route("10.100.1.0/24").is_null() && !frr.route("fd10:1::/48").is_null()
-    });
+    // Present and valid (FRR resolves the next hops through zebra, which may take a moment).
+    wait_until_diag(
+        "our routes valid at FRR",
+        30,
+        || frr.route("10.100.1.0/24")["valid"] == true && frr.route("fd10:1::/48")["valid"] == true,
+        || format!("{}\n{}", frr.route("10.100.1.0/24"), frr.route("fd10:1::/48")),
+    );
     let r = frr.route("10.100.1.0/24");
     assert_eq!(r["aspath"]["string"], TABBY_AS.to_string(), "{r}");
-    assert_eq!(r["valid"], true, "{r}");
-    let r6 = frr.route("fd10:1::/48");
-    assert_eq!(r6["valid"], true, "{r6}");
     wait_until("FRR routes at Tabby", 20, || {
         tabby.route("10.202.0.0/24").is_some() && tabby.route("fd20:2::/48").is_some()
     });
