@@ -228,6 +228,8 @@ impl Session {
                 Ok((conn, open)) => {
                     let e = self.established(conn, open).await;
                     let graceful = e.graceful();
+                    // Error first, so nobody sees the session down without its reason.
+                    self.set_error(&e);
                     self.set_state(State::Idle);
                     if self.rib.send(RibMsg::Down { peer: self.id, graceful }).await.is_err() {
                         return;
@@ -236,9 +238,11 @@ impl Session {
                     self.restarting = false;
                     e
                 }
-                Err(e) => e,
+                Err(e) => {
+                    self.set_error(&e);
+                    e
+                }
             };
-            self.set_error(&err);
             failed = true;
             if let SessErr::PeerRestart(s) = err {
                 carried = Some(s);

@@ -297,3 +297,28 @@ fn encode_routes_splits_into_max_size_messages() {
     assert_eq!(ann, v6);
     assert_eq!(wd, v6);
 }
+
+/// Replays the fuzzing seed corpus with the fuzz target's checks (runs on stable, in CI).
+#[test]
+fn fuzz_seed_corpus_decodes_and_round_trips() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let e_name = path.display().to_string();
+        let bytes = std::fs::read(&path).unwrap();
+        let ctx = Ctx { four_octet_as: true };
+        let (m, used) = match codec::decode(&bytes, &ctx) {
+            Ok(Some(x)) => x,
+            other => panic!("{}: {other:?}", e_name),
+        };
+        assert_eq!(used, bytes.len());
+        if !matches!(&m, Message::Update(u) if u.treat_as_withdraw.is_some()) {
+            let again = codec::to_bytes(&m, &ctx).unwrap();
+            assert_eq!(codec::decode(&again, &ctx).unwrap().unwrap().0, m);
+        }
+        let _ = codec::decode(&bytes, &Ctx { four_octet_as: false });
+        n += 1;
+    }
+    assert!(n >= 10, "seed corpus has {n} files");
+}

@@ -158,6 +158,11 @@ async fn malformed_messages_get_the_right_notification() {
         if got != Some((code, sub)) {
             failures.push(format!("{name}: expected {code}/{sub}, got {got:?}"));
         }
+        // The speaker records the error right after sending the NOTIFICATION.
+        let end = tokio::time::Instant::now() + Duration::from_secs(3);
+        while sp.peers()[0].last_error.is_none() && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let err = sp.peers()[0].last_error.clone();
         drop(sp);
         if got == Some((code, sub)) && err.is_none() {
