@@ -184,3 +184,28 @@ async fn graceful_restart_helper_keeps_routes_until_end_of_rib() {
     let r = route(&a, "10.42.0.0/16").await.expect("refreshed route");
     assert!(!r.stale);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_active_collision_leaves_one_stable_session() {
+    // Both speakers listen on the same port of their own address and both connect.
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let mk = |id: u8, me: &str, other: &str| {
+        let mut c = SpeakerConfig::new(Ipv4Addr::new(1, 1, 1, id), 65000 + u32::from(id));
+        c.listen = Some(SocketAddr::new(ip(me), port));
+        c.connect_retry = Duration::from_millis(300);
+        let mut p = PeerConfig::new(ip(other), 65000 + u32::from(3 - id));
+        p.port = port;
+        p.local_address = Some(ip(me));
+        c.peers = vec![p];
+        c
+    };
+    let a = Speaker::start(mk(1, "127.0.0.61", "127.0.0.62"), Arc::new(AcceptAll)).await.unwrap();
+    let b = Speaker::start(mk(2, "127.0.0.62", "127.0.0.61"), Arc::new(AcceptAll)).await.unwrap();
+    wait_for("established", 10, async || established(&a, 1) && established(&b, 1)).await;
+    a.originate(pfx("10.61.0.0/16"), None).await;
+    wait_for("route", 10, async || route(&b, "10.61.0.0/16").await.is_some()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(established(&a, 1) && established(&b, 1));
+    assert_eq!(a.peers()[0].established_count, 1, "no flapping: {:?}", a.peers()[0]);
+    assert_eq!(b.peers()[0].established_count, 1, "no flapping: {:?}", b.peers()[0]);
+}
