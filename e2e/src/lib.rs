@@ -9,6 +9,8 @@
 //! Tests call [`start_or_skip`]: in CI (`CI=true`) a control plane that cannot start fails the test;
 //! elsewhere the test is skipped with a visible message.
 
+pub mod lab;
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -25,12 +27,15 @@ pub struct Options {
     pub controller_manager: bool,
     /// kube-scheduler: binds pods to nodes.
     pub scheduler: bool,
+    /// Address kube-apiserver listens on and advertises (default 127.0.0.1). The lab uses its node
+    /// network's gateway, so processes in the lab's node namespaces reach the API server too.
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl Options {
     /// etcd, kube-apiserver, kube-controller-manager and kube-scheduler.
     pub fn full() -> Self {
-        Options { controller_manager: true, scheduler: true }
+        Options { controller_manager: true, scheduler: true, address: None }
     }
 }
 
@@ -63,7 +68,7 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// `kubectl` (a link to the multi-call binary).
     pub kubectl: PathBuf,
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<address>:<port>` (127.0.0.1 unless [`Options::address`] says otherwise).
     pub server: String,
     /// The admin bearer token.
     pub token: String,
@@ -173,7 +178,8 @@ impl ControlPlane {
 
         // kube-apiserver
         let port = free_port()?;
-        cp.server = format!("https://127.0.0.1:{port}");
+        let address = options.address.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        cp.server = format!("https://{address}:{port}");
         fs::write(root.join("tokens.csv"), format!("{},admin,admin,\"system:masters\"\n", cp.token))
             .map_err(io("writing tokens.csv"))?;
         let pki = root.join("pki");
@@ -183,8 +189,8 @@ impl ControlPlane {
             &root,
             &[
                 format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
+                format!("--bind-address={address}"),
+                format!("--advertise-address={address}"),
                 format!("--secure-port={port}"),
                 format!("--cert-dir={}", pki.display()),
                 format!("--token-auth-file={}", root.join("tokens.csv").display()),

@@ -73,7 +73,7 @@ pub async fn run(ctx: Arc<Context>) {
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={OPERATOR_FIELD_MANAGER}"));
     let agent_pods = watcher::Config::default().labels(&format!("app.kubernetes.io/name={NODE_DAEMONSET}"));
     Controller::new(Api::<Installation>::all(client.clone()), watcher::Config::default())
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(100)))
         .watches(Api::<DaemonSet>::namespaced(client.clone(), SYSTEM_NAMESPACE), managed.clone(), to_default)
         .watches(Api::<ConfigMap>::namespaced(client.clone(), SYSTEM_NAMESPACE), managed.clone(), to_default)
         .watches(Api::<ServiceAccount>::namespaced(client.clone(), SYSTEM_NAMESPACE), managed.clone(), to_default)

@@ -146,6 +146,17 @@ impl LeaderElector {
     }
 }
 
+/// Waits to lead, then runs `work` while renewing the lease. Returns when `work` ends or the lease is
+/// lost (the error); the caller exits so a fresh process starts as a follower.
+pub async fn lead<F: std::future::Future<Output = ()>>(elector: &LeaderElector, work: F) -> Result<(), LeaderError> {
+    elector.acquire().await?;
+    tracing::info!(identity = %elector.identity, "leading");
+    tokio::select! {
+        _ = work => Ok(()),
+        lost = elector.keep() => Err(lost),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

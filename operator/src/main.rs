@@ -8,7 +8,7 @@ use kube::Client;
 use tabby_obs::{Health, LogFormat};
 use tabby_operator::controller::{self, Context, Settings};
 use tabby_operator::helmvalues;
-use tabby_operator::leader::LeaderElector;
+use tabby_operator::leader::{LeaderElector, lead};
 use tabby_operator::metrics::Metrics;
 
 /// Tabby's operator: reconciles Installation/default (operator.tabby.dev/v1) into the tabby-system
@@ -42,7 +42,8 @@ struct Args {
     log_format: String,
 }
 
-#[tokio::main]
+// One thread is plenty for an I/O-bound controller, and keeps memory low (one allocator arena).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     tabby_obs::init_logging(&args.log_level, if args.log_format == "text" { LogFormat::Text } else { LogFormat::Json });
@@ -75,33 +76,36 @@ async fn main() -> std::process::ExitCode {
     );
 
     let identity = args.identity.clone().unwrap_or_else(|| format!("tabby-operator-{}", std::process::id()));
+    let ctx =
+        Arc::new(Context::new(client.clone(), Settings { default_image: args.agent_image.clone() }, metrics.clone()));
+    let work = async {
+        // Ready once this replica leads: only the leader serves.
+        health.set("operator", true, true, "leading");
+        metrics.leader.set(1);
+        tokio::spawn(helmvalues::run(client.clone(), args.namespace.clone()));
+        controller::run(ctx).await;
+    };
     let elector =
         args.leader_elect.then(|| LeaderElector::new(client.clone(), &args.namespace, "tabby-operator", &identity));
-    if let Some(elector) = &elector {
-        tracing::info!(identity, "waiting to lead");
-        if let Err(e) = elector.acquire().await {
-            tracing::error!(error = %e, "leader election");
-            return std::process::ExitCode::FAILURE;
-        }
-        tracing::info!(identity, "leading");
-        health.set("operator", true, true, "leading");
-    }
-    metrics.leader.set(1);
-
-    let ctx = Arc::new(Context::new(client.clone(), Settings { default_image: args.agent_image.clone() }, metrics));
-    tokio::spawn(helmvalues::run(client.clone(), args.namespace.clone()));
-    let lost = async {
-        match &elector {
-            Some(e) => e.keep().await.to_string(),
-            None => std::future::pending().await,
-        }
-    };
     let code = tokio::select! {
-        _ = controller::run(ctx) => std::process::ExitCode::SUCCESS,
-        reason = lost => {
-            tracing::error!(reason, "stopped leading; exiting so a new leader can take over");
-            std::process::ExitCode::FAILURE
-        }
+        result = async {
+            match &elector {
+                Some(elector) => {
+                    tracing::info!(identity, "waiting to lead");
+                    lead(elector, work).await
+                }
+                None => {
+                    work.await;
+                    Ok(())
+                }
+            }
+        } => match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "stopped leading; exiting so a new leader can take over");
+                std::process::ExitCode::FAILURE
+            }
+        },
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             std::process::ExitCode::SUCCESS

@@ -390,3 +390,102 @@ async fn uninstall_removes_everything_and_keeps_pools() {
     restarted.stop();
     cp.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_only_the_leader_writes_and_the_other_takes_over() {
+    use std::sync::Arc;
+    use tabby_operator::controller::{self, Context, Settings};
+    use tabby_operator::leader::{LeaderElector, lead};
+    use tabby_operator::metrics::Metrics;
+
+    let Some(cp) = cluster("operator_leader", 1).await else { return };
+    cp.kubectl_ok(&["create", "namespace", "tabby-operator"]);
+    let kubelet = fake_kubelet(cp.client());
+    let replica = |identity: &'static str| {
+        let client = cp.client();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let ctx = Arc::new(Context::new(client.clone(), Settings { default_image: IMAGE.into() }, metrics.clone()));
+        let task = tokio::spawn(async move {
+            let elector = LeaderElector::new(client, "tabby-operator", "tabby-operator", identity);
+            let _ = lead(&elector, controller::run(ctx)).await;
+        });
+        (task, metrics)
+    };
+    let (a, _) = replica("replica-a");
+    let holder = || {
+        get_json(&cp, &["lease", "-n", "tabby-operator", "tabby-operator"])
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    eventually("replica-a leads", WAIT, || async { holder().filter(|h| h == "replica-a") }).await;
+    let (_b, b_metrics) = replica("replica-b");
+    cp.kubectl_ok(&["create", "-f", repo_root().join("custom-resources.yaml").to_str().unwrap()]);
+    available(&cp).await;
+    let b_writes = |m: &Metrics| {
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("w", "w", m.writes.clone());
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines().filter(|l| l.starts_with("w_total")).count()
+    };
+    assert_eq!(b_writes(&b_metrics), 0, "the follower writes nothing");
+    assert_eq!(holder().as_deref(), Some("replica-a"));
+
+    // The leader dies without giving the lease up; the follower takes over once it expires.
+    a.abort();
+    let started = std::time::Instant::now();
+    eventually("replica-b leads", Duration::from_secs(40), || async { holder().filter(|h| h == "replica-b") }).await;
+    assert!(started.elapsed() < Duration::from_secs(25), "took over in {:?}", started.elapsed());
+    cp.kubectl_ok(&["delete", "daemonset", "-n", "tabby-system", "tabby-node", "--wait=false"]);
+    eventually("the new leader restores the DaemonSet", WAIT, || async {
+        get_json(&cp, &["daemonset", "-n", "tabby-system", "tabby-node"])
+            .filter(|d| d["metadata"]["deletionTimestamp"].is_null())
+    })
+    .await;
+    assert!(b_writes(&b_metrics) > 0, "the new leader writes");
+    kubelet.abort();
+    cp.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_with_its_own_rbac_and_applies_the_installation_from_helm_values() {
+    let Some(cp) = cluster("operator_rbac_helm", 1).await else { return };
+    // operator.yaml's ClusterRole must be enough for everything the operator does and grants.
+    cp.kubectl_ok(&["apply", "--server-side", "-f", repo_root().join("operator.yaml").to_str().unwrap()]);
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info.impersonate = Some("system:serviceaccount:tabby-operator:tabby-operator".into());
+    let as_operator = kube::Client::try_from(config).unwrap();
+    let operator = Operator::start(as_operator.clone());
+    let helm_values = tokio::spawn(tabby_operator::helmvalues::run(as_operator, "tabby-operator".into()));
+    let kubelet = fake_kubelet(cp.client());
+
+    // What the chart renders with installation.enabled=true.
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tabby-installation", "namespace": "tabby-operator"},
+        "data": {"installation.yaml": "apiVersion: operator.tabby.dev/v1\nkind: Installation\nmetadata:\n  name: default\nspec:\n  network:\n    mtu: 1410\n"}});
+    let out = kubectl_stdin(&cp, &["apply", "-f", "-"], &cm.to_string());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    available(&cp).await;
+    let inst = get_json(&cp, &["installation", "default"]).unwrap();
+    assert_eq!(inst["spec"]["network"]["mtu"], 1410);
+    // helm upgrade with new values: the Installation follows.
+    let cm = cm.to_string().replace("1410", "1420");
+    assert!(kubectl_stdin(&cp, &["apply", "-f", "-"], &cm).status.success());
+    eventually("Installation follows the values", WAIT, || async {
+        get_json(&cp, &["installation", "default"]).filter(|i| i["spec"]["network"]["mtu"] == 1420)
+    })
+    .await;
+    eventually("DaemonSet rolled to MTU 1420", WAIT, || async {
+        get_json(&cp, &["daemonset", "-n", "tabby-system", "tabby-node"])
+            .filter(|d| agent_env(d, "TABBY_MTU").as_deref() == Some("1420"))
+    })
+    .await;
+    helm_values.abort();
+    kubelet.abort();
+    operator.stop();
+    cp.stop();
+}

@@ -1,0 +1,26 @@
+# The lab: the whole stack on a local multi-node cluster (network namespaces, a real control plane, a node
+# runner standing in for the kubelet). Needs root. See docs/lab.md.
+NODES ?= 3
+LAB_STATE := $(ROOT)/.cache/lab
+LAB := $(ROOT)/target/release/tabby-lab
+
+.PHONY: lab lab-down lab-exec lab-node e2e lab-binaries
+
+lab-binaries:
+	@echo "==> building Tabby (release)"
+	$(CARGO) build --release --workspace --bins --exclude xtask
+
+lab: controlplane lab-binaries ## Start the stack on NODES (default 3) local nodes and install Tabby as README says
+	@$(LAB) up --nodes $(NODES) --state $(LAB_STATE)
+
+lab-down: ## Stop the lab and remove everything it created
+	@$(LAB) down --state $(LAB_STATE)
+
+lab-exec: ## Run CMD in pod POD=namespace/name's network namespace
+	@$(LAB) exec-pod --state $(LAB_STATE) $(POD) $(CMD)
+
+lab-node: ## Run CMD on lab node NODE=node-N
+	@$(LAB) exec-node --state $(LAB_STATE) $(NODE) $(CMD)
+
+e2e: controlplane lab-binaries ## The getting-started guide as a test, on a fresh lab
+	$(CARGO) test --release -p tabby-e2e --test getting_started -- --nocapture
