@@ -73,6 +73,16 @@ pub fn set_gtsm(fd: &impl AsRawFd, v6: bool, hops: u8) -> io::Result<()> {
     }
 }
 
+/// Sends with TTL (hop limit) 255; on a listener this covers the SYN-ACK of GTSM peers.
+pub fn set_ttl_max(fd: &impl AsRawFd, v6: bool) -> io::Result<()> {
+    let ttl: libc::c_int = 255;
+    if v6 {
+        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &ttl)
+    } else {
+        setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, &ttl)
+    }
+}
+
 /// Options applied to a BGP connection.
 #[derive(Debug, Clone, Default)]
 pub struct SockOpts {

@@ -106,6 +106,10 @@ impl Speaker {
             for p in cfg.peers.iter().filter(|p| p.password.is_some()) {
                 socket::set_md5(&l, p.address, p.password.as_deref())?;
             }
+            if cfg.peers.iter().any(|p| p.ttl_security.is_some()) {
+                // GTSM peers check the TTL of our SYN-ACK too.
+                socket::set_ttl_max(&l, addr.is_ipv6())?;
+            }
             local_addr = Some(l.local_addr()?);
             tasks.push(tokio::spawn(accept_loop(l, incoming)));
         }

@@ -409,3 +409,41 @@ protocol bgp reflector {
         assert_eq!(clusters, Some(serde_json::json!(["9.9.9.9"])), "{v}");
     }
 }
+
+/// GTSM (RFC 5082) between two Tabby speakers with a router in between: a one-hop limit refuses
+/// the session, a two-hop limit allows it.
+#[test]
+fn gtsm_enforces_the_hop_limit() {
+    if !lab_available("gtsm", &[]) {
+        return;
+    }
+    let (t1, r, t2) = (Netns::new("g"), Netns::new("r"), Netns::new("g"));
+    link(&t1, &["10.80.1.1/24"], &r, &["10.80.1.2/24"]);
+    link(&r, &["10.80.2.2/24"], &t2, &["10.80.2.1/24"]);
+    assert!(r.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]).0);
+    t1.ip(&["route", "add", "default", "via", "10.80.1.2"]);
+    t2.ip(&["route", "add", "default", "via", "10.80.2.2"]);
+    assert!(t1.exec(&["ping", "-c1", "-W2", "10.80.2.1"]).0, "routed path works");
+    let cfg = |me: &str, asn: u32, peer: &str, peer_as: u32, passive: bool, hops: u8| {
+        format!(
+            r#"{{"router_id": "{me}", "asn": {asn}, "listen": "{me}:179", "connect_retry": 1,
+                "peers": [{{"address": "{peer}", "asn": {peer_as}, "passive": {passive}, "ttl_security": {hops}, "families": ["ipv4"]}}],
+                "originate": ["10.181.0.0/24"]}}"#
+        )
+    };
+    {
+        let a = Tabby::start(&t1, &cfg("10.80.1.1", 65001, "10.80.2.1", 65002, false, 1));
+        let b = Tabby::start(&t2, &cfg("10.80.2.1", 65002, "10.80.1.1", 65001, true, 1));
+        holds_for("no session across two hops with a one-hop GTSM limit", 6, || {
+            !a.established("10.80.2.1") && !b.established("10.80.1.1")
+        });
+    }
+    let a = Tabby::start(&t1, &cfg("10.80.1.1", 65001, "10.80.2.1", 65002, false, 2));
+    let b = Tabby::start(&t2, &cfg("10.80.2.1", 65002, "10.80.1.1", 65001, true, 2));
+    wait_until_diag(
+        "session with a two-hop GTSM limit",
+        20,
+        || a.established("10.80.2.1") && b.established("10.80.1.1"),
+        || format!("{}\n{}", a.output(), b.output()),
+    );
+}

@@ -251,13 +251,12 @@ pub fn speaker_bin() -> PathBuf {
     let p = dir.join("examples").join("speaker");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
-        if p.exists() {
-            return;
-        }
-        // `cargo test --test X` does not build examples; do it once here.
+        // `cargo test --test X` does not build examples: make sure they are current (a no-op
+        // after `cargo test --workspace`, which builds them).
         let target = dir.parent().unwrap();
         let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(["build", "-p", "tabby-bgp", "--example", "speaker"]).env("CARGO_TARGET_DIR", target);
+        c.args(["build", "-q", "-p", "tabby-bgp", "--example", "speaker", "--example", "inject"])
+            .env("CARGO_TARGET_DIR", target);
         if dir.file_name().is_some_and(|n| n == "release") {
             c.arg("--release");
         }
