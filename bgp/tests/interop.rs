@@ -63,7 +63,7 @@ fn bird_routes_both_ways_four_octet_as_md5_and_withdrawals() {
     if !lab_available("bird_routes_both_ways", &["bird", "birdc"]) {
         return;
     }
-    let mut lab = bird_lab(Some("s3cret"), Some("s3cret"), "");
+    let lab = bird_lab(Some("s3cret"), Some("s3cret"), "");
     wait_until("BIRD session Established", 30, || lab.bird.established("tabby") && lab.tabby.established("10.77.1.2"));
     // Tabby → BIRD, IPv4 and IPv6, 4-octet AS in the path.
     wait_until("our routes at BIRD", 20, || {
@@ -111,7 +111,7 @@ fn bird_hold_timer_expires_when_peer_frozen_and_routes_are_withdrawn() {
     if !lab_available("bird_hold_timer", &["bird", "birdc"]) {
         return;
     }
-    let mut lab = bird_lab(None, None, "");
+    let lab = bird_lab(None, None, "");
     wait_until("Established", 30, || lab.tabby.established("10.77.1.2"));
     wait_until("BIRD routes at Tabby", 20, || lab.tabby.route("10.201.0.0/24").is_some());
     lab.bird.proc.signal("STOP");
@@ -155,7 +155,7 @@ fn bird_keeps_our_routes_while_we_restart_until_end_of_rib() {
         "",
         r#", "originate": ["10.100.1.0/24"], "graceful_restart": {"restart_time": 60, "restarting": true}"#,
     );
-    let mut tabby = Tabby::start(&lab._t, &cfg);
+    let tabby = Tabby::start(&lab._t, &cfg);
     wait_until("re-established", 30, || lab.bird.established("tabby") && tabby.established("10.77.1.2"));
     wait_until("stale route flushed after End-of-RIB", 20, || !in_kernel(&lab.b, "10.100.2.0/24"));
     assert!(in_kernel(&lab.b, "10.100.1.0/24"));
@@ -202,7 +202,7 @@ fn frr_routes_both_ways_four_octet_as_md5_and_withdrawals() {
     link(&t, &["10.77.2.1/24", "fd77:2::1/64"], &f, &["10.77.2.2/24", "fd77:2::2/64"]);
     let frr = Frr::start(&f, &frr_pair_config("neighbor 10.77.2.1 password s3cret"));
     let extra = r#", "originate": ["10.100.1.0/24", "fd10:1::/48"]"#;
-    let mut tabby = Tabby::start(
+    let tabby = Tabby::start(
         &t,
         &tabby_config("10.77.2.1", "10.77.2.2", 4_200_000_003, "fd77:2::1", r#", "password": "s3cret""#, extra),
     );
@@ -307,7 +307,7 @@ fn gobgp_routes_both_ways_four_octet_as_and_withdrawals() {
     link(&t, &["10.77.3.1/24", "fd77:3::1/64"], &g, &["10.77.3.2/24", "fd77:3::2/64"]);
     let gobgp = GoBgp::start(&g, &gobgp_config(4_200_000_004, "10.77.3.2", "10.77.3.1", TABBY_AS));
     let extra = r#", "originate": ["10.100.1.0/24", "fd10:1::/48"]"#;
-    let mut tabby = Tabby::start(&t, &tabby_config("10.77.3.1", "10.77.3.2", 4_200_000_004, "fd77:3::1", "", extra));
+    let tabby = Tabby::start(&t, &tabby_config("10.77.3.1", "10.77.3.2", 4_200_000_004, "fd77:3::1", "", extra));
     wait_until("GoBGP session Established", 40, || gobgp.established("10.77.3.1") && tabby.established("10.77.3.2"));
     gobgp.cli(&["global", "rib", "add", "10.203.0.0/24", "-a", "ipv4"]);
     gobgp.cli(&["global", "rib", "add", "fd20:3::/48", "nexthop", "fd77:3::2", "-a", "ipv6"]);
@@ -373,7 +373,7 @@ protocol bgp reflector {
             "cluster_id": "9.9.9.9", "peers": [{}]}}"#,
         peers.join(",")
     );
-    let mut tabby = Tabby::start(&r, &cfg);
+    let tabby = Tabby::start(&r, &cfg);
     wait_until_diag(
         "three clients Established",
         40,
@@ -445,5 +445,42 @@ fn gtsm_enforces_the_hop_limit() {
         20,
         || a.established("10.80.2.1") && b.established("10.80.1.1"),
         || format!("{}\n{}", a.output(), b.output()),
+    );
+}
+
+/// Graceful restart helper: BIRD crashes and comes back with the R bit; we keep its routes as
+/// stale meanwhile, and its End-of-RIB removes what it no longer announces.
+#[test]
+fn we_keep_bird_routes_while_bird_restarts() {
+    if !lab_available("graceful_restart_helper", &["bird", "birdc"]) {
+        return;
+    }
+    let gr = r#", "graceful_restart": {"restart_time": 60}"#;
+    let lab = bird_lab(None, None, gr);
+    wait_until("Established", 30, || lab.tabby.established("10.77.1.2"));
+    wait_until("BIRD routes at Tabby", 20, || {
+        lab.tabby.route("10.201.0.0/24").is_some() && lab.tabby.route("fd20:1::/48").is_some()
+    });
+    lab.bird.proc.signal("KILL");
+    wait_until("session down", 20, || !lab.tabby.established("10.77.1.2"));
+    holds_for("BIRD's routes kept as stale", 3, || {
+        lab.tabby.route("10.201.0.0/24").is_some_and(|r| r.contains("stale=true"))
+            && lab.tabby.route("fd20:1::/48").is_some_and(|r| r.contains("stale=true"))
+    });
+    // BIRD restarts (-R: graceful restart recovery) without its IPv6 static route.
+    let cfg: String = bird_config("10.77.1.2", "10.77.1.1", 4_200_000_002, "fd77:1::2", 1, "")
+        .lines()
+        .filter(|l| !l.starts_with("protocol static s6"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let _bird2 = Bird::start_with(&lab.b, &cfg, &["-R"]);
+    wait_until_diag(
+        "refreshed route and End-of-RIB sweep",
+        30,
+        || {
+            lab.tabby.route("10.201.0.0/24").is_some_and(|r| r.contains("stale=false"))
+                && lab.tabby.route("fd20:1::/48").is_none()
+        },
+        || lab.tabby.output(),
     );
 }

@@ -270,7 +270,7 @@ pub fn speaker_bin() -> PathBuf {
 /// Tabby's example speaker running in a namespace, driven over stdin/stdout.
 pub struct Tabby {
     pub proc: Proc,
-    stdin: ChildStdin,
+    stdin: Mutex<ChildStdin>,
     pub lines: Arc<Mutex<Vec<String>>>,
     pub dir: TempDir,
 }
@@ -298,12 +298,13 @@ impl Tabby {
                 l2.lock().unwrap().push(line);
             }
         });
-        Tabby { proc: Proc { child, name: "tabby".into() }, stdin, lines, dir }
+        Tabby { proc: Proc { child, name: "tabby".into() }, stdin: Mutex::new(stdin), lines, dir }
     }
 
-    pub fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
+    pub fn send(&self, cmd: &str) {
+        let mut w = self.stdin.lock().unwrap();
+        writeln!(w, "{cmd}").unwrap();
+        w.flush().unwrap();
     }
 
     /// Latest `peer` line for `addr`.
@@ -322,7 +323,7 @@ impl Tabby {
     }
 
     /// The Loc-RIB as `route` lines.
-    pub fn dump(&mut self) -> Vec<String> {
+    pub fn dump(&self) -> Vec<String> {
         let start = self.lines.lock().unwrap().len();
         self.send("dump");
         let end = Instant::now() + Duration::from_secs(10);
@@ -339,7 +340,7 @@ impl Tabby {
     }
 
     /// The `route` line for `prefix`, if in the Loc-RIB.
-    pub fn route(&mut self, prefix: &str) -> Option<String> {
+    pub fn route(&self, prefix: &str) -> Option<String> {
         let pat = format!("route {prefix} ");
         self.dump().into_iter().find(|l| l.starts_with(&pat))
     }
@@ -355,16 +356,19 @@ pub struct Bird {
 
 impl Bird {
     pub fn start(ns: &Netns, config: &str) -> Bird {
+        Bird::start_with(ns, config, &[])
+    }
+
+    /// Starts BIRD with extra command line arguments (e.g. `-R` after a restart).
+    pub fn start_with(ns: &Netns, config: &str, extra: &[&str]) -> Bird {
         let dir = TempDir::new("bird");
         let cfg = dir.write("bird.conf", config);
         let sock = dir.file("bird.ctl");
         let pid = dir.file("bird.pid");
-        let proc = spawn(
-            ns,
-            "bird",
-            &["bird", "-f", "-c", cfg.to_str().unwrap(), "-s", sock.to_str().unwrap(), "-P", pid.to_str().unwrap()],
-            &dir.file("bird.out"),
-        );
+        let mut args =
+            vec!["bird", "-f", "-c", cfg.to_str().unwrap(), "-s", sock.to_str().unwrap(), "-P", pid.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let proc = spawn(ns, "bird", &args, &dir.file("bird.out"));
         let b = Bird { proc, dir, ns_name: ns.name.clone() };
         wait_until("bird control socket", 10, || sock.exists());
         b
