@@ -12,6 +12,15 @@ pub mod config;
 pub mod health;
 pub mod installcni;
 pub mod ipam;
+// Issue 7: the node's network (routes, BGP, VXLAN, NAT, status, cleanup).
+pub mod bgpmesh;
+pub mod cleanup;
+pub mod nat;
+pub mod network;
+pub mod node;
+pub mod routes;
+pub mod status;
+pub mod vxlan;
 
 use std::sync::Arc;
 
@@ -73,8 +82,17 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             cfg.leak_grace,
         ));
     }
+    let env = |k: &str| std::env::var(k).ok();
+    let net = match network::NetConfig::from_env(&cfg, &env) {
+        Ok(nc) => network::Network::start(client.clone(), nc, Some(alloc.clone()), health.clone()).await,
+        Err(e) => Err(e),
+    };
+    let net = net.map_err(|e| tracing::error!(error = %e, "the node network did not start")).ok();
     shutdown_signal().await;
     tracing::info!("stopping");
+    if let Some(n) = net {
+        n.shutdown(&env).await;
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())
 }

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use tabby_agent::config::Config;
 
-const USAGE: &str = "usage: tabby-agent [run | install-cni | version]
+const USAGE: &str = "usage: tabby-agent [run | install-cni | cleanup | version]
   run          serve IPAM on the CNI socket (default)
   install-cni  install the tabby plugin and the conflist (init container)
+  cleanup      remove Tabby's routes, devices, nftables table, CNI plugin and conflist from this node
   version      print the version";
 
 fn main() -> ExitCode {
@@ -48,6 +49,31 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        "cleanup" => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tabby-agent: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(tabby_agent::cleanup::cleanup(&env)) {
+                Ok(r) => {
+                    println!(
+                        "cleanup: {} routes, {} links, nftables table {}, {} files removed",
+                        r.routes,
+                        r.links.len(),
+                        if r.nft_table { "removed" } else { "absent" },
+                        r.files.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cleanup: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         "version" | "--version" => {
             println!("tabby-agent {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

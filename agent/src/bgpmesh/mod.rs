@@ -1,0 +1,663 @@
+//! BGP with the `tabby-bgp` speaker: who this node peers with ([`plan`]: the node-to-node mesh, BGPPeers,
+//! route reflectors), what it advertises ([`advertisements`]: own blocks as aggregates, borrowed /32s,
+//! service CIDRs), and the glue ([`Mesh`]) that runs the speaker, originates and withdraws prefixes and
+//! installs the best paths it learns as `proto tabby` routes.
+//!
+//! The speaker library fixes its peers at start, so a change of the peer set restarts the speaker with
+//! the graceful-restart Restart State bit set: peers keep our routes (and the kernel keeps theirs) while
+//! the new sessions come up, so no traffic is dropped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, SecretKeySelector};
+use tabby_api::bgp::{BGPConfigurationSpec, BGPPeer, NextHopMode};
+use tabby_api::ipam::{IPAMBlock, IPPool};
+use tabby_api::nodestatus::{BgpPeerStatus, BgpStatus, PeerType};
+use tabby_bgp::{Family, GracefulRestartConfig, PeerConfig, Prefix, Speaker, SpeakerConfig, State};
+use tokio::task::JoinHandle;
+
+use crate::ipam::block::{ATTR_NODE, addr_at, attribute_at};
+use crate::ipam::selector::Selector;
+use crate::node::{self, RR_CLUSTER_ID};
+use crate::routes::{RouteTable, Source, Target};
+
+/// Node annotation overriding the cluster AS number for one node.
+pub const ANNOTATION_ASN: &str = "tabby.dev/as-number";
+
+/// One peer the speaker should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedPeer {
+    pub address: IpAddr,
+    pub asn: u32,
+    pub port: u16,
+    pub passive: bool,
+    pub password: Option<String>,
+    pub rr_client: bool,
+    pub hold_time: Option<u16>,
+    pub next_hop_self: bool,
+    pub ttl_security: Option<u8>,
+    pub kind: PeerType,
+}
+
+/// The speaker this node should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpeakerPlan {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub listen_port: u16,
+    pub cluster_id: Option<Ipv4Addr>,
+    pub max_restart_time: u16,
+    pub peers: Vec<PlannedPeer>,
+}
+
+/// Parses a Go-style duration (`120s`, `2m`, `1m30s`, `500ms`) into whole seconds.
+pub fn parse_duration_secs(s: &str) -> Option<u64> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.trim().chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        total += v * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        any = true;
+    }
+    (any && num.is_empty()).then_some(total.round() as u64)
+}
+
+fn labels(n: &Node) -> BTreeMap<String, String> {
+    n.metadata.labels.clone().unwrap_or_default()
+}
+
+fn name(n: &Node) -> &str {
+    n.metadata.name.as_deref().unwrap_or("")
+}
+
+fn sel_matches(sel: &Option<String>, n: &Node) -> Option<bool> {
+    let s = sel.as_deref()?;
+    Some(Selector::parse(s).map(|s| s.matches(&labels(n))).unwrap_or(false))
+}
+
+/// Whether `peer` applies to node `n` (node, nodeSelector, or neither: every node).
+fn applies_to(peer: &BGPPeer, n: &Node) -> bool {
+    match (&peer.spec.node, &peer.spec.node_selector) {
+        (Some(x), _) => x == name(n),
+        (None, Some(_)) => sel_matches(&peer.spec.node_selector, n).unwrap_or(false),
+        (None, None) => true,
+    }
+}
+
+fn node_asn(n: &Node, default: u32) -> u32 {
+    node::node_meta(n, ANNOTATION_ASN).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rr_cluster(n: &Node) -> Option<Ipv4Addr> {
+    node::node_meta(n, RR_CLUSTER_ID).and_then(|v| v.parse().ok())
+}
+
+fn v4(n: &Node) -> Option<Ipv4Addr> {
+    match node::node_address(n, false)?.addr() {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn parse_peer_ip(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    let sa: std::net::SocketAddr = s.parse().ok()?;
+    Some((sa.ip(), Some(sa.port())))
+}
+
+/// The speaker `me` should run, or `None` when it has no IPv4 address yet.
+pub fn plan(
+    me: &str,
+    nodes: &[Node],
+    cfg: &BGPConfigurationSpec,
+    peers: &[BGPPeer],
+    secret: &dyn Fn(&SecretKeySelector) -> Option<String>,
+) -> Option<SpeakerPlan> {
+    let my = nodes.iter().find(|n| name(n) == me)?;
+    let my_addr = v4(my)?;
+    let asn = node_asn(my, cfg.as_number);
+    let cluster_id = rr_cluster(my);
+    let max_restart =
+        cfg.node_mesh_max_restart_time.as_deref().and_then(parse_duration_secs).unwrap_or(120).min(u16::MAX as u64)
+            as u16;
+    let mesh_password = cfg.node_mesh_password.as_ref().and_then(|p| secret(&p.secret_key_ref));
+    let mut out: BTreeMap<IpAddr, PlannedPeer> = BTreeMap::new();
+    let node_peer = |other: &Node, kind: PeerType, password: Option<String>, hold: Option<u16>, nhs: bool| {
+        let addr = v4(other)?;
+        let other_asn = node_asn(other, cfg.as_number);
+        let rr_client = cluster_id.is_some() && rr_cluster(other).is_none() && other_asn == asn;
+        Some(PlannedPeer {
+            address: IpAddr::V4(addr),
+            asn: other_asn,
+            port: cfg.listen_port,
+            // The side with the greater address listens; the other connects.
+            passive: my_addr > addr,
+            password,
+            rr_client,
+            hold_time: hold,
+            next_hop_self: nhs,
+            ttl_security: None,
+            kind: if rr_client { PeerType::RouteReflectorClient } else { kind },
+        })
+    };
+    // Full mesh: every other node, except that route reflectors leave it.
+    if cfg.node_to_node_mesh_enabled && cluster_id.is_none() {
+        for n in nodes.iter().filter(|n| name(n) != me && rr_cluster(n).is_none()) {
+            if let Some(p) = node_peer(n, PeerType::NodeMesh, mesh_password.clone(), None, false) {
+                out.insert(p.address, p);
+            }
+        }
+    }
+    for bp in peers {
+        let s = &bp.spec;
+        let kind =
+            if s.node.is_some() || s.node_selector.is_some() { PeerType::NodePeer } else { PeerType::GlobalPeer };
+        let password = s.password.as_ref().and_then(|p| secret(&p.secret_key_ref));
+        let hold = s.keepalive_time.as_deref().and_then(parse_duration_secs).map(|k| (k * 3).clamp(3, 65535) as u16);
+        let nhs = s.next_hop_mode == Some(NextHopMode::SelfHop);
+        if applies_to(bp, my) {
+            if let Some(ip) = &s.peer_ip {
+                if let Some((addr, port)) = parse_peer_ip(ip)
+                    && addr != IpAddr::V4(my_addr)
+                {
+                    let peer_asn = s.as_number.unwrap_or(asn);
+                    out.insert(
+                        addr,
+                        PlannedPeer {
+                            address: addr,
+                            asn: peer_asn,
+                            port: port.unwrap_or(179),
+                            passive: false,
+                            password: password.clone(),
+                            rr_client: cluster_id.is_some() && peer_asn == asn,
+                            hold_time: hold,
+                            next_hop_self: nhs,
+                            ttl_security: s.ttl_security,
+                            kind: if cluster_id.is_some() && peer_asn == asn {
+                                PeerType::RouteReflectorClient
+                            } else {
+                                kind
+                            },
+                        },
+                    );
+                }
+            } else {
+                for n in nodes.iter().filter(|n| name(n) != me) {
+                    if sel_matches(&s.peer_selector, n) == Some(true)
+                        && let Some(p) = node_peer(n, kind, password.clone(), hold, nhs)
+                    {
+                        out.insert(p.address, p);
+                    }
+                }
+            }
+        }
+        // The reverse direction: nodes this BGPPeer makes peer with us.
+        if s.peer_ip.is_none() && sel_matches(&s.peer_selector, my) == Some(true) {
+            for n in nodes.iter().filter(|n| name(n) != me && applies_to(bp, n)) {
+                if let Some(p) = node_peer(n, kind, password.clone(), hold, nhs) {
+                    out.entry(p.address).or_insert(p);
+                }
+            }
+        }
+    }
+    Some(SpeakerPlan {
+        asn,
+        router_id: my_addr,
+        listen_port: cfg.listen_port,
+        cluster_id,
+        max_restart_time: max_restart,
+        peers: out.into_values().collect(),
+    })
+}
+
+fn to_prefix(n: &IpNet) -> Option<Prefix> {
+    Prefix::new(n.addr(), n.prefix_len())
+}
+
+/// What `me` advertises: its blocks (aggregates; never the /32s inside them), addresses it borrowed
+/// from other nodes' blocks (/32, /128), and the service CIDRs of the BGPConfiguration.
+pub fn advertisements(me: &str, blocks: &[IPAMBlock], pools: &[IPPool], cfg: &BGPConfigurationSpec) -> BTreeSet<IpNet> {
+    let host = format!("host:{me}");
+    let exportable = |cidr: &IpNet| {
+        !pools
+            .iter()
+            .any(|p| p.spec.disable_bgp_export && p.spec.cidr.parse::<IpNet>().is_ok_and(|pc| pc.contains(cidr)))
+    };
+    let mut out = BTreeSet::new();
+    for b in blocks.iter().filter(|b| !b.spec.deleted) {
+        let Ok(cidr) = b.spec.cidr.parse::<IpNet>() else { continue };
+        if !exportable(&cidr) {
+            continue;
+        }
+        if b.spec.affinity.as_deref() == Some(host.as_str()) {
+            out.insert(cidr);
+            continue;
+        }
+        for ord in 0..b.spec.allocations.len() {
+            if attribute_at(&b.spec, ord).is_some_and(|a| a.secondary.get(ATTR_NODE).map(String::as_str) == Some(me)) {
+                out.insert(IpNet::from(addr_at(&cidr, ord)));
+            }
+        }
+    }
+    for c in cfg.service_cluster_ips.iter().chain(&cfg.service_external_ips).chain(&cfg.service_load_balancer_ips) {
+        if let Ok(n) = c.cidr.parse::<IpNet>() {
+            out.insert(n.trunc());
+        }
+    }
+    out
+}
+
+fn peer_config(p: &PlannedPeer) -> PeerConfig {
+    let mut c = PeerConfig::new(p.address, p.asn);
+    c.port = p.port;
+    c.passive = p.passive;
+    c.password = p.password.clone();
+    c.rr_client = p.rr_client;
+    c.hold_time = p.hold_time;
+    c.next_hop_self = p.next_hop_self;
+    c.ttl_security = p.ttl_security;
+    c
+}
+
+/// Hold time the agent proposes (seconds); `TABBY_BGP_HOLD_TIME` overrides the default 90 (tests use a
+/// short one to see a lost node withdrawn quickly).
+pub fn hold_time_from_env() -> u16 {
+    std::env::var("TABBY_BGP_HOLD_TIME").ok().and_then(|v| v.parse().ok()).filter(|v| *v == 0 || *v >= 3).unwrap_or(90)
+}
+
+/// The running speaker and what it originates.
+pub struct Mesh {
+    table: RouteTable,
+    own_addr: Option<IpAddr>,
+    speaker: Option<Arc<Speaker>>,
+    plan: Option<SpeakerPlan>,
+    originated: BTreeSet<IpNet>,
+    sub: Option<JoinHandle<()>>,
+    /// When the current speaker started; `None` once its routes replaced the previous ones.
+    converging_since: Option<Instant>,
+    hold_time: u16,
+    restarted: bool,
+}
+
+impl Mesh {
+    pub fn new(table: RouteTable) -> Mesh {
+        Mesh {
+            table,
+            own_addr: None,
+            speaker: None,
+            plan: None,
+            originated: BTreeSet::new(),
+            sub: None,
+            converging_since: None,
+            hold_time: hold_time_from_env(),
+            restarted: false,
+        }
+    }
+
+    /// Brings the speaker to `plan` and the originated prefixes to `adverts`.
+    pub async fn apply(&mut self, plan: Option<SpeakerPlan>, adverts: &BTreeSet<IpNet>) {
+        if plan != self.plan {
+            self.stop().await;
+            if let Some(p) = &plan {
+                match self.start(p).await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "starting the BGP speaker");
+                        return;
+                    }
+                }
+            }
+            self.plan = plan;
+        }
+        let Some(sp) = self.speaker.clone() else { return };
+        for gone in self.originated.difference(adverts).cloned().collect::<Vec<_>>() {
+            if let Some(p) = to_prefix(&gone) {
+                sp.withdraw(p).await;
+            }
+            self.originated.remove(&gone);
+        }
+        for new in adverts.difference(&self.originated.clone()) {
+            if let Some(p) = to_prefix(new) {
+                sp.originate(p, None).await;
+            }
+            self.originated.insert(*new);
+        }
+        // Once every session is up again (or the restart time passed), what the new speaker learned
+        // replaces what the previous one installed.
+        if let Some(since) = self.converging_since {
+            let peers = sp.peers();
+            let all_up = peers.iter().all(|p| p.state == State::Established);
+            let max = self.plan.as_ref().map_or(120, |p| p.max_restart_time);
+            if (all_up && since.elapsed() > Duration::from_secs(2)) || since.elapsed() > Duration::from_secs(max.into())
+            {
+                let mut snap = HashMap::new();
+                for f in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+                    for r in sp.routes(f).await {
+                        if let Some((dst, t)) = self.learned(r.prefix, r.peer.is_some().then_some(r.attrs.next_hop)) {
+                            snap.insert(dst, t);
+                        }
+                    }
+                }
+                self.table.set(Source::Remote, snap);
+                self.table.hold_remote(None);
+                self.converging_since = None;
+                tracing::info!(routes = self.table.counts().remote, "BGP converged");
+            }
+        }
+    }
+
+    fn learned(&self, prefix: Prefix, next_hop: Option<IpAddr>) -> Option<(IpNet, Target)> {
+        let nh = next_hop?;
+        if Some(nh) == self.own_addr || nh.is_unspecified() {
+            return None;
+        }
+        let dst = IpNet::new(prefix.addr(), prefix.len()).ok()?;
+        Some((dst, Target::Via { gw: nh, dev: None, onlink: false }))
+    }
+
+    async fn start(&mut self, p: &SpeakerPlan) -> std::io::Result<()> {
+        let mut cfg = SpeakerConfig::new(p.router_id, p.asn);
+        cfg.listen = Some(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p.listen_port));
+        cfg.cluster_id = p.cluster_id;
+        cfg.hold_time = self.hold_time;
+        cfg.connect_retry = Duration::from_secs(2);
+        cfg.graceful_restart = Some(GracefulRestartConfig {
+            restart_time: p.max_restart_time,
+            // Every start is a restart for peers that still hold our routes.
+            restarting: true,
+            max_restart_time: p.max_restart_time,
+        });
+        cfg.peers = p.peers.iter().map(peer_config).collect();
+        // The previous listener may take a moment to close.
+        let mut attempt = 0;
+        let sp = loop {
+            match Speaker::start(cfg.clone(), Arc::new(tabby_bgp::AcceptAll)).await {
+                Ok(s) => break s,
+                Err(e) if attempt < 20 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let sp = Arc::new(sp);
+        self.own_addr = Some(IpAddr::V4(p.router_id));
+        let mut rx = sp.subscribe().await;
+        let table = self.table.clone();
+        let own = self.own_addr;
+        self.sub = Some(tokio::spawn(async move {
+            while let Some(events) = rx.recv().await {
+                let changes = events.into_iter().filter_map(|ev| {
+                    let dst = IpNet::new(ev.prefix.addr(), ev.prefix.len()).ok()?;
+                    let t = ev.best.and_then(|(peer, attrs)| {
+                        let nh = attrs.next_hop;
+                        (peer != 0 && Some(nh) != own && !nh.is_unspecified()).then_some(Target::Via {
+                            gw: nh,
+                            dev: None,
+                            onlink: false,
+                        })
+                    });
+                    Some((dst, t))
+                });
+                table.update(Source::Remote, changes.collect::<Vec<_>>());
+            }
+        }));
+        self.speaker = Some(sp);
+        self.originated.clear();
+        self.converging_since = Some(Instant::now());
+        if self.restarted {
+            tracing::info!(peers = p.peers.len(), "BGP speaker restarted for a new peer set");
+        }
+        self.restarted = true;
+        Ok(())
+    }
+
+    /// Stops the speaker (sessions close without NOTIFICATION: peers keep our routes for the restart time).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.sub.take() {
+            s.abort();
+        }
+        self.speaker = None;
+        self.originated.clear();
+    }
+
+    /// Peer states for NodeStatus.
+    pub fn status(&self) -> Option<BgpStatus> {
+        let sp = self.speaker.as_ref()?;
+        let plan = self.plan.as_ref()?;
+        let kinds: HashMap<IpAddr, PeerType> = plan.peers.iter().map(|p| (p.address, p.kind)).collect();
+        let mut st = BgpStatus::default();
+        for p in sp.peers() {
+            let established = p.state == State::Established;
+            if established {
+                st.peers_established += 1;
+            }
+            let since: chrono_like::Rfc3339 = p.since.into();
+            let s = BgpPeerStatus {
+                peer_ip: p.address.to_string(),
+                type_: kinds.get(&p.address).copied().unwrap_or_default(),
+                state: if established { "Established".into() } else { p.state.to_string() },
+                since: Some(since.0),
+                info: if established {
+                    Some(format!("{} received, {} advertised", p.prefixes_received, p.prefixes_advertised))
+                } else {
+                    p.last_error.clone()
+                },
+            };
+            if p.address.is_ipv6() { st.peers_v6.push(s) } else { st.peers_v4.push(s) }
+        }
+        Some(st)
+    }
+
+    /// True when BGP is off, or every configured session is established.
+    pub fn ready(&self) -> bool {
+        self.speaker.as_ref().is_none_or(|s| s.peers().iter().all(|p| p.state == State::Established))
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.plan.as_ref().map_or(0, |p| p.peers.len())
+    }
+}
+
+/// RFC 3339 formatting of a wall-clock time without a date library.
+pub mod chrono_like {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub struct Rfc3339(pub String);
+
+    impl From<SystemTime> for Rfc3339 {
+        fn from(t: SystemTime) -> Self {
+            Rfc3339(format(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)))
+        }
+    }
+
+    /// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
+    pub fn format(secs: u64) -> String {
+        let days = (secs / 86_400) as i64;
+        let rem = secs % 86_400;
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let y = yoe + era * 400;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = if m <= 2 { y + 1 } else { y };
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    }
+
+    /// Now, formatted.
+    pub fn now() -> String {
+        Rfc3339::from(SystemTime::now()).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tabby_api::bgp::BGPPeerSpec;
+
+    fn node(name: &str, addr: &str, extra: &[(&str, &str)]) -> Node {
+        let mut ann: BTreeMap<String, String> = [(node::ANNOTATION_V4.to_string(), format!("{addr}/24"))].into();
+        let mut labels = BTreeMap::new();
+        for (k, v) in extra {
+            if k.contains("label:") {
+                labels.insert(k.trim_start_matches("label:").to_string(), v.to_string());
+            } else {
+                ann.insert(k.to_string(), v.to_string());
+            }
+        }
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.annotations = Some(ann);
+        n.metadata.labels = Some(labels);
+        n
+    }
+
+    fn no_secret(_: &SecretKeySelector) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("120s"), Some(120));
+        assert_eq!(parse_duration_secs("2m"), Some(120));
+        assert_eq!(parse_duration_secs("1m30s"), Some(90));
+        assert_eq!(parse_duration_secs("1500ms"), Some(2));
+        assert_eq!(parse_duration_secs("12"), None);
+        assert_eq!(parse_duration_secs("3x"), None);
+        assert_eq!(chrono_like::format(0), "1970-01-01T00:00:00Z");
+        assert_eq!(chrono_like::format(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn full_mesh_greater_address_listens() {
+        let nodes = vec![node("a", "192.168.1.1", &[]), node("b", "192.168.1.2", &[]), node("c", "192.168.1.3", &[])];
+        let cfg = BGPConfigurationSpec::default();
+        let p = plan("b", &nodes, &cfg, &[], &no_secret).unwrap();
+        assert_eq!(p.asn, 64512);
+        assert_eq!(p.router_id, "192.168.1.2".parse::<Ipv4Addr>().unwrap());
+        let got: Vec<(String, bool, PeerType)> =
+            p.peers.iter().map(|p| (p.address.to_string(), p.passive, p.kind)).collect();
+        assert_eq!(
+            got,
+            vec![("192.168.1.1".into(), true, PeerType::NodeMesh), ("192.168.1.3".into(), false, PeerType::NodeMesh)]
+        );
+        let off = BGPConfigurationSpec { node_to_node_mesh_enabled: false, ..Default::default() };
+        assert!(plan("b", &nodes, &off, &[], &no_secret).unwrap().peers.is_empty());
+        assert!(plan("zz", &nodes, &cfg, &[], &no_secret).is_none());
+    }
+
+    #[test]
+    fn global_peer_with_password_and_node_specific_peer() {
+        let nodes = vec![node("a", "192.168.1.1", &[("label:rack", "r1")]), node("b", "192.168.1.2", &[])];
+        let mut g = BGPPeer::new("router", BGPPeerSpec::default());
+        g.spec.peer_ip = Some("192.168.1.254".into());
+        g.spec.as_number = Some(65000);
+        g.spec.password = Some(tabby_api::bgp::BgpPassword {
+            secret_key_ref: SecretKeySelector { name: "s".into(), key: "k".into(), optional: None },
+        });
+        g.spec.keepalive_time = Some("10s".into());
+        let mut ns = BGPPeer::new("rack", BGPPeerSpec::default());
+        ns.spec.node_selector = Some("rack == 'r1'".into());
+        ns.spec.peer_ip = Some("10.9.9.9:1790".into());
+        ns.spec.as_number = Some(65001);
+        let secret = |s: &SecretKeySelector| (s.name == "s" && s.key == "k").then(|| "pw".to_string());
+        let cfg = BGPConfigurationSpec { node_to_node_mesh_enabled: false, ..Default::default() };
+        let pa = plan("a", &nodes, &cfg, &[g.clone(), ns.clone()], &secret).unwrap();
+        assert_eq!(pa.peers.len(), 2);
+        let r = pa.peers.iter().find(|p| p.asn == 65000).unwrap();
+        assert_eq!((r.password.as_deref(), r.hold_time, r.kind), (Some("pw"), Some(30), PeerType::GlobalPeer));
+        let n = pa.peers.iter().find(|p| p.asn == 65001).unwrap();
+        assert_eq!((n.port, n.kind), (1790, PeerType::NodePeer));
+        let pb = plan("b", &nodes, &cfg, &[g, ns], &secret).unwrap();
+        assert_eq!(pb.peers.len(), 1);
+    }
+
+    #[test]
+    fn route_reflector_leaves_the_mesh_and_serves_clients() {
+        let nodes = vec![
+            node("rr", "192.168.1.10", &[(RR_CLUSTER_ID, "224.0.0.1"), ("label:rr", "true")]),
+            node("a", "192.168.1.1", &[]),
+            node("b", "192.168.1.2", &[]),
+        ];
+        let mut bp = BGPPeer::new("to-rr", BGPPeerSpec::default());
+        bp.spec.node_selector = Some("all()".into());
+        bp.spec.peer_selector = Some("has(rr)".into());
+        let cfg = BGPConfigurationSpec { node_to_node_mesh_enabled: false, ..Default::default() };
+        let rr = plan("rr", &nodes, &cfg, std::slice::from_ref(&bp), &no_secret).unwrap();
+        assert_eq!(rr.cluster_id, Some("224.0.0.1".parse().unwrap()));
+        assert_eq!(rr.peers.len(), 2);
+        assert!(rr.peers.iter().all(|p| p.rr_client && p.kind == PeerType::RouteReflectorClient));
+        let a = plan("a", &nodes, &cfg, &[bp], &no_secret).unwrap();
+        assert_eq!(a.peers.len(), 1);
+        assert_eq!(a.peers[0].address.to_string(), "192.168.1.10");
+        assert!(!a.peers[0].rr_client);
+        // With the mesh on, the reflector still stays out of it.
+        let mesh = BGPConfigurationSpec::default();
+        let a = plan("a", &nodes, &mesh, &[], &no_secret).unwrap();
+        assert_eq!(a.peers.len(), 1);
+        assert_eq!(a.peers[0].address.to_string(), "192.168.1.2");
+    }
+
+    #[test]
+    fn advertises_blocks_borrowed_addresses_and_services() {
+        use tabby_api::ipam::{AllocationAttribute, IPAMBlockSpec};
+        let mut mine = IPAMBlock::new("b1", IPAMBlockSpec::default());
+        mine.spec.cidr = "10.0.0.0/26".into();
+        mine.spec.affinity = Some("host:a".into());
+        mine.spec.allocations = vec![Some(0); 64];
+        let mut theirs = IPAMBlock::new("b2", IPAMBlockSpec::default());
+        theirs.spec.cidr = "10.0.0.64/26".into();
+        theirs.spec.affinity = Some("host:b".into());
+        theirs.spec.allocations = vec![None; 64];
+        theirs.spec.allocations[3] = Some(0);
+        theirs.spec.allocations[4] = Some(1);
+        theirs.spec.attributes = vec![
+            AllocationAttribute {
+                handle_id: Some("h".into()),
+                secondary: [(ATTR_NODE.to_string(), "a".to_string())].into(),
+            },
+            AllocationAttribute {
+                handle_id: Some("i".into()),
+                secondary: [(ATTR_NODE.to_string(), "b".to_string())].into(),
+            },
+        ];
+        let mut cfg = BGPConfigurationSpec::default();
+        cfg.service_cluster_ips.push(tabby_api::bgp::ServiceCidr { cidr: "10.96.0.0/16".into() });
+        let got: Vec<String> = advertisements("a", &[mine, theirs], &[], &cfg).iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, vec!["10.0.0.0/26", "10.0.0.67/32", "10.96.0.0/16"]);
+    }
+}

@@ -1,0 +1,519 @@
+//! Routes Tabby owns in the kernel's main table, all with protocol [`RTPROT_TABBY`] (80, named `tabby` in
+//! `/etc/iproute2/rt_protos.d/tabby.conf`, the number the CNI plugin gives pod host routes).
+//!
+//! Three sources feed one desired table: local pod routes (`<pod>/32 dev tby…`, added by the CNI plugin,
+//! repaired here, removed when the pod's allocation is gone), blackholes for the blocks this node owns,
+//! and remote routes (learned over BGP, or computed for VXLAN). [`RouteTable`] merges them; [`run`] keeps the
+//! kernel equal to the merge: incrementally for the prefixes that changed, fully on link events and on
+//! a resync timer, and within milliseconds for a Tabby route someone deletes (netlink events).
+
+pub mod kernel;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::sync::Notify;
+
+/// The route protocol number of every route Tabby installs (shared with the CNI plugin).
+pub const RTPROT_TABBY: u8 = tabby_cni::netlink::RTPROT_TABBY;
+/// Where iproute2 learns the protocol's name.
+pub const RT_PROTOS_FILE: &str = "/etc/iproute2/rt_protos.d/tabby.conf";
+
+/// What a route to one prefix does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// `blackhole <prefix>`: drop here (unallocated addresses of our blocks).
+    Blackhole,
+    /// `<prefix> dev <name> scope link`: a local pod behind its host veth.
+    Dev(String),
+    /// `<prefix> via <gw> [dev <name>] [onlink]`: another node's pods.
+    Via { gw: IpAddr, dev: Option<String>, onlink: bool },
+}
+
+/// Which subsystem wants a route; on a conflict the lower one wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    Local = 0,
+    Blackhole = 1,
+    /// Computed from the API: VXLAN and CrossSubnet direct routes.
+    Tunnel = 2,
+    /// Learned over BGP.
+    Remote = 3,
+}
+
+const SOURCES: [Source; 4] = [Source::Local, Source::Blackhole, Source::Tunnel, Source::Remote];
+
+/// A route as read from the kernel, with its interface resolved to a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub dst: IpNet,
+    pub target: Target,
+    /// The interface index the kernel reports (for deletion).
+    pub oif: Option<u32>,
+}
+
+/// Whether the kernel's `actual` route realises `want`. A gateway route without a device in the desired
+/// state matches whatever interface the kernel resolved.
+pub fn matches(want: &Target, actual: &Target) -> bool {
+    match (want, actual) {
+        (Target::Via { gw: g1, dev: None, onlink: o1 }, Target::Via { gw: g2, onlink: o2, .. }) => g1 == g2 && o1 == o2,
+        _ => want == actual,
+    }
+}
+
+/// The changes that turn `actual` into `desired`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Routes to add or replace.
+    pub put: Vec<(IpNet, Target)>,
+    /// Kernel routes to delete.
+    pub del: Vec<KernelRoute>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.del.is_empty()
+    }
+}
+
+/// Full diff: every desired route missing or different in `actual` is put; every Tabby route of
+/// `actual` that is not desired is deleted, except those `keep` protects (remote routes during the
+/// start-up grace, so a restarted agent does not drop traffic before BGP has converged). Routes whose
+/// device does not exist (`has_dev` false) are skipped: the kernel would refuse them.
+pub fn diff(
+    desired: &HashMap<IpNet, Target>,
+    actual: &[KernelRoute],
+    has_dev: &dyn Fn(&str) -> bool,
+    keep: &dyn Fn(&KernelRoute) -> bool,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut seen: HashSet<IpNet> = HashSet::new();
+    for r in actual {
+        match desired.get(&r.dst) {
+            Some(want) if matches(want, &r.target) && !seen.contains(&r.dst) => {
+                seen.insert(r.dst);
+            }
+            Some(_) => {
+                // A duplicate or a different route to a desired prefix: replaced below (or, for a
+                // duplicate, removed).
+                if seen.contains(&r.dst) {
+                    plan.del.push(r.clone());
+                }
+            }
+            None if keep(r) => {}
+            None => plan.del.push(r.clone()),
+        }
+    }
+    let mut put: Vec<(IpNet, Target)> = desired
+        .iter()
+        .filter(|(dst, _)| !seen.contains(*dst))
+        .filter(|(_, t)| installable(t, has_dev))
+        .map(|(d, t)| (*d, t.clone()))
+        .collect();
+    put.sort();
+    plan.put = put;
+    plan.del.sort_by_key(|r| r.dst);
+    plan
+}
+
+fn installable(t: &Target, has_dev: &dyn Fn(&str) -> bool) -> bool {
+    match t {
+        Target::Blackhole => true,
+        Target::Dev(d) => has_dev(d),
+        Target::Via { dev: Some(d), .. } => has_dev(d),
+        Target::Via { dev: None, .. } => true,
+    }
+}
+
+/// Counts for NodeStatus.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub local: usize,
+    pub blackhole: usize,
+    pub remote: usize,
+}
+
+#[derive(Default)]
+struct State {
+    sources: [HashMap<IpNet, Target>; 4],
+    /// Prefixes whose desired route changed since the last pass.
+    dirty: HashSet<IpNet>,
+    full: bool,
+    /// What the last pass left in the kernel (as far as we know).
+    installed: HashMap<IpNet, Target>,
+    counts: Counts,
+    errors: u64,
+    synced: bool,
+}
+
+impl State {
+    fn merged(&self, dst: &IpNet) -> Option<&Target> {
+        self.sources.iter().find_map(|m| m.get(dst))
+    }
+
+    fn merged_all(&self) -> HashMap<IpNet, Target> {
+        let mut out = HashMap::new();
+        for m in self.sources.iter().rev() {
+            for (k, v) in m {
+                out.insert(*k, v.clone());
+            }
+        }
+        out
+    }
+}
+
+/// The desired routes of every subsystem, shared with the reconciler task.
+#[derive(Clone)]
+pub struct RouteTable {
+    state: Arc<Mutex<State>>,
+    kick: Arc<Notify>,
+    hold_remote_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RouteTable {
+    pub fn new() -> RouteTable {
+        RouteTable {
+            state: Arc::new(Mutex::new(State { full: true, ..Default::default() })),
+            kick: Arc::new(Notify::new()),
+            hold_remote_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces everything `source` wants.
+    pub fn set(&self, source: Source, routes: HashMap<IpNet, Target>) {
+        let mut st = self.lock();
+        let old = std::mem::take(&mut st.sources[source as usize]);
+        let mut dirty: Vec<IpNet> = Vec::new();
+        for (k, v) in &routes {
+            if old.get(k) != Some(v) {
+                dirty.push(*k);
+            }
+        }
+        for k in old.keys() {
+            if !routes.contains_key(k) {
+                dirty.push(*k);
+            }
+        }
+        st.sources[source as usize] = routes;
+        let changed = !dirty.is_empty();
+        st.dirty.extend(dirty);
+        drop(st);
+        if changed {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Applies changes to what `source` wants (`None` removes a prefix).
+    pub fn update(&self, source: Source, changes: impl IntoIterator<Item = (IpNet, Option<Target>)>) {
+        let mut st = self.lock();
+        let mut changed = false;
+        for (k, v) in changes {
+            let m = &mut st.sources[source as usize];
+            let differs = match &v {
+                Some(t) => m.insert(k, t.clone()).as_ref() != Some(t),
+                None => m.remove(&k).is_some(),
+            };
+            if differs {
+                st.dirty.insert(k);
+                changed = true;
+            }
+        }
+        drop(st);
+        if changed {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Asks for a full pass (kernel dump and diff).
+    pub fn resync(&self) {
+        self.lock().full = true;
+        self.kick.notify_one();
+    }
+
+    /// A Tabby route disappeared from the kernel: put it back if it is wanted.
+    pub fn deleted(&self, dst: IpNet) {
+        let mut st = self.lock();
+        st.installed.remove(&dst);
+        if st.merged(&dst).is_some() {
+            st.dirty.insert(dst);
+            drop(st);
+            self.kick.notify_one();
+        }
+    }
+
+    /// Remote routes not (yet) desired survive full passes until `until` (agent restart grace).
+    pub fn hold_remote(&self, until: Option<Instant>) {
+        *self.hold_remote_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+        self.resync();
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.lock().counts
+    }
+
+    /// Passes that failed to apply some change.
+    pub fn errors(&self) -> u64 {
+        self.lock().errors
+    }
+
+    /// True once a full pass has completed.
+    pub fn synced(&self) -> bool {
+        self.lock().synced
+    }
+
+    /// The merged desired table (for tests and status).
+    pub fn desired(&self) -> HashMap<IpNet, Target> {
+        self.lock().merged_all()
+    }
+
+    fn remote_held(&self) -> bool {
+        self.hold_remote_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// Writes the protocol name file (best effort: a read-only /etc only costs the name in `ip route`).
+pub fn write_proto_name(path: &std::path::Path) {
+    let want = format!("{RTPROT_TABBY}\ttabby\n");
+    if std::fs::read_to_string(path).is_ok_and(|s| s == want) {
+        return;
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(path, want) {
+        tracing::debug!(error = %e, path = %path.display(), "cannot name the route protocol");
+    }
+}
+
+/// Keeps the kernel equal to `table` until the task is dropped: on table changes, netlink events and
+/// every `resync`.
+pub async fn run(table: RouteTable, resync: Duration) {
+    let k = match kernel::Kernel::open() {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "netlink unavailable; routes are not programmed");
+            return;
+        }
+    };
+    let t2 = table.clone();
+    tokio::spawn(kernel::watch(move |ev| match ev {
+        kernel::Event::RouteDeleted(dst) => t2.deleted(dst),
+        kernel::Event::Link => t2.resync(),
+    }));
+    let mut next_full = tokio::time::Instant::now();
+    loop {
+        let full = {
+            let mut st = table.lock();
+            let f = st.full || tokio::time::Instant::now() >= next_full;
+            st.full = false;
+            f
+        };
+        let started = Instant::now();
+        let res = if full { full_pass(&table, &k).await } else { incremental_pass(&table, &k).await };
+        match res {
+            Ok(n) if n > 0 => {
+                tracing::debug!(full, changes = n, elapsed_ms = started.elapsed().as_millis() as u64, "routes")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "programming routes");
+                table.lock().errors += 1;
+                table.lock().full = true;
+            }
+        }
+        if full {
+            next_full = tokio::time::Instant::now() + resync;
+        }
+        let pending = {
+            let st = table.lock();
+            !st.dirty.is_empty() || st.full
+        };
+        if pending {
+            continue;
+        }
+        tokio::select! {
+            _ = table.kick.notified() => {}
+            _ = tokio::time::sleep_until(next_full) => {}
+        }
+    }
+}
+
+async fn full_pass(table: &RouteTable, k: &kernel::Kernel) -> Result<usize, kernel::KernelError> {
+    let links = k.links().await?;
+    let actual = k.routes(&links).await?;
+    let (desired, hold) = {
+        let mut st = table.lock();
+        st.dirty.clear();
+        (st.merged_all(), table.remote_held())
+    };
+    let names: HashSet<&str> = links.values().map(String::as_str).collect();
+    let plan = diff(&desired, &actual, &|d| names.contains(d), &|r| hold && matches!(r.target, Target::Via { .. }));
+    let n = plan.put.len() + plan.del.len();
+    let failed = k.apply(&plan, &links).await;
+    let mut st = table.lock();
+    st.installed = desired.clone();
+    for (dst, _) in &failed {
+        st.installed.remove(dst);
+    }
+    st.counts = count(&st);
+    st.synced = true;
+    if !failed.is_empty() {
+        st.errors += 1;
+        tracing::debug!(failed = failed.len(), first = ?failed.first(), "some routes did not apply");
+    }
+    Ok(n)
+}
+
+async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel) -> Result<usize, kernel::KernelError> {
+    let (put, del) = {
+        let mut st = table.lock();
+        let dirty: Vec<IpNet> = st.dirty.drain().collect();
+        let mut put = Vec::new();
+        let mut del = Vec::new();
+        for d in dirty {
+            match (st.merged(&d).cloned(), st.installed.get(&d).cloned()) {
+                (Some(w), Some(h)) if w == h => {}
+                (Some(w), _) => put.push((d, w)),
+                (None, Some(h)) => del.push((d, h)),
+                (None, None) => {}
+            }
+        }
+        (put, del)
+    };
+    if put.is_empty() && del.is_empty() {
+        return Ok(0);
+    }
+    let needs_links =
+        put.iter().chain(del.iter()).any(|(_, t)| !matches!(t, Target::Blackhole | Target::Via { dev: None, .. }));
+    let links = if needs_links { k.links().await? } else { BTreeMap::new() };
+    // A pod route whose veth is not there (yet, or any more) is not an error: the link event of its
+    // arrival triggers a full pass.
+    let names: HashSet<&str> = links.values().map(String::as_str).collect();
+    let put: Vec<(IpNet, Target)> = put.into_iter().filter(|(_, t)| installable(t, &|d| names.contains(d))).collect();
+    let plan = Plan {
+        put: put.clone(),
+        del: del.iter().map(|(d, t)| KernelRoute { dst: *d, target: t.clone(), oif: None }).collect(),
+    };
+    let n = plan.put.len() + plan.del.len();
+    let failed = k.apply(&plan, &links).await;
+    let mut st = table.lock();
+    for (d, t) in put {
+        st.installed.insert(d, t);
+    }
+    for (d, _) in del {
+        st.installed.remove(&d);
+    }
+    for (d, _) in &failed {
+        st.installed.remove(d);
+    }
+    st.counts = count(&st);
+    if !failed.is_empty() {
+        st.errors += 1;
+        tracing::debug!(failed = failed.len(), first = ?failed.first(), "some routes did not apply");
+    }
+    Ok(n)
+}
+
+fn count(st: &State) -> Counts {
+    let mut c = Counts::default();
+    for (d, t) in &st.installed {
+        let src = SOURCES.iter().find(|s| st.sources[**s as usize].get(d) == Some(t));
+        match src {
+            Some(Source::Local) => c.local += 1,
+            Some(Source::Blackhole) => c.blackhole += 1,
+            Some(Source::Tunnel | Source::Remote) => c.remote += 1,
+            None => {}
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn via(gw: &str) -> Target {
+        Target::Via { gw: gw.parse().unwrap(), dev: None, onlink: false }
+    }
+
+    #[test]
+    fn diff_adds_missing_replaces_changed_and_deletes_extra() {
+        let desired: HashMap<IpNet, Target> = [
+            (net("10.0.1.0/26"), via("192.168.1.2")),
+            (net("10.0.2.0/26"), via("192.168.1.3")),
+            (net("10.0.0.0/26"), Target::Blackhole),
+            (net("10.0.0.5/32"), Target::Dev("tbyaaa".into())),
+            (net("10.0.0.6/32"), Target::Dev("tbygone".into())),
+        ]
+        .into();
+        let actual = vec![
+            KernelRoute {
+                dst: net("10.0.1.0/26"),
+                target: Target::Via { gw: "192.168.1.2".parse().unwrap(), dev: Some("eth0".into()), onlink: false },
+                oif: Some(2),
+            },
+            KernelRoute { dst: net("10.0.2.0/26"), target: via("192.168.1.9"), oif: Some(2) },
+            KernelRoute { dst: net("10.0.9.0/26"), target: via("192.168.1.9"), oif: Some(2) },
+            KernelRoute { dst: net("10.0.0.7/32"), target: Target::Dev("tbyold".into()), oif: Some(7) },
+        ];
+        let plan = diff(&desired, &actual, &|d| d == "tbyaaa", &|_| false);
+        assert_eq!(
+            plan.put,
+            vec![
+                (net("10.0.0.0/26"), Target::Blackhole),
+                (net("10.0.0.5/32"), Target::Dev("tbyaaa".into())),
+                (net("10.0.2.0/26"), via("192.168.1.3")),
+            ]
+        );
+        let dels: Vec<IpNet> = plan.del.iter().map(|r| r.dst).collect();
+        assert_eq!(dels, vec![net("10.0.0.7/32"), net("10.0.9.0/26")]);
+    }
+
+    #[test]
+    fn diff_keeps_held_routes_and_is_empty_when_equal() {
+        let desired: HashMap<IpNet, Target> = [(net("10.0.1.0/26"), via("192.168.1.2"))].into();
+        let actual = vec![
+            KernelRoute { dst: net("10.0.1.0/26"), target: via("192.168.1.2"), oif: Some(2) },
+            KernelRoute { dst: net("10.0.3.0/26"), target: via("192.168.1.4"), oif: Some(2) },
+        ];
+        assert!(diff(&desired, &actual, &|_| true, &|r| matches!(r.target, Target::Via { .. })).is_empty());
+        assert_eq!(diff(&desired, &actual, &|_| true, &|_| false).del.len(), 1);
+    }
+
+    #[test]
+    fn table_merges_sources_with_local_first_and_tracks_dirty() {
+        let t = RouteTable::new();
+        t.set(Source::Remote, [(net("10.0.0.0/26"), via("1.1.1.1"))].into());
+        t.set(Source::Blackhole, [(net("10.0.0.0/26"), Target::Blackhole)].into());
+        assert_eq!(t.desired().get(&net("10.0.0.0/26")), Some(&Target::Blackhole));
+        t.update(Source::Blackhole, [(net("10.0.0.0/26"), None)]);
+        assert_eq!(t.desired().get(&net("10.0.0.0/26")), Some(&via("1.1.1.1")));
+        assert!(t.lock().dirty.contains(&net("10.0.0.0/26")));
+    }
+
+    #[test]
+    fn onlink_vxlan_routes_match_only_with_their_device() {
+        let want = Target::Via { gw: "10.0.0.1".parse().unwrap(), dev: Some("vxlan.tabby".into()), onlink: true };
+        let other = Target::Via { gw: "10.0.0.1".parse().unwrap(), dev: Some("eth0".into()), onlink: true };
+        assert!(matches(&want, &want.clone()));
+        assert!(!matches(&want, &other));
+    }
+}

@@ -1,0 +1,283 @@
+//! VXLAN (no BGP needed): the device `vxlan.tabby` (VNI 4096, UDP 4789, MTU = underlay − 50) with the
+//! node's tunnel address from IPAM (handle `vxlan-tunnel-addr-<node>`), its MAC published on the Node,
+//! and per remote node a route to each of its blocks via its tunnel address (onlink), a permanent
+//! neighbour entry (tunnel address → VTEP MAC) and a permanent FDB entry (VTEP MAC → node address).
+//! CrossSubnet pools route directly to nodes of the same subnet and tunnel to the others.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use rtnetlink::LinkVxlan;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
+use tabby_api::ipam::{EncapsulationMode, IPAMBlock, IPPool};
+
+use crate::node::{self, ANNOTATION_VXLAN_ADDR, ANNOTATION_VXLAN_MAC};
+use crate::routes::Target;
+use crate::routes::kernel::{Kernel, KernelError};
+
+pub const DEVICE: &str = "vxlan.tabby";
+pub const VNI: u32 = 4096;
+pub const PORT: u16 = 4789;
+/// IPAM handle of a node's tunnel address.
+pub fn tunnel_handle(node: &str) -> String {
+    format!("vxlan-tunnel-addr-{node}")
+}
+
+/// A remote node's tunnel endpoint as published on its Node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vtep {
+    pub node: String,
+    pub node_ip: IpAddr,
+    pub tunnel_ip: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+/// What VXLAN wants in the kernel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub routes: HashMap<IpNet, Target>,
+    /// Remote nodes reached through the tunnel (neighbour + FDB entries).
+    pub vteps: BTreeSet<Vtep>,
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s.split(':').map(|x| u8::from_str_radix(x, 16)).collect::<Result<_, _>>().ok()?;
+    v.try_into().ok()
+}
+
+pub fn format_mac(m: &[u8]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn vtep_of(n: &Node) -> Option<Vtep> {
+    Some(Vtep {
+        node: n.metadata.name.clone()?,
+        node_ip: node::node_address(n, false)?.addr(),
+        tunnel_ip: node::node_meta(n, ANNOTATION_VXLAN_ADDR)?.parse().ok()?,
+        mac: parse_mac(node::node_meta(n, ANNOTATION_VXLAN_MAC)?)?,
+    })
+}
+
+/// The encapsulation of the pool holding `cidr`.
+pub fn pool_mode(pools: &[IPPool], cidr: &IpNet) -> EncapsulationMode {
+    pools
+        .iter()
+        .find(|p| p.spec.cidr.parse::<IpNet>().is_ok_and(|pc| pc.contains(cidr)))
+        .map_or(EncapsulationMode::Never, |p| p.spec.vxlan_mode)
+}
+
+/// Whether any pool uses VXLAN.
+pub fn enabled(pools: &[IPPool]) -> bool {
+    pools.iter().any(|p| !p.spec.disabled && p.spec.vxlan_mode != EncapsulationMode::Never)
+}
+
+/// Routes, neighbours and FDB entries towards every other node's blocks in VXLAN pools. `my_addr` is this
+/// node's address with its prefix (CrossSubnet compares subnets with it).
+pub fn desired(me: &str, my_addr: Option<IpNet>, nodes: &[Node], blocks: &[IPAMBlock], pools: &[IPPool]) -> Desired {
+    let mut d = Desired::default();
+    let by_node: HashMap<String, &Node> =
+        nodes.iter().filter_map(|n| n.metadata.name.clone().map(|k| (k, n))).collect();
+    for b in blocks.iter().filter(|b| !b.spec.deleted) {
+        let Some(owner) = b.spec.affinity.as_deref().and_then(|a| a.strip_prefix("host:")) else { continue };
+        if owner == me {
+            continue;
+        }
+        let Ok(cidr) = b.spec.cidr.parse::<IpNet>() else { continue };
+        let mode = pool_mode(pools, &cidr);
+        if mode == EncapsulationMode::Never || cidr.addr().is_ipv6() {
+            continue;
+        }
+        let Some(n) = by_node.get(owner) else { continue };
+        let node_ip = node::node_address(n, false).map(|a| a.addr());
+        let same_subnet = match (my_addr, node_ip) {
+            (Some(mine), Some(theirs)) => mine.contains(&theirs),
+            _ => false,
+        };
+        if mode == EncapsulationMode::CrossSubnet && same_subnet {
+            if let Some(ip) = node_ip {
+                d.routes.insert(cidr, Target::Via { gw: ip, dev: None, onlink: false });
+            }
+            continue;
+        }
+        if let Some(v) = vtep_of(n) {
+            d.routes.insert(cidr, Target::Via { gw: IpAddr::V4(v.tunnel_ip), dev: Some(DEVICE.into()), onlink: true });
+            d.vteps.insert(v);
+        }
+    }
+    d
+}
+
+/// Creates or fixes `vxlan.tabby` (tunnel address, MTU, up) over the uplink holding `local`. Returns
+/// its MAC address.
+pub async fn ensure_device(k: &Kernel, local: Ipv4Addr, tunnel: Ipv4Addr, mtu: u32) -> Result<[u8; 6], KernelError> {
+    let find = || async {
+        let links: Vec<_> = k.handle.link().get().match_name(DEVICE.to_string()).execute().try_collect().await.ok()?;
+        links.into_iter().next()
+    };
+    let link = match find().await {
+        Some(l) => l,
+        None => {
+            let msg = LinkVxlan::new(DEVICE, VNI).port(PORT).local(local).learning(false).mtu(mtu).up().build();
+            k.handle.link().add(msg).execute().await?;
+            match find().await {
+                Some(l) => l,
+                None => return Err(KernelError::Socket(std::io::Error::other("vxlan.tabby vanished after creation"))),
+            }
+        }
+    };
+    let idx = link.header.index;
+    let cur_mtu = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    });
+    if cur_mtu != Some(mtu) {
+        let msg = rtnetlink::LinkUnspec::new_with_index(idx).mtu(mtu).build();
+        k.handle.link().set(msg).execute().await?;
+    }
+    k.handle.link().set(rtnetlink::LinkUnspec::new_with_index(idx).up().build()).execute().await?;
+    let addrs: Vec<_> = k.handle.address().get().set_link_index_filter(idx).execute().try_collect().await?;
+    let has = addrs.iter().any(|a| {
+        a.attributes.iter().any(|x| {
+            matches!(x, rtnetlink::packet_route::address::AddressAttribute::Local(ip) | rtnetlink::packet_route::address::AddressAttribute::Address(ip) if *ip == IpAddr::V4(tunnel))
+        })
+    });
+    if !has {
+        for a in addrs {
+            let _ = k.handle.address().del(a).execute().await;
+        }
+        k.handle.address().add(idx, IpAddr::V4(tunnel), 32).execute().await?;
+    }
+    let mac = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) if m.len() == 6 => Some([m[0], m[1], m[2], m[3], m[4], m[5]]),
+        _ => None,
+    });
+    Ok(mac.unwrap_or_default())
+}
+
+/// Programs the neighbour and FDB entries of `want`, removing those of `had` that are gone.
+pub async fn program_vteps(k: &Kernel, want: &BTreeSet<Vtep>, had: &BTreeSet<Vtep>) -> Result<(), KernelError> {
+    let links: Vec<_> = k.handle.link().get().match_name(DEVICE.to_string()).execute().try_collect().await?;
+    let Some(idx) = links.first().map(|l| l.header.index) else { return Ok(()) };
+    for v in had.difference(want) {
+        let mut n = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
+        n.header.ifindex = idx;
+        n.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+        n.attributes.push(rtnetlink::packet_route::neighbour::NeighbourAttribute::Destination(
+            rtnetlink::packet_route::neighbour::NeighbourAddress::Inet(v.tunnel_ip),
+        ));
+        let _ = k.handle.neighbours().del(n).execute().await;
+        let mut f = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
+        f.header.ifindex = idx;
+        f.header.family = rtnetlink::packet_route::AddressFamily::Bridge;
+        f.header.flags = NeighbourFlags::Own;
+        f.attributes.push(rtnetlink::packet_route::neighbour::NeighbourAttribute::LinkLayerAddress(v.mac.to_vec()));
+        let _ = k.handle.neighbours().del(f).execute().await;
+    }
+    for v in want {
+        k.handle
+            .neighbours()
+            .add(idx, IpAddr::V4(v.tunnel_ip))
+            .link_layer_address(&v.mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await?;
+        k.handle
+            .neighbours()
+            .add_bridge(idx, &v.mac)
+            .destination(v.node_ip)
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await?;
+    }
+    Ok(())
+}
+
+/// Removes `vxlan.tabby` (cleanup, or VXLAN switched off).
+pub async fn delete_device(k: &Kernel) -> Result<bool, KernelError> {
+    let links: Vec<_> =
+        k.handle.link().get().match_name(DEVICE.to_string()).execute().try_collect().await.unwrap_or_default();
+    match links.first() {
+        Some(l) => {
+            k.handle.link().del(l.header.index).execute().await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tabby_api::ipam::{IPAMBlockSpec, IPPoolSpec};
+
+    fn node(name: &str, addr: &str, tunnel: &str, mac: &str) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.annotations = Some(BTreeMap::from([
+            (node::ANNOTATION_V4.to_string(), addr.to_string()),
+            (ANNOTATION_VXLAN_ADDR.to_string(), tunnel.to_string()),
+            (ANNOTATION_VXLAN_MAC.to_string(), mac.to_string()),
+        ]));
+        n
+    }
+
+    fn block(cidr: &str, owner: &str) -> IPAMBlock {
+        IPAMBlock::new(
+            "b",
+            IPAMBlockSpec { cidr: cidr.into(), affinity: Some(format!("host:{owner}")), ..Default::default() },
+        )
+    }
+
+    fn pool(cidr: &str, mode: EncapsulationMode) -> IPPool {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tabby.dev/v1", "kind": "IPPool", "metadata": {"name": "p"},
+            "spec": {"cidr": cidr, "vxlanMode": mode}
+        }))
+        .map(|mut p: IPPool| {
+            p.spec = IPPoolSpec { cidr: cidr.into(), vxlan_mode: mode, ..p.spec };
+            p
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn always_tunnels_and_crosssubnet_routes_directly_in_the_subnet() {
+        let nodes = vec![
+            node("a", "192.168.1.1/24", "10.0.0.1", "66:00:00:00:00:01"),
+            node("b", "192.168.1.2/24", "10.0.0.65", "66:00:00:00:00:02"),
+            node("c", "192.168.2.3/24", "10.0.0.129", "66:00:00:00:00:03"),
+        ];
+        let blocks = vec![block("10.0.0.0/26", "a"), block("10.0.0.64/26", "b"), block("10.0.0.128/26", "c")];
+        let my: Option<IpNet> = Some("192.168.1.1/24".parse().unwrap());
+        let d = desired("a", my, &nodes, &blocks, &[pool("10.0.0.0/16", EncapsulationMode::Always)]);
+        assert_eq!(d.routes.len(), 2);
+        assert_eq!(
+            d.routes[&"10.0.0.64/26".parse::<IpNet>().unwrap()],
+            Target::Via { gw: "10.0.0.65".parse().unwrap(), dev: Some(DEVICE.into()), onlink: true }
+        );
+        assert_eq!(d.vteps.len(), 2);
+        let d = desired("a", my, &nodes, &blocks, &[pool("10.0.0.0/16", EncapsulationMode::CrossSubnet)]);
+        assert_eq!(
+            d.routes[&"10.0.0.64/26".parse::<IpNet>().unwrap()],
+            Target::Via { gw: "192.168.1.2".parse().unwrap(), dev: None, onlink: false }
+        );
+        assert_eq!(d.vteps.iter().map(|v| v.node.as_str()).collect::<Vec<_>>(), vec!["c"]);
+        let d = desired("a", my, &nodes, &blocks, &[pool("10.0.0.0/16", EncapsulationMode::Never)]);
+        assert!(d.routes.is_empty() && d.vteps.is_empty());
+    }
+
+    #[test]
+    fn macs_round_trip() {
+        let m = parse_mac("66:0a:00:ff:00:01").unwrap();
+        assert_eq!(format_mac(&m), "66:0a:00:ff:00:01");
+        assert!(parse_mac("66:0a").is_none());
+    }
+}
