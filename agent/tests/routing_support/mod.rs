@@ -1,0 +1,534 @@
+//! The lab for the node-network tests: network namespaces as nodes, joined by bridges in an "underlay"
+//! namespace that also routes between subnets and plays the internet (203.0.113.1 on its loopback); a
+//! real control plane reached from each node namespace through a loopback forwarder; agents as real
+//! processes inside the node namespaces; pods wired by the real `tabby` CNI plugin. Every address, link
+//! and route lives in namespaces the lab creates; everything goes away on drop.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tabby_cni::netlink::NetNs;
+use tabby_cni::proto::{self, Op};
+use tabby_e2e::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Lab tests run one at a time (each starts a control plane, agents and BGP sessions on port 179).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// True when the test can create namespaces; otherwise skips visibly (fails in CI).
+pub fn require_root(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: needs root (network namespaces) and CI=true");
+    }
+    eprintln!("SKIP {test}: needs root for network namespaces");
+    false
+}
+
+/// True when `tool` is on PATH; otherwise skips visibly (fails in CI).
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let ok = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: needs {tool} (deps/apt-packages.txt) and CI=true");
+    }
+    eprintln!("SKIP {test}: {tool} is not installed");
+    false
+}
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn uniq(tag: &str) -> String {
+    format!("tbl{}-{}-{tag}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = uniq(tag);
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec runs")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.exec(args);
+        assert!(o.status.success(), "{} {args:?}: {}{}", self.name, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["ip", "-n", self.name.as_str()];
+        a.extend(args);
+        sh(&a)
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::spawn(move || {
+            NetNs::open_checked(&path).expect("netns").enter().expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in netns")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Forwards 127.0.0.1:`port` inside a namespace to 127.0.0.1:`port` of the test's namespace (the API
+/// server listens on loopback only).
+struct Forwarder {
+    stop: Arc<AtomicBool>,
+}
+
+impl Forwarder {
+    fn start(ns: &Netns, port: u16) -> Forwarder {
+        let host = NetNs::current().expect("own netns");
+        let path = ns.path();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            NetNs::open_checked(&path).expect("netns").enter().expect("setns");
+            let l = TcpListener::bind(("127.0.0.1", port)).expect("bind forwarder");
+            l.set_nonblocking(true).expect("nonblocking");
+            host.enter().expect("back to the host netns");
+            let _ = tx.send(());
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((inside, _)) => {
+                        let _ = inside.set_nonblocking(false);
+                        if let Ok(out) = TcpStream::connect(("127.0.0.1", port)) {
+                            pipe(inside, out);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+        Forwarder { stop }
+    }
+}
+
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (a2, b2) = (a.try_clone().expect("clone"), b.try_clone().expect("clone"));
+    std::thread::spawn(move || {
+        let (mut r, mut w) = (a, b);
+        let _ = std::io::copy(&mut r, &mut w);
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let (mut r, mut w) = (b2, a2);
+        let _ = std::io::copy(&mut r, &mut w);
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The `tabby` plugin, built once per test process.
+pub fn plugin_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let agent = PathBuf::from(env!("CARGO_BIN_EXE_tabby-agent"));
+            let release = agent.parent().is_some_and(|d| d.ends_with("release"));
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "tabby-cni", "--bin", "tabby"]);
+            if release {
+                cmd.arg("--release");
+            }
+            assert!(cmd.status().expect("cargo runs").success(), "building the tabby plugin failed");
+            agent.with_file_name("tabby")
+        })
+        .clone()
+}
+
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tabby-agent"))
+}
+
+/// A lab node: its namespace, address and agent.
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub agent: Option<Child>,
+    env: Vec<(String, String)>,
+    kubeconfig: PathBuf,
+    _fwd: Forwarder,
+}
+
+impl Node {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// Starts (or restarts) the agent inside the node namespace.
+    pub fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).expect("agent log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(agent_bin())
+            .arg("run")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("NODENAME", &self.name)
+            .env("TABBY_AGENT_SOCKET", self.socket())
+            .env("TABBY_STATE_DIR", self.dir.join("state"))
+            .env("TABBY_HEALTH_PORT", "0")
+            .env("TABBY_IPAM_GC", "Disabled")
+            .env("TABBY_IP_AUTODETECTION_METHOD", "interface=eth0")
+            .env("TABBY_LOG_SEVERITY", "debug")
+            .env("TABBY_BGP_HOLD_TIME", "9")
+            .env("RUST_LOG", "tabby_agent=debug,tabby_bgp=info,warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("tabby-agent starts");
+        self.agent = Some(child);
+    }
+
+    pub fn kill_agent(&mut self, signal: &str) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = Command::new("kill").args([signal, &c.id().to_string()]).output();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(90) {
+            if proto::call(&self.socket(), Op::Status, Duration::from_secs(5)).is_ok_and(|r| r.ready) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent {} not ready in 90s; log:\n{}", self.name, self.log_tail());
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// `ip route` of the node.
+    pub fn routes(&self) -> String {
+        self.ns.ip(&["route"])
+    }
+
+    /// Waits until `pred(ip route)` holds.
+    pub fn wait_routes(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            let r = self.routes();
+            if pred(&r) {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                panic!("{}: {what} not seen in {timeout:?}; routes:\n{r}\nagent log:\n{}", self.name, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent("-KILL");
+    }
+}
+
+/// A pod: its namespace and address.
+pub struct Pod {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: String,
+}
+
+/// Underlay layout.
+#[derive(Clone, Copy)]
+pub enum Underlay {
+    /// One subnet, 192.168.50.0/24.
+    Flat,
+    /// Nodes alternate between 192.168.50.0/24 and 192.168.51.0/24, routed by the underlay namespace.
+    TwoSubnets,
+}
+
+/// The lab: control plane, underlay and nodes.
+pub struct Lab {
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub ul: Netns,
+    pub cp: ControlPlane,
+    pub dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Lab {
+    /// Starts the control plane with Tabby's CRDs, the underlay and `n` node namespaces with Node objects
+    /// (agents not started yet). `None` when the test is skipped.
+    pub async fn new(test: &str, n: usize, underlay: Underlay) -> Option<Lab> {
+        if !require_root(test) || !require_tool(test, "ip") {
+            return None;
+        }
+        let cp = start_or_skip(test, Options::default()).await?;
+        let dir = tempfile::Builder::new().prefix("tabby-lab-").tempdir().expect("tempdir");
+        let port: u16 = cp.server.rsplit(':').next().and_then(|p| p.parse().ok()).expect("server port");
+        cp.kubectl_ok(&["create", "namespace", "tabby-system"]);
+        // No controller-manager: the pods' service account is made by hand.
+        let _ = cp.kubectl(&["create", "serviceaccount", "default", "-n", "default"]);
+        cp.kubectl_ok(&["create", "-f", repo_root().join("crds").to_str().expect("utf-8")]);
+        cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
+        let ul = Netns::new("ul");
+        ul.ip(&["link", "add", "br0", "type", "bridge"]);
+        ul.ip(&["link", "add", "br1", "type", "bridge"]);
+        ul.ip(&["addr", "add", "192.168.50.254/24", "dev", "br0"]);
+        ul.ip(&["addr", "add", "192.168.51.254/24", "dev", "br1"]);
+        ul.ip(&["addr", "add", "203.0.113.1/32", "dev", "lo"]);
+        ul.ip(&["link", "set", "br0", "up"]);
+        ul.ip(&["link", "set", "br1", "up"]);
+        ul.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let mut lab = Lab { nodes: Vec::new(), pods: Vec::new(), ul, cp, dir, port };
+        for i in 1..=n {
+            let subnet = match underlay {
+                Underlay::Flat => 50,
+                Underlay::TwoSubnets => 50 + ((i + 1) % 2),
+            };
+            lab.add_node(&format!("node{i}"), subnet, i as u8);
+        }
+        Some(lab)
+    }
+
+    fn add_node(&mut self, name: &str, subnet: usize, host: u8) {
+        let ns = Netns::new(name);
+        let peer = format!("v{}{}", SEQ.fetch_add(1, Ordering::Relaxed), name);
+        let peer: String = peer.chars().take(15).collect();
+        sh(&["ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &peer, "netns", &self.ul.name]);
+        let br = if subnet == 50 { "br0" } else { "br1" };
+        self.ul.ip(&["link", "set", &peer, "master", br, "up"]);
+        let addr = format!("192.168.{subnet}.{host}");
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", &format!("192.168.{subnet}.254")]);
+        ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        self.apply(&format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n"));
+        let fwd = Forwarder::start(&ns, self.port);
+        self.nodes.push(Node {
+            name: name.into(),
+            ns,
+            addr,
+            dir,
+            agent: None,
+            env: Vec::new(),
+            kubeconfig: self.cp.kubeconfig.clone(),
+            _fwd: fwd,
+        });
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).expect("node")
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).expect("node")
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let path = self.dir.path().join(format!("obj-{}.yaml", SEQ.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&path, yaml).expect("write yaml");
+        self.cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
+    }
+
+    pub fn pool(&self, cidr: &str, vxlan: &str, nat: bool) {
+        self.apply(&format!(
+            "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {{name: pool}}\nspec: {{cidr: '{cidr}', blockSize: 26, vxlanMode: {vxlan}, natOutgoing: {nat}}}\n"
+        ));
+    }
+
+    /// Starts every agent with `env` and waits until each serves the CNI socket.
+    pub fn start_agents(&mut self, env: &[(&str, &str)]) {
+        for n in &mut self.nodes {
+            n.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            n.start_agent();
+        }
+        for n in &self.nodes {
+            n.wait_ready();
+        }
+    }
+
+    /// Creates a pod on `node` through the real plugin, as a container runtime does.
+    pub fn add_pod(&mut self, node: &str, name: &str) -> usize {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n"
+        ));
+        let pod_ns = Netns::new(name);
+        let n = self.node(node);
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "tabby",
+            "log_file_path": n.dir.join("cni.log"),
+            "log_level": "debug",
+            "agent_socket": n.socket(),
+            "agent_timeout_seconds": 20,
+        });
+        let cid = format!("cid-{name}");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &n.ns.name])
+            .arg(plugin_bin())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &cid)
+            .env("CNI_NETNS", pod_ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("plugin starts");
+        child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("stdin");
+        let out = child.wait_with_output().expect("plugin runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "CNI ADD {name} on {node}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_str(&stdout).expect("CNI result");
+        let ip = v["ips"][0]["address"].as_str().expect("address").split('/').next().expect("ip").to_string();
+        self.pods.push(Pod { name: name.into(), ns: pod_ns, ip });
+        self.pods.len() - 1
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).expect("pod")
+    }
+
+    /// The CIDRs of the blocks `node` owns, from the API.
+    pub fn blocks_of(&self, node: &str) -> Vec<String> {
+        let out = self.cp.kubectl_ok(&[
+            "get",
+            "ipamblocks",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.cidr}={.spec.affinity}{\"\\n\"}{end}",
+        ]);
+        out.lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(_, a)| *a == format!("host:{node}"))
+            .map(|(c, _)| c.to_string())
+            .collect()
+    }
+
+    /// Waits until NodeStatus/<node> is Ready=True.
+    pub fn wait_node_status_ready(&self, node: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let out = self.cp.kubectl(&[
+                "get",
+                "nodestatus",
+                node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                return;
+            }
+            if start.elapsed() > timeout {
+                let all = self.cp.kubectl(&["get", "nodestatus", node, "-o", "yaml"]);
+                panic!(
+                    "NodeStatus {node} not Ready in {timeout:?}:\n{}\nagent log:\n{}",
+                    String::from_utf8_lossy(&all.stdout),
+                    self.node(node).log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Pings `to` from pod namespace `from`; returns whether every reply came back.
+pub fn ping(from: &Netns, to: &str, count: u32) -> bool {
+    from.exec(&["ping", "-c", &count.to_string(), "-W", "1", "-i", "0.2", "-q", to]).status.success()
+}
+
+/// Connects from `client` to a TCP server in `server` at `ip`; returns the source address the server saw.
+pub fn seen_source(server: &Netns, client: &Netns, ip: &str, port: u16) -> IpAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spath = server.path();
+    let t = std::thread::spawn(move || {
+        NetNs::open_checked(&spath).expect("netns").enter().expect("setns");
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind server");
+        let _ = tx.send(());
+        let (_s, peer) = l.accept().expect("accept");
+        peer.ip()
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server listening");
+    let target: IpAddr = ip.parse().expect("ip");
+    client.run(move || {
+        let s = TcpStream::connect_timeout(&(target, port).into(), Duration::from_secs(5)).expect("connect");
+        drop(s);
+    });
+    t.join().expect("server thread")
+}
+
+/// The addresses of `traceroute -n` hops from `from` to `to`.
+pub fn traceroute(from: &Netns, to: &str) -> Vec<String> {
+    let out = from.ok(&["traceroute", "-n", "-q", "1", "-w", "1", "-m", "6", to]);
+    out.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1).map(str::to_string)).collect()
+}
