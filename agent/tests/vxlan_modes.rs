@@ -1,0 +1,94 @@
+//! VXLAN without BGP: `vxlan.tabby` (VNI 4096, port 4789, MTU underlay − 50), onlink routes via the remote
+//! tunnel addresses, permanent neighbour and FDB entries, pod-to-pod across nodes with pod addresses kept.
+//! CrossSubnet: nodes split over two subnets joined by a router namespace; direct routes inside a subnet,
+//! the tunnel across.
+
+mod routing_support;
+
+use std::time::Duration;
+
+use routing_support::*;
+
+fn tunnel_addr(lab: &Lab, node: &str) -> String {
+    let out = lab.cp.kubectl_ok(&[
+        "get",
+        "node",
+        node,
+        "-o",
+        "jsonpath={.metadata.annotations.tabby\\.dev/IPv4VXLANTunnelAddr}",
+    ]);
+    out.trim().to_string()
+}
+
+fn wait_tunnel_addr(lab: &Lab, node: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let a = tunnel_addr(lab, node);
+        if !a.is_empty() {
+            return a;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{node} published no tunnel address:\n{}", lab.node(node).log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_always_pod_to_pod() {
+    let _g = serial();
+    let Some(mut lab) = Lab::new("vxlan_always_pod_to_pod", 3, Underlay::Flat).await else { return };
+    lab.pool("10.245.0.0/16", "Always", false);
+    lab.start_agents(&[("TABBY_BGP", "Disabled"), ("TABBY_MTU", "1450")]);
+    lab.add_pod("node1", "a");
+    lab.add_pod("node3", "b");
+    let t3 = wait_tunnel_addr(&lab, "node3");
+    let b3 = lab.blocks_of("node3");
+    let n1 = lab.node("node1");
+    n1.wait_routes("vxlan routes", Duration::from_secs(60), |r| {
+        b3.iter().all(|b| r.contains(&format!("{b} via {t3} dev vxlan.tabby proto tabby onlink")))
+    });
+    let link = n1.ns.ip(&["-d", "link", "show", "vxlan.tabby"]);
+    assert!(link.contains("vxlan id 4096") && link.contains("dstport 4789"), "{link}");
+    assert!(link.contains("mtu 1450"), "{link}");
+    let mac3 = lab.cp.kubectl_ok(&[
+        "get",
+        "node",
+        "node3",
+        "-o",
+        "jsonpath={.metadata.annotations.tabby\\.dev/VXLANTunnelMACAddr}",
+    ]);
+    let neigh = n1.ns.ip(&["neigh", "show", "dev", "vxlan.tabby"]);
+    assert!(neigh.contains(&format!("{t3} lladdr {mac3} PERMANENT")), "{neigh}");
+    let fdb = n1.ns.exec(&["bridge", "fdb", "show", "dev", "vxlan.tabby"]);
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    assert!(fdb.contains(&format!("{mac3} dst {} self permanent", lab.node("node3").addr)), "{fdb}");
+    let (a, b) = (lab.pod("a"), lab.pod("b"));
+    assert!(ping(&a.ns, &b.ip, 3), "ping over VXLAN failed\n{}", n1.routes());
+    assert_eq!(seen_source(&b.ns, &a.ns, &b.ip, 7071).to_string(), a.ip);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_cross_subnet_direct_inside_tunnel_across() {
+    let _g = serial();
+    let Some(mut lab) = Lab::new("vxlan_cross_subnet_direct_inside_tunnel_across", 3, Underlay::TwoSubnets).await
+    else {
+        return;
+    };
+    // node1 and node3 share 192.168.50.0/24; node2 is on 192.168.51.0/24 behind the router.
+    lab.pool("10.246.0.0/16", "CrossSubnet", false);
+    lab.start_agents(&[("TABBY_BGP", "Disabled"), ("TABBY_MTU", "1450")]);
+    lab.add_pod("node1", "a");
+    lab.add_pod("node2", "b");
+    lab.add_pod("node3", "c");
+    let t2 = wait_tunnel_addr(&lab, "node2");
+    let (b2, b3) = (lab.blocks_of("node2"), lab.blocks_of("node3"));
+    let n1 = lab.node("node1");
+    let n3addr = lab.node("node3").addr.clone();
+    n1.wait_routes("direct and tunnel routes", Duration::from_secs(60), |r| {
+        b3.iter().all(|b| r.contains(&format!("{b} via {n3addr} dev eth0 proto tabby")))
+            && b2.iter().all(|b| r.contains(&format!("{b} via {t2} dev vxlan.tabby proto tabby onlink")))
+    });
+    let (a, b, c) = (lab.pod("a"), lab.pod("b"), lab.pod("c"));
+    assert!(ping(&a.ns, &c.ip, 3), "same subnet, direct\n{}", n1.routes());
+    assert!(ping(&a.ns, &b.ip, 3), "across the router, tunnelled\n{}", n1.routes());
+    assert_eq!(seen_source(&b.ns, &a.ns, &b.ip, 7072).to_string(), a.ip);
+}
