@@ -1,0 +1,61 @@
+//! NAT outgoing: a pod reaches an address outside the pools (the "internet", 203.0.113.1 in the underlay
+//! namespace, which has no route back to pods) with its node's address as source, while pod-to-pod keeps
+//! pod addresses. The nftables table changes by elements only: adding a pool keeps the rules.
+
+mod routing_support;
+
+use std::time::{Duration, Instant};
+
+use routing_support::*;
+
+fn rule_handles(n: &Node) -> Vec<String> {
+    let out = n.ns.ok(&["nft", "-a", "list", "chain", "inet", "tabby", "postrouting"]);
+    out.lines().filter(|l| l.contains("masquerade")).filter_map(|l| l.rsplit("# handle ").next().map(str::to_string)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_outgoing_to_the_internet_but_not_between_pods() {
+    let _g = serial();
+    let Some(mut lab) = Lab::new("nat_outgoing_to_the_internet_but_not_between_pods", 2, Underlay::Flat).await else {
+        return;
+    };
+    if !require_tool("nat_outgoing", "nft") {
+        return;
+    }
+    lab.pool("10.247.0.0/16", "Never", true);
+    lab.start_agents(&[("TABBY_BGP", "Enabled")]);
+    lab.add_pod("node1", "a");
+    lab.add_pod("node2", "b");
+    let b2 = lab.blocks_of("node2");
+    let n1 = lab.node("node1");
+    n1.wait_routes("routes to node2", Duration::from_secs(60), |r| b2.iter().all(|b| r.contains(&format!("{b} via"))));
+    let start = Instant::now();
+    while !n1.ns.exec(&["nft", "list", "table", "inet", "tabby"]).status.success() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no nftables table:\n{}", n1.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = n1.ns.ok(&["nft", "list", "table", "inet", "tabby"]);
+    assert!(table.contains("10.247.0.0/16") && table.contains("masquerade"), "{table}");
+
+    let (a, b) = (lab.pod("a"), lab.pod("b"));
+    let seen = seen_source(&lab.ul, &a.ns, "203.0.113.1", 7073);
+    assert_eq!(seen.to_string(), n1.addr, "the internet sees the node's address");
+    assert_eq!(seen_source(&b.ns, &a.ns, &b.ip, 7074).to_string(), a.ip, "pod-to-pod is not masqueraded");
+
+    // A second pool: its CIDR joins the sets; the rules are not rewritten.
+    let before = rule_handles(n1);
+    assert_eq!(before.len(), 2, "two masquerade rules (IPv4, IPv6)");
+    lab.apply("apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {name: second}\nspec: {cidr: '10.248.0.0/16', natOutgoing: false}\n");
+    let start = Instant::now();
+    loop {
+        let t = n1.ns.ok(&["nft", "list", "set", "inet", "tabby", "pools4"]);
+        if t.contains("10.248.0.0/16") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "second pool not in the set: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rule_handles(n1), before, "rules untouched by an element change");
+    let masq = n1.ns.ok(&["nft", "list", "set", "inet", "tabby", "masq4"]);
+    assert!(!masq.contains("10.248.0.0/16"), "natOutgoing false is not masqueraded: {masq}");
+}
