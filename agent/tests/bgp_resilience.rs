@@ -25,8 +25,10 @@ async fn bgp_agent_restart_loses_no_packet() {
     lab.add_pod("node2", "b");
     let b2 = lab.blocks_of("node2");
     let b1 = lab.blocks_of("node1");
-    lab.node("node1").wait_routes("routes", Duration::from_secs(60), |r| b2.iter().all(|b| r.contains(&format!("{b} via"))));
-    lab.node("node2").wait_routes("routes", Duration::from_secs(60), |r| b1.iter().all(|b| r.contains(&format!("{b} via"))));
+    lab.node("node1")
+        .wait_routes("routes", Duration::from_secs(60), |r| b2.iter().all(|b| r.contains(&format!("{b} via"))));
+    lab.node("node2")
+        .wait_routes("routes", Duration::from_secs(60), |r| b1.iter().all(|b| r.contains(&format!("{b} via"))));
     let (a_ns, b_ip) = (lab.pod("a").ns.name.clone(), lab.pod("b").ip.clone());
     let ping = Command::new("ip")
         .args(["netns", "exec", &a_ns, "ping", "-i", "0.05", "-c", "240", "-W", "1", &b_ip])
@@ -77,7 +79,8 @@ async fn bgp_lost_node_routes_withdrawn_within_hold_time() {
     n3.kill_agent("-KILL");
     let start = Instant::now();
     let n1 = lab.node("node1");
-    let took = n1.wait_routes("withdrawal", Duration::from_secs(12), |r| !b3.iter().any(|b| r.contains(&format!("{b} via"))));
+    let took =
+        n1.wait_routes("withdrawal", Duration::from_secs(12), |r| !b3.iter().any(|b| r.contains(&format!("{b} via"))));
     eprintln!("node3's routes withdrawn after {took:?} (hold time 9 s)");
     assert!(start.elapsed() <= Duration::from_secs(12));
 }

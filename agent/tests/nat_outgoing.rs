@@ -10,7 +10,10 @@ use routing_support::*;
 
 fn rule_handles(n: &Node) -> Vec<String> {
     let out = n.ns.ok(&["nft", "-a", "list", "chain", "inet", "tabby", "postrouting"]);
-    out.lines().filter(|l| l.contains("masquerade")).filter_map(|l| l.rsplit("# handle ").next().map(str::to_string)).collect()
+    out.lines()
+        .filter(|l| l.contains("masquerade"))
+        .filter_map(|l| l.rsplit("# handle ").next().map(str::to_string))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,11 @@ fn wait_tunnel_addr(lab: &Lab, node: &str) -> String {
         if !a.is_empty() {
             return a;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "{node} published no tunnel address:\n{}", lab.node(node).log_tail());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{node} published no tunnel address:\n{}",
+            lab.node(node).log_tail()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -41,6 +41,8 @@ pub struct PlannedPeer {
     pub next_hop_self: bool,
     pub ttl_security: Option<u8>,
     pub kind: PeerType,
+    /// A router outside the cluster (BGPPeer peerIP): it gets only what this node originates.
+    pub external: bool,
 }
 
 /// The speaker this node should run.
@@ -168,6 +170,7 @@ pub fn plan(
             next_hop_self: nhs,
             ttl_security: None,
             kind: if rr_client { PeerType::RouteReflectorClient } else { kind },
+            external: false,
         })
     };
     // Full mesh: every other node, except that route reflectors leave it.
@@ -208,6 +211,7 @@ pub fn plan(
                             } else {
                                 kind
                             },
+                            external: true,
                         },
                     );
                 }
@@ -289,6 +293,21 @@ fn peer_config(p: &PlannedPeer) -> PeerConfig {
     c
 }
 
+/// Export policy: routers outside the cluster get only the prefixes this node originates (its blocks,
+/// borrowed addresses, services), so each block is reached through its own node, never through a
+/// node that learned it; nodes (mesh, reflector) get what the BGP rules allow.
+struct ExportPolicy {
+    external: std::collections::HashSet<IpAddr>,
+    /// What this node originates (updated before each originate, after each withdraw).
+    own: Arc<std::sync::RwLock<std::collections::HashSet<Prefix>>>,
+}
+
+impl tabby_bgp::Policy for ExportPolicy {
+    fn export(&self, peer: &tabby_bgp::PeerInfo, prefix: &Prefix, _route: &tabby_bgp::RouteAttrs) -> bool {
+        !self.external.contains(&peer.address) || self.own.read().is_ok_and(|o| o.contains(prefix))
+    }
+}
+
 /// Hold time the agent proposes (seconds); `TABBY_BGP_HOLD_TIME` overrides the default 90 (tests use a
 /// short one to see a lost node withdrawn quickly).
 pub fn hold_time_from_env() -> u16 {
@@ -307,6 +326,7 @@ pub struct Mesh {
     converging_since: Option<Instant>,
     hold_time: u16,
     restarted: bool,
+    own: Arc<std::sync::RwLock<std::collections::HashSet<Prefix>>>,
 }
 
 impl Mesh {
@@ -321,6 +341,7 @@ impl Mesh {
             converging_since: None,
             hold_time: hold_time_from_env(),
             restarted: false,
+            own: Arc::default(),
         }
     }
 
@@ -343,11 +364,17 @@ impl Mesh {
         for gone in self.originated.difference(adverts).cloned().collect::<Vec<_>>() {
             if let Some(p) = to_prefix(&gone) {
                 sp.withdraw(p).await;
+                if let Ok(mut o) = self.own.write() {
+                    o.remove(&p);
+                }
             }
             self.originated.remove(&gone);
         }
         for new in adverts.difference(&self.originated.clone()) {
             if let Some(p) = to_prefix(new) {
+                if let Ok(mut o) = self.own.write() {
+                    o.insert(p);
+                }
                 sp.originate(p, None).await;
             }
             self.originated.insert(*new);
@@ -401,7 +428,11 @@ impl Mesh {
         // The previous listener may take a moment to close.
         let mut attempt = 0;
         let sp = loop {
-            match Speaker::start(cfg.clone(), Arc::new(tabby_bgp::AcceptAll)).await {
+            let policy = ExportPolicy {
+                external: p.peers.iter().filter(|x| x.external).map(|x| x.address).collect(),
+                own: self.own.clone(),
+            };
+            match Speaker::start(cfg.clone(), Arc::new(policy)).await {
                 Ok(s) => break s,
                 Err(e) if attempt < 20 && e.kind() == std::io::ErrorKind::AddrInUse => {
                     attempt += 1;
@@ -434,6 +465,9 @@ impl Mesh {
         }));
         self.speaker = Some(sp);
         self.originated.clear();
+        if let Ok(mut o) = self.own.write() {
+            o.clear();
+        }
         self.converging_since = Some(Instant::now());
         if self.restarted {
             tracing::info!(peers = p.peers.len(), "BGP speaker restarted for a new peer set");
@@ -449,6 +483,9 @@ impl Mesh {
         }
         self.speaker = None;
         self.originated.clear();
+        if let Ok(mut o) = self.own.write() {
+            o.clear();
+        }
     }
 
     /// Peer states for NodeStatus.

@@ -89,7 +89,13 @@ impl Netns {
 
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.exec(args);
-        assert!(o.status.success(), "{} {args:?}: {}{}", self.name, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{} {args:?}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -358,7 +364,21 @@ impl Lab {
         let ns = Netns::new(name);
         let peer = format!("v{}{}", SEQ.fetch_add(1, Ordering::Relaxed), name);
         let peer: String = peer.chars().take(15).collect();
-        sh(&["ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &peer, "netns", &self.ul.name]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &self.ul.name,
+        ]);
         let br = if subnet == 50 { "br0" } else { "br1" };
         self.ul.ip(&["link", "set", &peer, "master", br, "up"]);
         let addr = format!("192.168.{subnet}.{host}");
@@ -440,7 +460,12 @@ impl Lab {
             .env("CNI_NETNS", pod_ns.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"))
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"
+                ),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
