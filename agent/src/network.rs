@@ -123,6 +123,7 @@ pub struct Network {
     client: Client,
     pub table: RouteTable,
     task: tokio::task::JoinHandle<()>,
+    routes_task: tokio::task::JoinHandle<()>,
 }
 
 impl Network {
@@ -152,7 +153,7 @@ impl Network {
             // Routes the previous agent learned stay until BGP has converged (graceful restart).
             table.hold_remote(Some(Instant::now() + Duration::from_secs(180)));
         }
-        tokio::spawn(crate::routes::run(table.clone(), cfg.resync));
+        let routes_task = tokio::spawn(crate::routes::run(table.clone(), cfg.resync));
         health.set("network", true, false, "starting");
         let mut pass = Pass {
             cfg,
@@ -185,13 +186,16 @@ impl Network {
                 }
             }
         });
-        Ok(Network { client, table, task })
+        Ok(Network { client, table, task, routes_task })
     }
 
     /// On SIGTERM: when the Installation is being deleted (an uninstall), remove Tabby's host state;
     /// otherwise (a rolling update, a restart) leave routes in place so traffic keeps flowing.
     pub async fn shutdown(self, env: &dyn Fn(&str) -> Option<String>) {
         self.task.abort();
+        // Nothing may put routes back while (or after) cleaning up.
+        self.routes_task.abort();
+        let _ = self.routes_task.await;
         if uninstalling(&self.client).await {
             tracing::info!("the Installation is being deleted: cleaning up this node");
             match crate::cleanup::cleanup(env).await {
