@@ -436,6 +436,14 @@ impl Netlink {
         self.exchange(m, &format!("set link {index} up")).map(drop)
     }
 
+    /// Sets a link's MTU.
+    pub fn set_mtu(&mut self, index: i32, mtu: u32) -> Result<(), Error> {
+        let mut m = Msg::new(RTM_NEWLINK, NLM_F_ACK);
+        m.bytes(&ifinfomsg(0, index, 0, 0));
+        m.attr(IFLA_MTU, &mtu.to_ne_bytes());
+        self.exchange(m, &format!("set link {index} mtu {mtu}")).map(drop)
+    }
+
     /// Deletes a link (a veth takes its peer with it). `Ok(false)` when it did not exist.
     pub fn delete_link(&mut self, index: i32) -> Result<bool, Error> {
         let mut m = Msg::new(RTM_DELLINK, NLM_F_ACK);

@@ -181,47 +181,67 @@ fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<Value, CniE
     let host_ns = NetNs::current().map_err(nl_err)?;
     let handle = proto::handle_id(&conf.name, &inv.container_id);
     let (namespace, pod) = inv.pod();
-    let resp = agent_call(
-        conf,
-        Op::Add {
-            handle: handle.clone(),
-            container_id: inv.container_id.clone(),
-            ifname: inv.ifname.clone(),
-            namespace,
-            pod,
-        },
-    )?;
-    let mut ips = Vec::new();
-    for s in &resp.ips {
-        let (ip, _) = spec::parse_cidr(s)
-            .ok_or_else(|| CniError::new(code::AGENT, "the agent returned an invalid address", s.clone()))?;
-        ips.push(ip);
-    }
-    log.info(&format!("allocated {ips:?} handle={handle}"));
-    let mtu = if conf.mtu != 0 { conf.mtu } else { resp.mtu.filter(|m| *m != 0).unwrap_or(1500) };
+    let op = Op::Add {
+        handle: handle.clone(),
+        container_id: inv.container_id.clone(),
+        ifname: inv.ifname.clone(),
+        namespace,
+        pod,
+    };
+    // The agent allocates while this thread builds the veth pair: ADD costs the longer of the two.
+    let asked = {
+        let conf = conf.clone();
+        std::thread::spawn(move || agent_call(&conf, op))
+    };
     let host_veth = inv.host_veth();
-    match wire(&pod_ns, &host_ns, inv, &host_veth, &ips, mtu) {
-        Ok(result) => {
-            log.info(&format!("wired {} <-> {} mtu {mtu}", inv.ifname, host_veth));
-            Ok(result.to_json(&conf.cni_version))
+    let mut links = Links::open(&pod_ns, &host_ns);
+    let prepared = links.as_mut().map_err(|e| nl_err(e)).and_then(|l| l.prepare(inv, &host_veth, conf.mtu));
+    let resp = asked
+        .join()
+        .unwrap_or_else(|_| Err(CniError::new(code::AGENT, "asking the agent failed", "the request thread panicked")));
+    // On failure: the error, and whether an allocation was made (and must be released).
+    let (e, allocated): (CniError, bool) = match (prepared, resp) {
+        (Ok(()), Ok(resp)) => {
+            let mut ips = Vec::new();
+            for s in &resp.ips {
+                match spec::parse_cidr(s) {
+                    Some((ip, _)) => ips.push(ip),
+                    None => {
+                        rollback(links.ok(), &host_veth, &inv.ifname, conf, &handle, log);
+                        return Err(CniError::new(code::AGENT, "the agent returned an invalid address", s.clone()));
+                    }
+                }
+            }
+            log.info(&format!("allocated {ips:?} handle={handle}"));
+            let mtu = if conf.mtu != 0 { conf.mtu } else { resp.mtu.filter(|m| *m != 0).unwrap_or(1500) };
+            match links.as_mut().map_err(|e| nl_err(e)).and_then(|l| l.configure(inv, &host_veth, &ips, mtu)) {
+                Ok(r) => {
+                    log.info(&format!("wired {} <-> {} mtu {mtu}", inv.ifname, host_veth));
+                    return Ok(r.to_json(&conf.cni_version));
+                }
+                Err(e) => (e, true),
+            }
         }
-        Err(e) => {
-            log.error(&format!("wiring failed, rolling back: {e}"));
-            if let Ok(mut host) = Netlink::open()
-                && let Ok(Some(l)) = host.link_by_name(&host_veth)
-            {
-                let _ = host.delete_link(l.index);
-            }
-            if let Ok(mut pod) = Netlink::open_in(&pod_ns, &host_ns)
-                && let Ok(Some(l)) = pod.link_by_name(&inv.ifname)
-            {
-                let _ = pod.delete_link(l.index);
-            }
-            if let Err(re) = agent_call(conf, Op::Del { handle }) {
-                log.error(&format!("releasing the allocation failed: {re}"));
-            }
-            Err(e)
-        }
+        (Err(e), Ok(_)) => (e, true),
+        (_, Err(e)) => (e, false),
+    };
+    log.error(&format!("ADD failed, rolling back: {e}"));
+    let links = links.ok();
+    if allocated {
+        rollback(links, &host_veth, &inv.ifname, conf, &handle, log);
+    } else if let Some(mut l) = links {
+        l.remove(&host_veth, &inv.ifname);
+    }
+    Err(e)
+}
+
+/// Removes what ADD built and releases the allocation.
+fn rollback(links: Option<Links>, host_veth: &str, ifname: &str, conf: &NetConf, handle: &str, log: &mut Logger) {
+    if let Some(mut l) = links {
+        l.remove(host_veth, ifname);
+    }
+    if let Err(re) = agent_call(conf, Op::Del { handle: handle.to_string() }) {
+        log.error(&format!("releasing the allocation failed: {re}"));
     }
 }
 
@@ -229,120 +249,147 @@ fn sysctl(path: &str, value: &str) -> Result<(), CniError> {
     std::fs::write(path, value).map_err(|e| nl_err(format!("sysctl {path}: {e}")))
 }
 
-fn wire(
-    pod_ns: &NetNs,
-    host_ns: &NetNs,
-    inv: &Invocation,
-    host_veth: &str,
-    ips: &[IpAddr],
-    mtu: u32,
-) -> Result<AddResult, CniError> {
-    let mut host = Netlink::open().map_err(nl_err)?;
-    let mut pod = Netlink::open_in(pod_ns, host_ns).map_err(nl_err)?;
-    // A repeated ADD (or a stale pair of an earlier sandbox of the same pod) starts from a clean slate.
-    if let Some(l) = pod.link_by_name(&inv.ifname).map_err(nl_err)? {
-        pod.delete_link(l.index).map_err(nl_err)?;
+/// Netlink sockets in the host and the pod namespace, and the pair of links ADD builds.
+struct Links {
+    host: Netlink,
+    pod: Netlink,
+    host_link: Link,
+    pod_link: Link,
+}
+
+impl Links {
+    fn open(pod_ns: &NetNs, host_ns: &NetNs) -> Result<Links, std::io::Error> {
+        Ok(Links {
+            host: Netlink::open()?,
+            pod: Netlink::open_in(pod_ns, host_ns)?,
+            host_link: Link::default(),
+            pod_link: Link::default(),
+        })
     }
-    if let Some(l) = host.link_by_name(host_veth).map_err(nl_err)? {
-        host.delete_link(l.index).map_err(nl_err)?;
-    }
-    // Created from inside the pod's namespace with the peer placed straight into the host's: no move.
-    pod.create_veth(&inv.ifname, host_veth, host_ns, mtu, HOST_MAC).map_err(nl_err)?;
-    let missing = |n: &str| nl_err(format!("{n} vanished right after it was created"));
-    let hl: Link = host.link_by_name(host_veth).map_err(nl_err)?.ok_or_else(|| missing(host_veth))?;
-    let has_v4 = ips.iter().any(IpAddr::is_ipv4);
-    let has_v6 = ips.iter().any(IpAddr::is_ipv6);
-    if has_v4 {
+
+    /// Creates the veth pair (from inside the pod, the peer straight into the host), sets the host
+    /// side's sysctls and brings both ends up. Needs no address yet.
+    fn prepare(&mut self, inv: &Invocation, host_veth: &str, mtu: u32) -> Result<(), CniError> {
+        // A repeated ADD (or a stale pair of an earlier sandbox of the same pod) starts from a clean slate.
+        if let Some(l) = self.pod.link_by_name(&inv.ifname).map_err(nl_err)? {
+            self.pod.delete_link(l.index).map_err(nl_err)?;
+        }
+        if let Some(l) = self.host.link_by_name(host_veth).map_err(nl_err)? {
+            self.host.delete_link(l.index).map_err(nl_err)?;
+        }
+        let host_ns = NetNs::current().map_err(nl_err)?;
+        let mtu = if mtu == 0 { 1500 } else { mtu };
+        self.pod.create_veth(&inv.ifname, host_veth, &host_ns, mtu, HOST_MAC).map_err(nl_err)?;
+        let missing = |n: &str| nl_err(format!("{n} vanished right after it was created"));
+        self.host_link = self.host.link_by_name(host_veth).map_err(nl_err)?.ok_or_else(|| missing(host_veth))?;
         for (k, v) in [("route_localnet", "1"), ("proxy_arp", "1"), ("forwarding", "1")] {
             sysctl(&format!("/proc/sys/net/ipv4/conf/{host_veth}/{k}"), v)?;
         }
         sysctl(&format!("/proc/sys/net/ipv4/neigh/{host_veth}/proxy_delay"), "0")?;
+        // IPv6 settings go on before the link is up (no DAD on its link-local), when the host has IPv6.
+        if Path::new(&format!("/proc/sys/net/ipv6/conf/{host_veth}")).exists() {
+            for (k, v) in [("accept_dad", "0"), ("accept_ra", "0"), ("proxy_ndp", "1"), ("forwarding", "1")] {
+                sysctl(&format!("/proc/sys/net/ipv6/conf/{host_veth}/{k}"), v)?;
+            }
+        }
+        self.host.set_up(self.host_link.index).map_err(nl_err)?;
+        self.pod_link = self.pod.link_by_name(&inv.ifname).map_err(nl_err)?.ok_or_else(|| missing(&inv.ifname))?;
+        self.pod.set_up(self.pod_link.index).map_err(nl_err)?;
+        Ok(())
     }
-    if has_v6 {
-        for (k, v) in [("accept_dad", "0"), ("accept_ra", "0"), ("proxy_ndp", "1"), ("forwarding", "1")] {
-            sysctl(&format!("/proc/sys/net/ipv6/conf/{host_veth}/{k}"), v)?;
+
+    /// Puts the addresses and routes on the prepared pair.
+    fn configure(
+        &mut self,
+        inv: &Invocation,
+        host_veth: &str,
+        ips: &[IpAddr],
+        mtu: u32,
+    ) -> Result<AddResult, CniError> {
+        let (hl, pl) = (self.host_link.clone(), self.pod_link.clone());
+        if pl.mtu != mtu {
+            self.pod.set_mtu(pl.index, mtu).map_err(nl_err)?;
+            self.host.set_mtu(hl.index, mtu).map_err(nl_err)?;
+        }
+        if ips.iter().any(IpAddr::is_ipv6) && !Path::new(&format!("/proc/sys/net/ipv6/conf/{host_veth}")).exists() {
+            return Err(nl_err(format!("an IPv6 address was allocated but IPv6 is disabled on {host_veth}")));
+        }
+        let mut result = AddResult {
+            interfaces: vec![
+                Interface { name: host_veth.to_string(), mac: netlink::mac_string(&hl.mac), sandbox: None },
+                Interface {
+                    name: inv.ifname.clone(),
+                    mac: netlink::mac_string(&pl.mac),
+                    sandbox: Some(inv.netns.clone()),
+                },
+            ],
+            ips: Vec::new(),
+            routes: Vec::new(),
+        };
+        for ip in ips {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            self.pod.add_addr(pl.index, *ip, prefix).map_err(nl_err)?;
+            result.ips.push((*ip, prefix, None, 1));
+        }
+        let route = |dst: Option<IpAddr>, dst_len: u8, gateway: Option<IpAddr>, oif: i32, protocol: u8, scope: u8| {
+            Route { dst, dst_len, gateway, oif: Some(oif), protocol, scope }
+        };
+        if ips.iter().any(IpAddr::is_ipv4) {
+            let gw = IpAddr::V4(GATEWAY_V4);
+            self.pod
+                .add_route(&route(Some(gw), 32, None, pl.index, RTPROT_BOOT, RT_SCOPE_LINK), false)
+                .map_err(nl_err)?;
+            self.pod
+                .add_route(&route(None, 0, Some(gw), pl.index, RTPROT_BOOT, RT_SCOPE_UNIVERSE), false)
+                .map_err(nl_err)?;
+            result.routes.push((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, Some(gw)));
+        }
+        if ips.iter().any(IpAddr::is_ipv6) {
+            let gw = IpAddr::V6(GATEWAY_V6);
+            self.pod
+                .add_route(&route(None, 0, Some(gw), pl.index, RTPROT_BOOT, RT_SCOPE_UNIVERSE), true)
+                .map_err(nl_err)?;
+            result.routes.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0, Some(gw)));
+        }
+        for ip in ips {
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            self.host
+                .add_route(&route(Some(*ip), len, None, hl.index, RTPROT_TABBY, RT_SCOPE_LINK), ip.is_ipv6())
+                .map_err(nl_err)?;
+        }
+        Ok(result)
+    }
+
+    /// Deletes both ends (best effort: used on the failure path).
+    fn remove(&mut self, host_veth: &str, ifname: &str) {
+        if let Ok(Some(l)) = self.host.link_by_name(host_veth) {
+            let _ = self.host.delete_link(l.index);
+        }
+        if let Ok(Some(l)) = self.pod.link_by_name(ifname) {
+            let _ = self.pod.delete_link(l.index);
         }
     }
-    host.set_up(hl.index).map_err(nl_err)?;
-    let pl: Link = pod.link_by_name(&inv.ifname).map_err(nl_err)?.ok_or_else(|| missing(&inv.ifname))?;
-    pod.set_up(pl.index).map_err(nl_err)?;
-    let mut result = AddResult {
-        interfaces: vec![
-            Interface { name: host_veth.to_string(), mac: netlink::mac_string(&hl.mac), sandbox: None },
-            Interface { name: inv.ifname.clone(), mac: netlink::mac_string(&pl.mac), sandbox: Some(inv.netns.clone()) },
-        ],
-        ips: Vec::new(),
-        routes: Vec::new(),
-    };
-    for ip in ips {
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        pod.add_addr(pl.index, *ip, prefix).map_err(nl_err)?;
-        result.ips.push((*ip, prefix, None, 1));
-    }
-    if has_v4 {
-        let gw = IpAddr::V4(GATEWAY_V4);
-        pod.add_route(
-            &Route {
-                dst: Some(gw),
-                dst_len: 32,
-                gateway: None,
-                oif: Some(pl.index),
-                protocol: RTPROT_BOOT,
-                scope: RT_SCOPE_LINK,
-            },
-            false,
-        )
-        .map_err(nl_err)?;
-        pod.add_route(
-            &Route {
-                dst: None,
-                dst_len: 0,
-                gateway: Some(gw),
-                oif: Some(pl.index),
-                protocol: RTPROT_BOOT,
-                scope: RT_SCOPE_UNIVERSE,
-            },
-            false,
-        )
-        .map_err(nl_err)?;
-        result.routes.push((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, Some(gw)));
-    }
-    if has_v6 {
-        let gw = IpAddr::V6(GATEWAY_V6);
-        pod.add_route(
-            &Route {
-                dst: None,
-                dst_len: 0,
-                gateway: Some(gw),
-                oif: Some(pl.index),
-                protocol: RTPROT_BOOT,
-                scope: RT_SCOPE_UNIVERSE,
-            },
-            true,
-        )
-        .map_err(nl_err)?;
-        result.routes.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0, Some(gw)));
-    }
-    for ip in ips {
-        let len = if ip.is_ipv4() { 32 } else { 128 };
-        host.add_route(
-            &Route {
-                dst: Some(*ip),
-                dst_len: len,
-                gateway: None,
-                oif: Some(hl.index),
-                protocol: RTPROT_TABBY,
-                scope: RT_SCOPE_LINK,
-            },
-            ip.is_ipv6(),
-        )
-        .map_err(nl_err)?;
-    }
-    Ok(result)
 }
 
 fn del(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<(), CniError> {
-    // Interfaces first, so the address is unused before it can be handed out again.
+    // The release runs beside the interface teardown (the kernel's veth deletion waits for RCU grace
+    // periods). Released addresses go to the end of their block's free list, so the address is not handed
+    // out again in the moment both take.
+    let handle = proto::handle_id(&conf.name, &inv.container_id);
+    let released = {
+        let (conf, handle) = (conf.clone(), handle.clone());
+        std::thread::spawn(move || agent_call(&conf, Op::Del { handle }))
+    };
+    let teardown = del_links(inv, log);
+    let resp = released.join().unwrap_or_else(|_| {
+        Err(CniError::new(code::AGENT, "asking the agent failed", "the request thread panicked"))
+    })?;
+    teardown?;
+    log.info(&format!("released {} address(es) of {handle}", resp.released));
+    Ok(())
+}
+
+fn del_links(inv: &Invocation, log: &mut Logger) -> Result<(), CniError> {
     if !inv.netns.is_empty()
         && let Ok(pod_ns) = NetNs::open_checked(&inv.netns)
     {
@@ -360,9 +407,6 @@ fn del(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<(), CniErro
             }
         }
     }
-    let handle = proto::handle_id(&conf.name, &inv.container_id);
-    let resp = agent_call(conf, Op::Del { handle: handle.clone() })?;
-    log.info(&format!("released {} address(es) of {handle}", resp.released));
     Ok(())
 }
 

@@ -112,6 +112,8 @@ struct Inner {
     caches: Caches,
     /// This node's blocks as last written or read (with their resourceVersion), by CIDR.
     blocks: Mutex<BTreeMap<IpNet, IPAMBlock>>,
+    /// Handles with addresses borrowed from other nodes' blocks, and those blocks.
+    borrowed: Mutex<BTreeMap<String, BTreeSet<IpNet>>>,
     tx: mpsc::UnboundedSender<Job>,
 }
 
@@ -119,7 +121,14 @@ impl Allocator {
     /// Loads this node's blocks, resolves half-finished claims, and starts the committer task.
     pub async fn start(client: Client, node: &str, caches: Caches) -> Result<Allocator, IpamError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner { client, node: node.to_string(), caches, blocks: Mutex::new(BTreeMap::new()), tx });
+        let inner = Arc::new(Inner {
+            client,
+            node: node.to_string(),
+            caches,
+            blocks: Mutex::new(BTreeMap::new()),
+            borrowed: Mutex::new(BTreeMap::new()),
+            tx,
+        });
         let a = Allocator { inner };
         a.load().await?;
         let committer = a.clone();
@@ -143,6 +152,10 @@ impl Allocator {
         self.inner.blocks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn borrowed(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeSet<IpNet>>> {
+        self.inner.borrowed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.inner.node
@@ -157,13 +170,24 @@ impl Allocator {
         let me = host_affinity(&self.inner.node);
         let blocks = self.blocks_api().list(&ListParams::default()).await.map_err(api_err)?;
         let mut mine = BTreeMap::new();
+        let mut borrowed: BTreeMap<String, BTreeSet<IpNet>> = BTreeMap::new();
         for b in blocks {
-            if b.spec.affinity.as_deref() == Some(me.as_str())
-                && let Ok(c) = b.spec.cidr.parse::<IpNet>()
-            {
+            let Ok(c) = b.spec.cidr.parse::<IpNet>() else { continue };
+            if b.spec.affinity.as_deref() == Some(me.as_str()) {
                 mine.insert(c, b);
+                continue;
+            }
+            // Addresses this node borrowed from other nodes' blocks.
+            for ord in 0..b.spec.allocations.len() {
+                if let Some(a) = block::attribute_at(&b.spec, ord)
+                    && a.secondary.get(block::ATTR_NODE) == Some(&self.inner.node)
+                    && let Some(h) = &a.handle_id
+                {
+                    borrowed.entry(h.clone()).or_default().insert(c);
+                }
             }
         }
+        *self.borrowed() = borrowed;
         // Finish or undo claims a previous run left pending.
         let affinities = self.affinities_api().list(&ListParams::default()).await.map_err(api_err)?;
         for a in affinities.into_iter().filter(|a| a.spec.node == self.inner.node) {
@@ -435,9 +459,35 @@ impl Allocator {
                 let api = self.blocks_api();
                 async move { (*cidr, api.replace(&blk.name_any(), &PostParams::default(), &blk).await) }
             });
+            // IPAMHandles are written beside the blocks (not after them), so a request costs one round trip.
+            let handle_ops = planned.iter().map(|(job, r)| {
+                let this = self.clone();
+                let op = match (job, r) {
+                    (Job::Alloc { req, .. }, Ok(o)) if !o.touched.is_empty() => {
+                        Some((req.handle.clone(), Some(o.counts.clone())))
+                    }
+                    (Job::Release { .. }, Ok(o)) => Some((String::new(), None)).filter(|_| !o.handles.is_empty()),
+                    _ => None,
+                };
+                let handles: Vec<String> = match r {
+                    Ok(o) if matches!(job, Job::Release { .. }) => o.handles.iter().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                async move {
+                    match op {
+                        Some((h, Some(counts))) => this.write_handle(&h, &counts).await,
+                        Some((_, None)) => {
+                            join_all(handles.iter().map(|h| this.delete_handle(h))).await;
+                            Ok(())
+                        }
+                        None => Ok(()),
+                    }
+                }
+            });
+            let (block_results, handle_results) = futures::join!(join_all(writes), join_all(handle_ops));
             let mut failed: BTreeSet<IpNet> = BTreeSet::new();
             let mut fatal: Option<IpamError> = None;
-            for (cidr, r) in join_all(writes).await {
+            for (cidr, r) in block_results {
                 tracing::debug!(
                     block = %cidr,
                     from = ?work[&cidr].metadata.resource_version,
@@ -461,17 +511,21 @@ impl Allocator {
                     }
                 }
             }
-            for (job, r) in planned {
+            for ((job, r), handle_result) in planned.into_iter().zip(handle_results) {
                 match r {
                     Ok(o) if o.touched.iter().any(|c| failed.contains(c)) => {
                         if let Some(e) = &fatal {
-                            job.fail(e.clone());
+                            self.fail_alloc(job, e.clone());
                         } else {
                             pending.push(job);
                         }
                     }
-                    Ok(o) => self.finish(job, o),
-                    Err(e) => job.fail(e),
+                    Ok(o) => match handle_result {
+                        Ok(()) => self.finish(job, o),
+                        Err(e) => job.fail(e),
+                    },
+                    // A job re-planned after a conflict may have had its handle written in an earlier round.
+                    Err(e) => self.fail_alloc(job, e),
                 }
             }
             if pending.is_empty() {
@@ -480,7 +534,7 @@ impl Allocator {
             tracing::debug!(round, retry = pending.len(), "block write conflicts; retrying");
         }
         for job in pending {
-            job.fail(IpamError::Conflicts(MAX_ROUNDS));
+            self.fail_alloc(job, IpamError::Conflicts(MAX_ROUNDS));
         }
     }
 
@@ -684,27 +738,79 @@ impl Allocator {
         Ok((cidr, block::ordinal_of(&cidr, ip).ok_or(IpamError::Stopped)?))
     }
 
-    /// Answers a committed job after writing (or deleting) its IPAMHandles; runs beside the next batch.
+    /// Fails a job whose IPAMHandle may already have been written beside its block: the handle goes too.
+    fn fail_alloc(&self, job: Job, e: IpamError) {
+        if let Job::Alloc { req, .. } = &job {
+            let (this, h) = (self.clone(), req.handle.clone());
+            if this.addresses_of(&h).is_none_or(|a| a.is_empty()) {
+                // Answer once the handle is gone, so a failed ADD leaves nothing behind.
+                tokio::spawn(async move {
+                    this.delete_handle(&h).await;
+                    job.fail(e);
+                });
+                return;
+            }
+        }
+        job.fail(e);
+    }
+
+    /// Answers a committed job (its blocks and handles are written).
     fn finish(&self, job: Job, o: Outcome) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            match job {
-                Job::Alloc { req, reply, .. } => {
-                    let r = this.write_handle(&req.handle, &o.counts).await.map(|()| o.granted);
-                    let _ = reply.send(r);
+        let me = host_affinity(&self.inner.node);
+        match job {
+            Job::Alloc { req, reply, .. } => {
+                let owned = self.cache();
+                let foreign: BTreeSet<IpNet> = o
+                    .touched
+                    .iter()
+                    .filter(|c| owned.get(c).is_none_or(|b| b.spec.affinity.as_deref() != Some(me.as_str())))
+                    .copied()
+                    .collect();
+                drop(owned);
+                if !foreign.is_empty() {
+                    self.borrowed().entry(req.handle.clone()).or_default().extend(foreign);
                 }
-                Job::Release { sel, reply } => {
+                let _ = reply.send(Ok(o.granted));
+            }
+            Job::Release { sel, reply } => {
+                // Borrowed addresses live in other nodes' blocks: release them there (compare-and-swap).
+                let borrowed: Vec<(String, BTreeSet<IpNet>)> = {
+                    let mut map = self.borrowed();
+                    let keys: Vec<String> = map
+                        .keys()
+                        .filter(|h| match &sel {
+                            ReleaseSel::Handle(x) => *h == x,
+                            ReleaseSel::NotIn { network, valid } => {
+                                h.strip_prefix(network.as_str()).is_some_and(|r| r.starts_with('.'))
+                                    && !valid.contains(*h)
+                            }
+                            ReleaseSel::Exact(_) => false,
+                        })
+                        .cloned()
+                        .collect();
+                    keys.into_iter().filter_map(|k| map.remove(&k).map(|v| (k, v))).collect()
+                };
+                if borrowed.is_empty() {
+                    let _ = reply.send(Ok(o.released));
+                    return;
+                }
+                let this = self.clone();
+                tokio::spawn(async move {
                     let mut released = o.released;
-                    if let ReleaseSel::Handle(h) = &sel {
-                        released += this.release_borrowed(h).await;
-                    }
-                    for h in &o.handles {
-                        this.delete_handle(h).await;
+                    for (h, cidrs) in borrowed {
+                        for c in cidrs {
+                            released += release_in_block(&this.blocks_api(), &c, |_, a| {
+                                a.handle_id.as_deref() == Some(h.as_str())
+                            })
+                            .await
+                            .unwrap_or(0);
+                        }
+                        this.delete_handle(&h).await;
                     }
                     let _ = reply.send(Ok(released));
-                }
+                });
             }
-        });
+        }
     }
 
     async fn write_handle(&self, handle: &str, counts: &BTreeMap<String, i32>) -> Result<(), IpamError> {
@@ -741,22 +847,6 @@ impl Allocator {
         {
             tracing::warn!(handle, error = %e, "deleting an IPAMHandle failed");
         }
-    }
-
-    /// Releases a handle's addresses in blocks of other nodes (borrowed), found through its IPAMHandle.
-    async fn release_borrowed(&self, handle: &str) -> u32 {
-        let Ok(Some(h)) = self.handles_api().get_opt(&handle_object_name(handle)).await else { return 0 };
-        let mut released = 0;
-        for cidr in h.spec.block.keys() {
-            let Ok(c) = cidr.parse::<IpNet>() else { continue };
-            if self.cache().contains_key(&c) {
-                continue;
-            }
-            released += release_in_block(&self.blocks_api(), &c, |_, a| a.handle_id.as_deref() == Some(handle))
-                .await
-                .unwrap_or(0);
-        }
-        released
     }
 }
 

@@ -186,6 +186,7 @@ impl Cluster {
         self.apply(&format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n"));
     }
 
+    /// A pod bound to `node` (its namespace and the namespace's default service account must exist).
     pub fn pod(&self, ns: &str, name: &str, node: &str) {
         self.apply(&format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n"
