@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tabby_bgp::codec::{self, Ctx};
 use tabby_bgp::Message;
+use tabby_bgp::codec::{self, Ctx};
 
 fuzz_target!(|data: &[u8]| {
     for four in [true, false] {
@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
         while let Ok(Some((m, n))) = codec::decode(buf, &ctx) {
             buf = &buf[n..];
             let clean = !matches!(&m, Message::Update(u) if u.treat_as_withdraw.is_some());
-            if four && clean && let Ok(bytes) = codec::to_bytes(&m, &ctx) {
+            if four
+                && clean
+                && let Ok(bytes) = codec::to_bytes(&m, &ctx)
+            {
                 let back = codec::decode(&bytes, &ctx);
                 assert!(matches!(&back, Ok(Some((b, _))) if *b == m), "{m:?} -> {back:?}");
             }
