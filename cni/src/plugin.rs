@@ -195,7 +195,7 @@ fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<Value, CniE
     };
     let host_veth = inv.host_veth();
     let mut links = Links::open(&pod_ns, &host_ns);
-    let prepared = links.as_mut().map_err(|e| nl_err(e)).and_then(|l| l.prepare(inv, &host_veth, conf.mtu));
+    let prepared = links.as_mut().map_err(nl_err).and_then(|l| l.prepare(inv, &host_veth, conf.mtu));
     let resp = asked
         .join()
         .unwrap_or_else(|_| Err(CniError::new(code::AGENT, "asking the agent failed", "the request thread panicked")));
@@ -214,7 +214,7 @@ fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<Value, CniE
             }
             log.info(&format!("allocated {ips:?} handle={handle}"));
             let mtu = if conf.mtu != 0 { conf.mtu } else { resp.mtu.filter(|m| *m != 0).unwrap_or(1500) };
-            match links.as_mut().map_err(|e| nl_err(e)).and_then(|l| l.configure(inv, &host_veth, &ips, mtu)) {
+            match links.as_mut().map_err(nl_err).and_then(|l| l.configure(inv, &host_veth, &ips, mtu)) {
                 Ok(r) => {
                     log.info(&format!("wired {} <-> {} mtu {mtu}", inv.ifname, host_veth));
                     return Ok(r.to_json(&conf.cni_version));

@@ -16,7 +16,7 @@ use tabby_cni::spec::code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_adds_then_dels() {
-    let _serial = serial();
+    let _serial = serial().await;
     if !require_root("two_hundred_concurrent_adds_then_dels") {
         return;
     }
@@ -77,7 +77,7 @@ async fn two_hundred_concurrent_adds_then_dels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_race_on_a_small_pool() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(c) = Cluster::start("two_agents_race_on_a_small_pool").await else { return };
     c.node("node-a");
     c.node("node-b");
@@ -85,7 +85,8 @@ async fn two_agents_race_on_a_small_pool() {
     c.pool("small", "10.250.0.0/26", 29);
     let a = Agent::start(&c, "node-a", &[]);
     let b = Agent::start(&c, "node-b", &[]);
-    let outcomes: Mutex<Vec<(String, Result<Vec<String>, u32>)>> = Mutex::new(Vec::new());
+    type Outcome = (String, Result<Vec<String>, u32>);
+    let outcomes: Mutex<Vec<Outcome>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for i in 0..40 {
             for (agent, tag) in [(&a, "a"), (&b, "b")] {
@@ -103,7 +104,7 @@ async fn two_agents_race_on_a_small_pool() {
         }
     });
     let outcomes = outcomes.into_inner().unwrap();
-    let ok: Vec<&(String, Result<Vec<String>, u32>)> = outcomes.iter().filter(|(_, r)| r.is_ok()).collect();
+    let ok: Vec<&Outcome> = outcomes.iter().filter(|(_, r)| r.is_ok()).collect();
     let failed: Vec<u32> = outcomes.iter().filter_map(|(_, r)| r.as_ref().err().copied()).collect();
     let allocs = c.allocations().await;
     if ok.len() != 64 {
@@ -148,7 +149,7 @@ async fn two_agents_race_on_a_small_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_one_hundred_adds() {
-    let _serial = serial();
+    let _serial = serial().await;
     let Some(c) = Cluster::start("sigkill_during_one_hundred_adds").await else { return };
     c.node("node-a");
     c.pool("pool-a", "10.244.0.0/16", 26);

@@ -12,7 +12,7 @@ use tabby_cni::spec::code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_check_del_status_gc_in_netns() {
-    let _serial = serial();
+    let _serial = serial().await;
     if !require_root("add_check_del_status_gc_in_netns") {
         return;
     }
@@ -154,7 +154,7 @@ async fn add_check_del_status_gc_in_netns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_spec_errors_and_leaves_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     if !require_root("bad_input_gets_spec_errors_and_leaves_nothing") {
         return;
     }

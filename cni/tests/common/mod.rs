@@ -23,10 +23,10 @@ use tabby_e2e::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// Tests run one at a time: each starts a control plane and many processes on a small machine.
-pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// True when the test can run as root; otherwise skips visibly (fails in CI).
