@@ -293,3 +293,66 @@ async fn leader_elected_gc_releases_leaks_and_deleted_nodes() {
     ]);
     assert_eq!(lease, "node-a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_by_selector_annotation_fixed_address_and_limits() {
+    let _serial = serial().await;
+    let Some(c) = Cluster::start("pools_by_selector_annotation_fixed_address_and_limits").await else { return };
+    c.apply("apiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {zone: a}}\n");
+    // pool-a: this node, tiny blocks; pool-b: another zone only; pool-c: this node, chosen by annotation.
+    c.apply(
+        "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {name: pool-a}\nspec: {cidr: '10.244.0.0/24', blockSize: 30}\n---\n\
+         apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {name: pool-b}\nspec: {cidr: '10.245.0.0/24', nodeSelector: \"zone == 'b'\"}\n---\n\
+         apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {name: pool-c}\nspec: {cidr: '10.246.0.0/24', nodeSelector: \"zone in {'a','c'}\"}\n---\n\
+         apiVersion: tabby.dev/v1\nkind: IPAMConfig\nmetadata: {name: default}\nspec: {strictAffinity: true, maxBlocksPerHost: 1}\n",
+    );
+    c.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: annotated, annotations: {tabby.dev/ipv4pools: '[\"pool-c\"]'}}\n");
+    for ns in ["default", "annotated"] {
+        c.cp.kubectl_ok(&["create", "serviceaccount", "default", "-n", ns]);
+    }
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: fixed, namespace: default, annotations: {tabby.dev/ipAddrs: '[\"10.246.0.77\"]'}}\n\
+         spec: {nodeName: node-a, containers: [{name: c, image: pause}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: wants-b, namespace: default, annotations: {tabby.dev/ipv4pools: '[\"pool-b\"]'}}\n\
+         spec: {nodeName: node-a, containers: [{name: c, image: pause}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: by-ns, namespace: annotated}\n\
+         spec: {nodeName: node-a, containers: [{name: c, image: pause}]}\n",
+    );
+    let a = Agent::start(&c, "node-a", &[]);
+    let add = |h: &str, ns: &str, pod: &str| {
+        a.call(Op::Add {
+            handle: format!("k8s-pod-network.{h}"),
+            container_id: h.into(),
+            ifname: "eth0".into(),
+            namespace: Some(ns.into()),
+            pod: Some(pod.into()),
+        })
+        .expect("agent answers")
+    };
+    let ip = |r: &tabby_cni::proto::Response| r.ips.first().cloned().unwrap_or_default();
+
+    let r = add("fixed", "default", "fixed");
+    assert_eq!(ip(&r), "10.246.0.77/26", "fixed address: {r:?}");
+    let r = add("by-ns", "annotated", "by-ns");
+    assert!(ip(&r).starts_with("10.246.0."), "namespace annotation picks pool-c: {r:?}");
+    let r = add("wants-b", "default", "wants-b");
+    assert_eq!(r.error.as_ref().map(|e| e.code), Some(code::AGENT), "pool-b is not for this node: {r:?}");
+    // No annotation: the eligible pools by name, pool-a first; one /30 block (maxBlocksPerHost 1, strict).
+    let mut got = Vec::new();
+    for i in 0..4 {
+        let r = add(&format!("plain{i}"), "default", &format!("plain{i}"));
+        assert!(ip(&r).starts_with("10.244.0."), "{r:?}");
+        got.push(ip(&r));
+    }
+    // pool-a is full and may not grow (maxBlocksPerHost 1, strictAffinity): the next eligible pool serves.
+    let r = add("plain4", "default", "plain4");
+    assert!(ip(&r).starts_with("10.246.0."), "{r:?}: had {got:?}");
+    let blocks = c.blocks().await;
+    let in_a = blocks.iter().filter(|b| b.spec.cidr.starts_with("10.244.")).count();
+    assert_eq!(in_a, 1, "maxBlocksPerHost");
+    assert!(blocks.iter().all(|b| !b.spec.cidr.starts_with("10.245.")), "pool-b untouched");
+    let allocs = c.allocations().await;
+    distinct(&allocs);
+    let fixed = &allocs["k8s-pod-network.fixed"];
+    assert_eq!(fixed, &vec!["10.246.0.77".to_string()]);
+}
