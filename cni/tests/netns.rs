@@ -270,3 +270,38 @@ fn list_files(dir: &std::path::Path) -> Vec<String> {
     out.sort();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_add_and_del() {
+    let _serial = serial().await;
+    if !require_root("dual_stack_add_and_del") {
+        return;
+    }
+    let Some(c) = Cluster::start("dual_stack_add_and_del").await else { return };
+    c.node("node-a");
+    c.pool("v4", "10.244.0.0/16", 26);
+    c.pool("v6", "fd00:10:244::/112", 122);
+    let agent = Agent::start(&c, "node-a", &[]);
+    let node = Netns::node("node");
+    let pod = Netns::new("pod");
+    let cfg = conf("1.0.0", &agent.socket, &c.dir.path().join("cni.log"));
+    let add = Cni::new("ADD", &cfg, "ds1", &pod.path, "eth0").pod("default", "ds", "ds1").in_ns(&node).run();
+    assert_eq!(add.code, 0, "{}\n{}", add.stdout, agent.log_tail());
+    let ips = result_ips(&add.json);
+    assert_eq!(ips.len(), 2, "{}", add.stdout);
+    let v6 = ips.iter().find(|i| i.contains(':')).expect("an IPv6 address").clone();
+    assert!(add.stdout.contains(&format!("{v6}/128")), "{}", add.stdout);
+    let routes = pod.ip(&["-6", "route"]);
+    assert!(routes.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"), "{routes}");
+    assert!(node.tabby_routes().contains(&v6), "{}", node.tabby_routes());
+    let ping = node.exec(&["ping", "-6", "-c1", "-W3", &v6]);
+    assert!(ping.status.success(), "host → pod over IPv6: {}", String::from_utf8_lossy(&ping.stdout));
+    let mut check_conf = cfg.clone();
+    check_conf["prevResult"] = add.json.clone();
+    let check = Cni::new("CHECK", &check_conf, "ds1", &pod.path, "eth0").pod("default", "ds", "ds1").in_ns(&node).run();
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    let del = Cni::new("DEL", &cfg, "ds1", &pod.path, "eth0").pod("default", "ds", "ds1").in_ns(&node).run();
+    assert_eq!(del.code, 0, "{}", del.stdout);
+    assert_eq!(node.tabby_routes(), "");
+    assert!(c.allocations().await.is_empty());
+}
