@@ -137,10 +137,14 @@ pub fn cni_conflist(spec: &InstallationSpec) -> String {
         "mtu": network.mtu.unwrap_or(0),
         "agent_socket": AGENT_SOCKET,
     })];
+    // A list has one version for every plugin in it. The reference portmap plugin the distributions ship
+    // speaks CNI up to 1.0.0, so a list that chains it is 1.0.0; without it, 1.1.0 (STATUS and GC).
+    let mut version = "1.1.0";
     if network.host_ports != Some(EnabledDisabled::Disabled) {
         plugins.push(json!({"type": "portmap", "snat": true, "capabilities": {"portMappings": true}}));
+        version = "1.0.0";
     }
-    let conflist = json!({"name": CNI_NETWORK_NAME, "cniVersion": "1.1.0", "plugins": plugins});
+    let conflist = json!({"name": CNI_NETWORK_NAME, "cniVersion": version, "plugins": plugins});
     serde_json::to_string_pretty(&conflist).expect("JSON values serialize")
 }
 

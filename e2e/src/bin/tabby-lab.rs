@@ -36,6 +36,10 @@ fn main() -> ExitCode {
             _ => positional.push(a),
         }
     }
+    // Paths end up in kubeconfigs and in processes started elsewhere: make them absolute.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    cfg.state = cwd.join(&cfg.state);
+    cfg.bin_dir = cwd.join(&cfg.bin_dir);
     let result = match positional.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["up"] => daemon::up(&cfg, &std::env::current_exe().unwrap_or_default()).map(|kubeconfig| {
             println!("\nThe lab is running: {} nodes on 192.168.100.0/24.", cfg.nodes);

@@ -128,6 +128,12 @@ pub async fn serve(cfg: LabConfig) -> Result<(), String> {
 
 async fn serve_inner(cfg: &LabConfig, nodes: &[LabNode], created: Arc<Mutex<Vec<PathBuf>>>) -> Result<(), String> {
     create_bridge()?;
+    // Mount points of the node directories (each node binds its own copy over them).
+    for d in super::NODE_DIRS {
+        if let Some(created_dir) = sh::create_dir(Path::new(d)).map_err(|e| format!("{d}: {e}"))? {
+            created.lock().unwrap_or_else(|p| p.into_inner()).push(created_dir);
+        }
+    }
     for node in nodes {
         node.create(Path::new(REFERENCE_PLUGINS))?;
         println!("node {} at {} (netns {})", node.name, node.address, node.netns);

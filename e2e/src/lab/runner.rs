@@ -594,8 +594,31 @@ async fn container_command(
     for m in c.volume_mounts.iter().flatten() {
         let volume =
             spec.volumes.iter().flatten().find(|v| v.name == m.name).ok_or_else(|| format!("no volume {}", m.name))?;
+        if volume.projected.is_some() || volume.empty_dir.is_some() {
+            // The service account projection (kube-api-access-*) gets the token the runner minted; an
+            // emptyDir is a directory of the pod's own.
+            let source = if volume.projected.is_some() {
+                sa.map(Path::to_path_buf).ok_or_else(|| format!("volume {}: no service account token", m.name))?
+            } else {
+                let d = dir.join("volumes").join(&m.name);
+                std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+                d
+            };
+            if let Some(created) = sh::create_dir(Path::new(&m.mount_path)).map_err(|e| e.to_string())? {
+                env.created.lock().unwrap_or_else(|p| p.into_inner()).push(created);
+            }
+            binds.push(Bind {
+                source: source.display().to_string(),
+                target: m.mount_path.clone(),
+                read_only: m.read_only.unwrap_or(false),
+            });
+            continue;
+        }
         let Some(hp) = &volume.host_path else {
-            return Err(format!("volume {}: the lab supports hostPath volumes only", m.name));
+            return Err(format!(
+                "volume {}: the lab supports hostPath, emptyDir and the service account projection",
+                m.name
+            ));
         };
         let source = node.host_path(&hp.path);
         let file = hp.type_.as_deref() == Some("FileOrCreate") || hp.type_.as_deref() == Some("File");
@@ -628,8 +651,9 @@ async fn container_command(
             read_only: m.read_only.unwrap_or(false),
         });
     }
-    if let Some(sa) = sa {
-        let target = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let sa_target = "/var/run/secrets/kubernetes.io/serviceaccount";
+    if let Some(sa) = sa.filter(|_| !binds.iter().any(|b| b.target == sa_target)) {
+        let target = sa_target;
         if let Some(created) = sh::create_dir(Path::new(target)).map_err(|e| e.to_string())? {
             env.created.lock().unwrap_or_else(|p| p.into_inner()).push(created);
         }
