@@ -257,8 +257,13 @@ impl RouteTable {
 
     /// Remote routes not (yet) desired survive full passes until `until` (agent restart grace).
     pub fn hold_remote(&self, until: Option<Instant>) {
-        *self.hold_remote_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
-        self.resync();
+        let mut h = self.hold_remote_until.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = *h != until;
+        *h = until;
+        drop(h);
+        if changed {
+            self.resync();
+        }
     }
 
     pub fn counts(&self) -> Counts {

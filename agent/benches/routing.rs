@@ -1,0 +1,375 @@
+//! `make bench-routing`: the node agent's routing, side by side with BIRD 2 in the same run.
+//!
+//! 1. FIB install: a GoBGP peer (its RIB loaded from a generated MRT dump) sends 10k and 100k prefixes;
+//!    time from the session's configuration until the kernel of the receiver holds them all, and the
+//!    receiver's peak RSS — tabby-agent (the real binary, with its control plane watches) vs BIRD 2
+//!    (bgp + kernel protocol export).
+//! 2. Throughput: pod-to-pod TCP (iperf3) across nodes as a ratio to node-to-node on the same underlay,
+//!    native routing (BGP) and VXLAN.
+//! 3. Scale: agent RSS with 100 nodes and 10k pods (IPAM blocks full of allocations) in the API.
+//!
+//! Needs root, gobgpd, bird, iperf3 and the control plane (`make controlplane`).
+
+#[path = "../tests/routing_support/mod.rs"]
+mod routing_support;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use routing_support::*;
+
+const FEED_ADDR: &str = "192.168.50.100";
+const BIRD_ADDR: &str = "192.168.50.50";
+const FEED_AS: u32 = 65001;
+
+/// An MRT TABLE_DUMP_V2 file with `n` IPv4 /29 prefixes from 10.128.0.0/9, next hop `nh`.
+fn mrt(n: u32, nh: [u8; 4]) -> Vec<u8> {
+    fn rec(out: &mut Vec<u8>, subtype: u16, body: &[u8]) {
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&13u16.to_be_bytes());
+        out.extend_from_slice(&subtype.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let mut out = Vec::new();
+    let mut peers = Vec::new();
+    peers.extend_from_slice(&[192, 168, 50, 100]); // collector ID
+    peers.extend_from_slice(&0u16.to_be_bytes()); // view name
+    peers.extend_from_slice(&1u16.to_be_bytes());
+    peers.push(0x02); // IPv4 address, 4-octet AS
+    peers.extend_from_slice(&[192, 168, 50, 100]);
+    peers.extend_from_slice(&nh);
+    peers.extend_from_slice(&FEED_AS.to_be_bytes());
+    rec(&mut out, 1, &peers);
+    let mut attrs = vec![0x40, 1, 1, 0]; // ORIGIN IGP
+    attrs.extend_from_slice(&[0x40, 2, 6, 2, 1]);
+    attrs.extend_from_slice(&FEED_AS.to_be_bytes()); // AS_PATH (4-octet in MRT)
+    attrs.extend_from_slice(&[0x40, 3, 4]);
+    attrs.extend_from_slice(&nh); // NEXT_HOP
+    for i in 0..n {
+        let p = (0x0a80_0000u32 + (i << 3)).to_be_bytes();
+        let mut b = Vec::new();
+        b.extend_from_slice(&i.to_be_bytes());
+        b.push(29);
+        b.extend_from_slice(&p);
+        b.extend_from_slice(&1u16.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes()); // peer index
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        b.extend_from_slice(&attrs);
+        rec(&mut out, 2, &b);
+    }
+    out
+}
+
+fn veth_to_bridge(lab: &Lab, ns: &Netns, addr: &str) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let peer = format!("vb{}x{}", std::process::id() % 10_000, N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    sh(&["ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &peer, "netns", &lab.ul.name]);
+    lab.ul.ip(&["link", "set", &peer, "master", "br0", "up"]);
+    ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+}
+
+struct Feed {
+    ns: Netns,
+    child: Child,
+    dir: std::path::PathBuf,
+    /// Prefixes the GoBGP RIB holds after the injection.
+    loaded: u32,
+}
+
+impl Feed {
+    fn start(lab: &Lab, n: u32) -> Feed {
+        let ns = Netns::new("feed");
+        veth_to_bridge(lab, &ns, FEED_ADDR);
+        let dir = lab.dir.path().join(format!("feed-{n}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(
+            dir.join("gobgpd.toml"),
+            format!("[global.config]\n  as = {FEED_AS}\n  router-id = \"{FEED_ADDR}\"\n  port = 179\n"),
+        )
+        .expect("conf");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "gobgpd", "-f"])
+            .arg(dir.join("gobgpd.toml"))
+            .args(["--api-hosts", "127.0.0.1:50051", "-l", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gobgpd");
+        let mut f = Feed { ns, child, dir, loaded: 0 };
+        let start = Instant::now();
+        while !f.gobgp(&["global"]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(20), "gobgpd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let file = f.dir.join("feed.mrt");
+        std::fs::File::create(&file).and_then(|mut w| w.write_all(&mrt(n, [192, 168, 50, 100]))).expect("mrt");
+        let out = f.gobgp(&["mrt", "inject", "global", file.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "mrt inject: {}", String::from_utf8_lossy(&out.stderr));
+        // `mrt inject` loads asynchronously: wait until the RIB stops growing and use what it holds.
+        let start = Instant::now();
+        let mut last = (0u32, Instant::now());
+        loop {
+            let s = f.gobgp(&["global", "rib", "summary"]);
+            let text = String::from_utf8_lossy(&s.stdout).into_owned();
+            let got: u32 = text
+                .split("Destination:")
+                .nth(1)
+                .and_then(|t| t.split(',').next())
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            if got != last.0 {
+                last = (got, Instant::now());
+            } else if got > 0 && (got == n || last.1.elapsed() > Duration::from_secs(3)) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(180), "gobgp RIB: {text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        f.loaded = last.0;
+        f
+    }
+
+    fn gobgp(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip").args(["netns", "exec", &self.ns.name, "gobgp"]).args(args).output().expect("gobgp")
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn route_count(ns: &Netns) -> usize {
+    ns.run(|| {
+        std::fs::read_to_string("/proc/thread-self/net/route").map(|s| s.lines().count().saturating_sub(1)).unwrap_or(0)
+    })
+}
+
+fn peak_rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let get = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("VmHWM:"), get("VmRSS:"))
+}
+
+/// Waits until `ns` holds `base + n` routes; returns the time.
+fn wait_fib(ns: &Netns, base: usize, n: u32, start: Instant) -> Duration {
+    loop {
+        if route_count(ns) >= base + n as usize {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "FIB never reached {n} routes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fib_tabby(lab: &mut Lab, feed: &Feed, n: u32) -> (Duration, u64) {
+    let node = lab.node_mut("node1");
+    node.kill_agent("-KILL");
+    let _ = node.ns.exec(&["ip", "route", "flush", "proto", "80"]);
+    node.start_agent();
+    node.wait_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    let node = lab.node("node1");
+    let base = route_count(&node.ns);
+    let start = Instant::now();
+    let out = feed.gobgp(&["neighbor", "add", &node.addr, "as", "64512"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = wait_fib(&node.ns, base, n, start);
+    let pid = node.agent.as_ref().map(|c| c.id()).unwrap_or(0);
+    let (hwm, _) = peak_rss_kib(pid);
+    let _ = feed.gobgp(&["neighbor", "del", &node.addr]);
+    (t, hwm)
+}
+
+fn fib_bird(lab: &Lab, feed: &Feed, n: u32) -> (Duration, u64) {
+    let ns = Netns::new("bird");
+    veth_to_bridge(lab, &ns, BIRD_ADDR);
+    let dir = lab.dir.path().join(format!("bird-{n}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("bird.conf"),
+        format!(
+            "router id {BIRD_ADDR};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; }}\n\
+             protocol bgp feed {{ local {BIRD_ADDR} as 64512; neighbor {FEED_ADDR} as {FEED_AS}; ipv4 {{ import all; export none; }}; }}\n"
+        ),
+    )
+    .expect("bird.conf");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bird");
+    std::thread::sleep(Duration::from_secs(1));
+    let base = route_count(&ns);
+    let start = Instant::now();
+    let out = feed.gobgp(&["neighbor", "add", BIRD_ADDR, "as", "64512"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = wait_fib(&ns, base, n, start);
+    let (hwm, _) = peak_rss_kib(child.id());
+    let _ = feed.gobgp(&["neighbor", "del", BIRD_ADDR]);
+    let _ = child.kill();
+    let _ = child.wait();
+    (t, hwm)
+}
+
+fn iperf(server: &Netns, client: &Netns, ip: &str) -> f64 {
+    let mut s = Command::new("ip")
+        .args(["netns", "exec", &server.name, "iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client.exec(&["iperf3", "-c", ip, "-t", "5", "-J"]);
+    let _ = s.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+}
+
+async fn throughput(encap: &str) -> Option<(f64, f64)> {
+    let mut lab = Lab::new("bench-routing throughput", 2, Underlay::Flat).await?;
+    lab.pool("10.244.0.0/16", encap, false);
+    let (bgp, mtu) = if encap == "Never" { ("Enabled", "1500") } else { ("Disabled", "1450") };
+    lab.start_agents(&[("TABBY_BGP", bgp), ("TABBY_MTU", mtu)]);
+    lab.add_pod("node1", "a");
+    lab.add_pod("node2", "b");
+    let b2 = lab.blocks_of("node2");
+    lab.node("node1")
+        .wait_routes("routes", Duration::from_secs(60), |r| b2.iter().all(|b| r.contains(&format!("{b} via"))));
+    let _ = ping(&lab.pod("a").ns, &lab.pod("b").ip, 2);
+    let native = iperf(&lab.node("node2").ns, &lab.node("node1").ns, &lab.node("node2").addr);
+    let pods = iperf(&lab.pod("b").ns, &lab.pod("a").ns, &lab.pod("b").ip);
+    Some((native, pods))
+}
+
+async fn scale() -> Option<(u64, u64)> {
+    let mut lab = Lab::new("bench-routing scale", 1, Underlay::Flat).await?;
+    lab.pool("10.0.0.0/14", "Never", true);
+    // 100 nodes (node1 is the lab's), 10k pods spread over them, 157 full /26 blocks.
+    let mut docs = String::new();
+    for i in 2..=100 {
+        docs += &format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: node{i}\n  annotations: {{tabby.dev/IPv4Address: 192.168.{}.{}/16}}\n",
+            50 + i / 250,
+            i % 250 + 1
+        );
+    }
+    let pods_total = 10_000u32;
+    let per_block = 64u32;
+    let blocks = pods_total.div_ceil(per_block);
+    for b in 0..blocks {
+        let node = format!("node{}", b % 100 + 1);
+        let base = 0x0a00_0000u32 + 4 * 64 + b * 64; // after node1's own first blocks
+        let ip = std::net::Ipv4Addr::from(base);
+        let n = per_block.min(pods_total - b * per_block);
+        let allocs: Vec<String> = (0..64).map(|o| if o < n { o.to_string() } else { "null".into() }).collect();
+        let unalloc: Vec<String> = (n..64).map(|o| o.to_string()).collect();
+        let attrs: Vec<String> = (0..n)
+            .map(|o| {
+                format!(
+                    "{{handle_id: k8s-pod-network.c{b}x{o}, secondary: {{node: {node}, namespace: default, pod: p{b}x{o}, type: pod}}}}"
+                )
+            })
+            .collect();
+        docs += &format!(
+            "---\napiVersion: tabby.dev/v1\nkind: IPAMBlock\nmetadata: {{name: {}-26}}\nspec:\n  cidr: {ip}/26\n  affinity: host:{node}\n  allocations: [{}]\n  unallocated: [{}]\n  attributes: [{}]\n",
+            ip.to_string().replace('.', "-"),
+            allocs.join(", "),
+            unalloc.join(", "),
+            attrs.join(", ")
+        );
+    }
+    lab.apply(&docs);
+    // The pods themselves (the agent's IPAM watches the ones of its node).
+    let mut pods = String::new();
+    for p in 0..pods_total {
+        pods += &format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{p}, namespace: default}}\nspec: {{nodeName: node{}, containers: [{{name: c, image: pause}}]}}\n",
+            p % 100 + 1
+        );
+    }
+    lab.apply(&pods);
+    lab.start_agents(&[("TABBY_BGP", "Enabled")]);
+    std::thread::sleep(Duration::from_secs(20));
+    let pid = lab.node("node1").agent.as_ref().map(|c| c.id()).unwrap_or(0);
+    let r = peak_rss_kib(pid);
+    let routes = lab.node("node1").routes().lines().count();
+    eprintln!("scale: node1 has {routes} routes");
+    Some(r)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _g = serial();
+    let counts: Vec<u32> = std::env::var("BENCH_ROUTING_COUNTS")
+        .ok()
+        .map(|s| s.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000]);
+    for t in ["gobgpd", "gobgp", "bird", "iperf3"] {
+        if !require_tool("bench-routing", t) {
+            return;
+        }
+    }
+    println!("== FIB install: GoBGP peer → kernel (time until every prefix is in the FIB; peak RSS)");
+    println!(
+        "{:>8} | {:>12} {:>10} | {:>12} {:>10} | {:>10} {:>10}",
+        "prefixes", "tabby s", "tabby MiB", "bird s", "bird MiB", "time ×", "RSS ×"
+    );
+    {
+        let Some(mut lab) = Lab::new("bench-routing fib", 1, Underlay::Flat).await else { return };
+        lab.apply(&format!(
+            "apiVersion: tabby.dev/v1\nkind: BGPPeer\nmetadata: {{name: feed}}\nspec: {{peerIP: {FEED_ADDR}, asNumber: {FEED_AS}}}\n"
+        ));
+        lab.pool("10.244.0.0/16", "Never", false);
+        lab.start_agents(&[("TABBY_BGP", "Enabled"), ("TABBY_LOG_SEVERITY", "info"), ("RUST_LOG", "warn")]);
+        for &n in &counts {
+            let feed = Feed::start(&lab, n);
+            let n = feed.loaded;
+            let (tt, tr) = fib_tabby(&mut lab, &feed, n);
+            let (bt, br) = fib_bird(&lab, &feed, n);
+            println!(
+                "{:>8} | {:>12.3} {:>10.1} | {:>12.3} {:>10.1} | {:>10.2} {:>10.2}",
+                n,
+                tt.as_secs_f64(),
+                mib(tr),
+                bt.as_secs_f64(),
+                mib(br),
+                tt.as_secs_f64() / bt.as_secs_f64(),
+                tr as f64 / br.max(1) as f64
+            );
+        }
+    }
+    println!("\n== Pod-to-pod TCP throughput across nodes (iperf3, 5 s, one stream) vs node-to-node");
+    for (name, encap) in [("native (BGP)", "Never"), ("VXLAN", "Always")] {
+        if let Some((native, pods)) = throughput(encap).await {
+            println!(
+                "{name:>14}: node-to-node {native:.2} Gbit/s, pod-to-pod {pods:.2} Gbit/s, ratio {:.3}",
+                pods / native
+            );
+        }
+    }
+    println!("\n== Agent RSS with 100 nodes and 10k pods in the API");
+    if let Some((hwm, rss)) = scale().await {
+        println!("tabby-agent: RSS {:.1} MiB, peak {:.1} MiB (target < 40 MiB)", mib(rss), mib(hwm));
+    }
+}
