@@ -320,7 +320,6 @@ fn mib(kib: u64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let _g = serial();
     let counts: Vec<u32> = std::env::var("BENCH_ROUTING_COUNTS")
         .ok()
         .map(|s| s.split_whitespace().filter_map(|x| x.parse().ok()).collect())

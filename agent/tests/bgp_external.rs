@@ -2,6 +2,10 @@
 //! global BGPPeer with an MD5 password from a Secret and learns every pod block; a route reflector
 //! topology (1 reflector, 4 clients, mesh off) converges with the clients' routes pointing at each other.
 
+// Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
+// inside a runtime): the lab tests must not overlap.
+#![allow(clippy::await_holding_lock)]
+
 mod routing_support;
 
 use std::process::{Child, Command, Stdio};

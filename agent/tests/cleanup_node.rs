@@ -2,6 +2,10 @@
 //! were before Tabby; and an agent stopped while the Installation is being deleted cleans up by itself,
 //! while one stopped for a rolling update leaves its routes in place.
 
+// Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
+// inside a runtime): the lab tests must not overlap.
+#![allow(clippy::await_holding_lock)]
+
 mod routing_support;
 
 use std::path::Path;

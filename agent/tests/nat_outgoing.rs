@@ -2,6 +2,10 @@
 //! namespace, which has no route back to pods) with its node's address as source, while pod-to-pod keeps
 //! pod addresses. The nftables table changes by elements only: adding a pool keeps the rules.
 
+// Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
+// inside a runtime): the lab tests must not overlap.
+#![allow(clippy::await_holding_lock)]
+
 mod routing_support;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,10 @@
 //! own blocks, pod-to-pod ping across nodes, the expected traceroute hops, and the server seeing the
 //! client pod's own address (no NAT: the flat network). Then route repair and NodeStatus.
 
+// Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
+// inside a runtime): the lab tests must not overlap.
+#![allow(clippy::await_holding_lock)]
+
 mod routing_support;
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,10 @@
 //! CrossSubnet: nodes split over two subnets joined by a router namespace; direct routes inside a subnet,
 //! the tunnel across.
 
+// Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
+// inside a runtime): the lab tests must not overlap.
+#![allow(clippy::await_holding_lock)]
+
 mod routing_support;
 
 use std::time::Duration;
