@@ -39,8 +39,9 @@ deps: ## Install every system package and tool the build and tests need (Debian,
 build: ## Build every binary (release)
 	$(CARGO) build --release --workspace --bins --exclude xtask
 
-test: controlplane helm ## Run every test (unit, control plane, network namespaces as root)
+test: controlplane helm ## Run every test (unit, control plane, network namespaces as root), then make e2e
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory e2e
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

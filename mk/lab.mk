@@ -22,5 +22,7 @@ lab-exec: ## Run CMD in pod POD=namespace/name's network namespace
 lab-node: ## Run CMD on lab node NODE=node-N
 	@$(LAB) exec-node --state $(LAB_STATE) $(NODE) $(CMD)
 
-e2e: controlplane lab-binaries ## The getting-started guide as a test, on a fresh lab
-	$(CARGO) test --release -p tabby-e2e --test getting_started -- --nocapture
+# Debug binaries: the same build `make test` already made, so CI compiles nothing twice.
+e2e: controlplane ## The getting-started guide as a test, on a fresh lab (root)
+	$(CARGO) build --workspace --bins --exclude xtask
+	$(CARGO) test -p tabby-e2e --test getting_started -- --nocapture
