@@ -358,6 +358,9 @@ async fn main() {
             );
         }
     }
+    if std::env::var("BENCH_ROUTING_ONLY").is_ok_and(|v| v == "fib") {
+        return;
+    }
     println!("\n== Pod-to-pod TCP throughput across nodes (iperf3, 5 s, one stream) vs node-to-node");
     for (name, encap) in [("native (BGP)", "Never"), ("VXLAN", "Always")] {
         if let Some((native, pods)) = throughput(encap).await {

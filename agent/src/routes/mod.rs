@@ -144,7 +144,6 @@ struct State {
     full: bool,
     /// What the last pass left in the kernel (as far as we know).
     installed: HashMap<IpNet, Target>,
-    counts: Counts,
     errors: u64,
     synced: bool,
 }
@@ -267,7 +266,7 @@ impl RouteTable {
     }
 
     pub fn counts(&self) -> Counts {
-        self.lock().counts
+        count(&self.lock())
     }
 
     /// Passes that failed to apply some change.
@@ -370,11 +369,10 @@ async fn full_pass(table: &RouteTable, k: &kernel::Kernel) -> Result<usize, kern
     let n = plan.put.len() + plan.del.len();
     let failed = k.apply(&plan, &links).await;
     let mut st = table.lock();
-    st.installed = desired.clone();
+    st.installed = desired;
     for (dst, _) in &failed {
         st.installed.remove(dst);
     }
-    st.counts = count(&st);
     st.synced = true;
     if !failed.is_empty() {
         st.errors += 1;
@@ -425,7 +423,8 @@ async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel) -> Result<usiz
     for (d, _) in &failed {
         st.installed.remove(d);
     }
-    st.counts = count(&st);
+    // Counts are computed when asked (O(routes)); recounting after every small pass made a large feed
+    // quadratic.
     if !failed.is_empty() {
         st.errors += 1;
         tracing::debug!(failed = failed.len(), first = ?failed.first(), "some routes did not apply");
