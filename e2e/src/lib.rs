@@ -376,6 +376,23 @@ current-context: tabby-test
         Command::new(&self.kubectl).args(args).env("KUBECONFIG", &self.kubeconfig).output().expect("kubectl runs")
     }
 
+    /// Runs `kubectl` with `input` on its standard input (e.g. `["apply", "-f", "-"]`).
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(&self.kubectl)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("kubectl reads its input");
+        }
+        child.wait_with_output().expect("kubectl runs")
+    }
+
     /// Runs `kubectl` and returns its stdout, panicking with its stderr when it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);

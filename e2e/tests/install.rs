@@ -60,19 +60,9 @@ fn cases(file: &str) -> Vec<Case> {
     serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Runs kubectl with `object` as JSON on stdin.
+/// Runs `kubectl <verb> -f -` with `object` as JSON.
 fn kubectl_stdin(cp: &ControlPlane, verb: &str, object: &Value) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(&cp.kubectl)
-        .args([verb, "-f", "-"])
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(object.to_string().as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    cp.kubectl_stdin(&[verb, "-f", "-"], &object.to_string())
 }
 
 fn delete(cp: &ControlPlane, object: &Value) {

@@ -149,15 +149,5 @@ pub fn tabbystatus_condition(cp: &ControlPlane, type_: &str) -> Option<(String, 
 
 /// Runs kubectl with `input` on stdin.
 pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(&cp.kubectl)
-        .args(args)
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    cp.kubectl_stdin(args, input)
 }
