@@ -65,6 +65,20 @@ fn kubectl_stdin(cp: &ControlPlane, verb: &str, object: &Value) -> std::process:
     cp.kubectl_stdin(&[verb, "-f", "-"], &object.to_string())
 }
 
+/// Creates the case's object, or, for an update case, creates the old object and replaces it.
+fn submit(cp: &ControlPlane, case: &Case) -> std::process::Output {
+    if let Some(old) = &case.old {
+        let out = kubectl_stdin(cp, "create", old);
+        assert!(
+            out.status.success(),
+            "{}: creating the old object: {}",
+            case.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    kubectl_stdin(cp, if case.old.is_some() { "replace" } else { "create" }, &case.object)
+}
+
 fn delete(cp: &ControlPlane, object: &Value) {
     let kind = object["kind"].as_str().unwrap().to_lowercase();
     let name = object["metadata"]["name"].as_str().unwrap();
@@ -79,16 +93,7 @@ async fn api_server_rejects_invalid_objects_naming_the_field() {
 
     let mut failures = Vec::new();
     for case in cases("valid.yaml") {
-        if let Some(old) = &case.old {
-            let out = kubectl_stdin(&cp, "create", old);
-            assert!(
-                out.status.success(),
-                "{}: creating the old object: {}",
-                case.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let out = kubectl_stdin(&cp, if case.old.is_some() { "replace" } else { "create" }, &case.object);
+        let out = submit(&cp, &case);
         if !out.status.success() {
             failures.push(format!("{}: rejected: {}", case.name, String::from_utf8_lossy(&out.stderr)));
         }
@@ -99,16 +104,7 @@ async fn api_server_rejects_invalid_objects_naming_the_field() {
     assert!(table.len() >= 15);
     for case in &table {
         let field = case.field.as_deref().unwrap();
-        if let Some(old) = &case.old {
-            let out = kubectl_stdin(&cp, "create", old);
-            assert!(
-                out.status.success(),
-                "{}: creating the old object: {}",
-                case.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let out = kubectl_stdin(&cp, if case.old.is_some() { "replace" } else { "create" }, &case.object);
+        let out = submit(&cp, case);
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
             failures.push(format!("{}: accepted, expected an error on {field}", case.name));

@@ -420,13 +420,18 @@ fn status_if_changed(h: &mut HostPod, node: &LabNode) -> Option<Value> {
         return None;
     }
     h.last_status = status.clone();
-    // Transition times are set when a status is reported, like a kubelet does.
+    stamp_reported(&mut status);
+    Some(status)
+}
+
+/// Sets the times of a status being reported, as a kubelet does: start time and condition transitions.
+/// (They stay out of the copy a change is detected on, or every status would differ.)
+fn stamp_reported(status: &mut Value) {
     let t = now();
     status["startTime"] = json!(t);
     for c in status["conditions"].as_array_mut().into_iter().flatten() {
         c["lastTransitionTime"] = json!(t);
     }
-    Some(status)
 }
 
 /// One step of a pod wired by CNI; returns its status when it changed.
@@ -482,11 +487,7 @@ async fn step_sandbox(node: &LabNode, pod: &Pod, s: &mut SandboxPod) -> Option<V
         return None;
     }
     s.last_status = status.clone();
-    let t = now();
-    status["startTime"] = json!(t);
-    for c in status["conditions"].as_array_mut().into_iter().flatten() {
-        c["lastTransitionTime"] = json!(t);
-    }
+    stamp_reported(&mut status);
     status["containerStatuses"] = json!(containers);
     Some(status)
 }
