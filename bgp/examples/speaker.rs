@@ -7,7 +7,8 @@
 //! ```json
 //! {"router_id": "10.0.0.1", "asn": 65001, "listen": "10.0.0.1:179",
 //!  "cluster_id": null, "graceful_restart": {"restart_time": 120, "restarting": false},
-//!  "peers": [{"address": "10.0.0.2", "asn": 65002, "password": "secret"}],
+//!  "peers": [{"address": "10.0.0.2", "asn": 65002, "password": "secret",
+//!             "keepalive_time": 10, "restart_time": 60}],
 //!  "originate": ["10.100.0.0/24"], "print_routes": true, "count_interval_ms": 0}
 //! ```
 
@@ -67,6 +68,8 @@ struct Peer {
     rr_client: bool,
     families: Option<Vec<String>>,
     hold_time: Option<u16>,
+    keepalive_time: Option<u16>,
+    restart_time: Option<u16>,
     #[serde(default)]
     next_hop_self: bool,
     next_hop_v4: Option<Ipv4Addr>,
@@ -146,6 +149,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pc.families = f.iter().map(|s| family(s)).collect::<Result<_, _>>()?;
         }
         pc.hold_time = p.hold_time;
+        pc.keepalive_time = p.keepalive_time;
+        pc.restart_time = p.restart_time;
         pc.next_hop_self = p.next_hop_self;
         pc.next_hop_v4 = p.next_hop_v4;
         pc.next_hop_v6 = p.next_hop_v6;

@@ -61,7 +61,7 @@ impl SpeakerConfig {
 }
 
 /// Configuration of one peer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     /// Peer address.
     pub address: IpAddr,
@@ -83,6 +83,12 @@ pub struct PeerConfig {
     pub families: Vec<Family>,
     /// Hold time for this peer, overriding the speaker's.
     pub hold_time: Option<u16>,
+    /// Seconds between KEEPALIVEs to this peer (default: a third of the negotiated hold time, and
+    /// never more than that).
+    pub keepalive_time: Option<u16>,
+    /// Graceful-restart time advertised to this peer (how long it keeps our routes while we
+    /// restart), overriding [`GracefulRestartConfig::restart_time`].
+    pub restart_time: Option<u16>,
     /// Set ourselves as next hop also towards this iBGP peer (always done for eBGP).
     pub next_hop_self: bool,
     /// IPv4 next hop for IPv4 routes when the session runs over IPv6.
@@ -105,6 +111,8 @@ impl PeerConfig {
             rr_client: false,
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
             hold_time: None,
+            keepalive_time: None,
+            restart_time: None,
             next_hop_self: false,
             next_hop_v4: None,
             next_hop_v6: None,

@@ -22,6 +22,6 @@ pub use config::{GracefulRestartConfig, PeerConfig, SpeakerConfig};
 pub use message::*;
 pub use policy::{AcceptAll, PeerInfo, Policy};
 pub use rib::{PeerId, RouteAttrs};
-pub use speaker::{RibEvent, RouteEntry, Speaker};
+pub use speaker::{PeerError, RibEvent, RouteEntry, Speaker};
 pub use status::{PeerStatus, State};
 pub use types::*;

@@ -1,6 +1,7 @@
 //! One BGP session per peer: the RFC 4271 §8 state machine on a single tokio task, with hold,
 //! keepalive and connect-retry timers and connection collision detection (§6.8).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,11 @@ use crate::types::{Family, SAFI_UNICAST};
 const LARGE_HOLD: Duration = Duration::from_secs(240);
 /// Bytes of pending output above which the session stops taking more from the RIB.
 const OUT_HIGH_WATER: usize = 1 << 20;
+/// Cease subcode "Peer De-configured" (RFC 4486), sent when the peer is removed from the speaker.
+const CEASE_DECONFIGURED: u8 = 3;
+
+/// Per-peer status shared by the sessions, the RIB task and the handle, keyed by peer ID.
+pub(crate) type StatusMap = Arc<Mutex<BTreeMap<PeerId, PeerStatus>>>;
 
 /// What a session tells the RIB task.
 #[derive(Debug)]
@@ -36,6 +42,10 @@ pub(crate) enum RibMsg {
     Down { peer: PeerId, graceful: bool },
     /// ROUTE-REFRESH for a family.
     Refresh { peer: PeerId, family: Family },
+    /// A peer was configured (sent by the handle before its session starts).
+    Add { peer: PeerId, cfg: Box<PeerConfig> },
+    /// A peer was de-configured: drop its routes and state.
+    Remove { peer: PeerId },
 }
 
 /// What was negotiated for an Established session.
@@ -142,8 +152,10 @@ pub(crate) struct Session {
     pub id: PeerId,
     pub cfg: PeerConfig,
     pub spk: Arc<SpeakerConfig>,
-    pub status: Arc<Mutex<Vec<PeerStatus>>>,
+    pub status: StatusMap,
     pub rib: mpsc::Sender<RibMsg>,
+    /// Connections the listener accepted from this peer; closed when the peer is removed, which
+    /// ends the session (with Cease/Peer De-configured if it is up).
     pub incoming: mpsc::Receiver<TcpStream>,
     /// Set R bit in the first OPEN (this speaker restarted).
     pub restarting: bool,
@@ -151,25 +163,27 @@ pub(crate) struct Session {
 
 impl Session {
     fn set_state(&self, s: State) {
-        if let Ok(mut st) = self.status.lock() {
-            let p = &mut st[self.id as usize - 1];
-            if p.state != s {
-                p.state = s;
-                p.since = SystemTime::now();
-                if s == State::Established {
-                    p.established_at = Some(Instant::now());
-                    p.established_count += 1;
-                } else {
-                    p.established_at = None;
-                }
+        if let Ok(mut st) = self.status.lock()
+            && let Some(p) = st.get_mut(&self.id)
+            && p.state != s
+        {
+            p.state = s;
+            p.since = SystemTime::now();
+            if s == State::Established {
+                p.established_at = Some(Instant::now());
+                p.established_count += 1;
+            } else {
+                p.established_at = None;
             }
         }
     }
 
     fn set_error(&self, e: &SessErr) {
         tracing::info!(peer = %self.cfg.address, error = %e, "session ended");
-        if let Ok(mut st) = self.status.lock() {
-            st[self.id as usize - 1].last_error = Some(e.to_string());
+        if let Ok(mut st) = self.status.lock()
+            && let Some(p) = st.get_mut(&self.id)
+        {
+            p.last_error = Some(e.to_string());
         }
     }
 
@@ -196,7 +210,7 @@ impl Session {
             caps.push(Capability::GracefulRestart(GracefulRestart {
                 restarting: self.restarting,
                 notification: false,
-                restart_time: gr.restart_time.min(0x0fff),
+                restart_time: self.cfg.restart_time.unwrap_or(gr.restart_time).min(0x0fff),
                 families: self.cfg.families.iter().map(|f| (f.afi_safi().0, SAFI_UNICAST, true)).collect(),
             }));
         }
@@ -361,7 +375,9 @@ impl Session {
                     return Err(conn.notify(Notification::new(code::HOLD_TIMER, 0)).await);
                 }
                 s = self.incoming.recv() => {
-                    let Some(s) = s else { return Err(SessErr::Closed) };
+                    let Some(s) = s else {
+                        return Err(conn.notify(Notification::new(code::CEASE, CEASE_DECONFIGURED)).await);
+                    };
                     self.prepare_inbound(&s);
                     if let Some((new, o)) = self.collide(&conn, s).await {
                         let _ = conn.notify(Notification::new(code::CEASE, 7)).await;
@@ -411,7 +427,7 @@ impl Session {
         let Conn { mut r, mut w, local, .. } = conn;
         let hold = open.hold_time.min(self.hold_time());
         let hold_d = Duration::from_secs(hold.into());
-        let keepalive_d = Duration::from_secs((hold / 3).max(1).into());
+        let keepalive_d = Duration::from_secs(keepalive_secs(hold, self.cfg.keepalive_time).into());
         let ours = self.cfg.families.clone();
         let families: Vec<Family> = open.families().into_iter().filter(|f| ours.contains(f)).collect();
         let peer_gr = open.graceful_restart().is_some();
@@ -481,7 +497,9 @@ impl Session {
                     return notify_w(&mut w, Notification::new(code::HOLD_TIMER, 0), r.ctx).await;
                 }
                 s = self.incoming.recv() => {
-                    let Some(s) = s else { return SessErr::Closed };
+                    let Some(s) = s else {
+                        return notify_w(&mut w, Notification::new(code::CEASE, CEASE_DECONFIGURED), r.ctx).await;
+                    };
                     if peer_gr {
                         // RFC 4724 §4.2: a new connection from a restarting peer ends the old one.
                         return SessErr::PeerRestart(s);
@@ -493,6 +511,13 @@ impl Session {
             }
         }
     }
+}
+
+/// Seconds between KEEPALIVEs for a negotiated `hold` time: the configured interval, but never more
+/// than a third of the hold time (RFC 4271 §10), which is also the default.
+pub(crate) fn keepalive_secs(hold: u16, configured: Option<u16>) -> u16 {
+    let third = (hold / 3).max(1);
+    configured.filter(|k| *k > 0).map_or(third, |k| k.min(third))
 }
 
 /// Sends a NOTIFICATION on a write half (best effort, bounded in time).

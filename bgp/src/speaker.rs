@@ -1,10 +1,14 @@
 //! The speaker: a listener task, one session task per peer and one RIB task that owns the
 //! routing tables, applies policy and sends UPDATEs; plus the handle the agent uses.
+//!
+//! Peers can be added, removed and changed while the speaker runs ([`Speaker::add_peer`],
+//! [`Speaker::remove_peer`], [`Speaker::update_peer`]): only the affected peer's session starts
+//! or ends; every other session and the RIB carry on untouched.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +24,7 @@ use crate::hash::FastMap;
 use crate::message::{GracefulRestart, Message, TreatAsWithdraw, Update};
 use crate::policy::{self, Local, PeerInfo, Policy};
 use crate::rib::{AdjRibOut, LOCAL, PeerId, Rib, RouteAttrs};
-use crate::session::{RibMsg, Session, SessionInfo};
+use crate::session::{RibMsg, Session, SessionInfo, StatusMap};
 use crate::socket;
 use crate::status::PeerStatus;
 use crate::types::{Family, Prefix};
@@ -54,12 +58,46 @@ enum Cmd {
     Subscribe(mpsc::UnboundedSender<Vec<RibEvent>>),
 }
 
+/// Errors of the live peer operations.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// A peer with this address is already configured.
+    #[error("peer {0} already configured")]
+    Exists(IpAddr),
+    /// Setting the peer's MD5 key or TTL on the listening socket failed.
+    #[error("listener socket options for peer {0}: {1}")]
+    Socket(IpAddr, io::Error),
+    /// The speaker's tasks have stopped.
+    #[error("speaker stopped")]
+    Stopped,
+}
+
+/// A running session: its ID, configuration, the sender the listener hands its connections to
+/// (dropping it ends the session) and its task.
+struct SessionHandle {
+    id: PeerId,
+    cfg: PeerConfig,
+    incoming: mpsc::Sender<TcpStream>,
+    task: JoinHandle<()>,
+}
+
+/// Peer address → where the listener sends a connection from it.
+type Incoming = Arc<Mutex<HashMap<IpAddr, mpsc::Sender<TcpStream>>>>;
+
 /// Handle to a running speaker. Dropping it stops all its tasks.
 pub struct Speaker {
+    cfg: Arc<SpeakerConfig>,
     cmd: mpsc::Sender<Cmd>,
-    status: Arc<Mutex<Vec<PeerStatus>>>,
+    rib: mpsc::Sender<RibMsg>,
+    status: StatusMap,
     counts: Arc<[AtomicUsize; 2]>,
     local_addr: Option<std::net::SocketAddr>,
+    listener: Option<Arc<TcpListener>>,
+    incoming: Incoming,
+    /// Running sessions by peer address. Only the handle's (serialised) peer operations change it.
+    sessions: tokio::sync::Mutex<BTreeMap<IpAddr, SessionHandle>>,
+    /// IDs are never reused, so late messages of a removed session cannot touch its successor.
+    next_id: AtomicU32,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -67,6 +105,9 @@ impl Drop for Speaker {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        for s in self.sessions.get_mut().values() {
+            s.task.abort();
         }
     }
 }
@@ -78,40 +119,19 @@ impl Speaker {
     /// restart R bit in the first OPEN to each peer.
     pub async fn start(cfg: SpeakerConfig, policy: Arc<dyn Policy>) -> io::Result<Speaker> {
         let cfg = Arc::new(cfg);
-        let status =
-            Arc::new(Mutex::new(cfg.peers.iter().map(|p| PeerStatus::new(p.address, p.asn)).collect::<Vec<_>>()));
+        let status: StatusMap = Arc::default();
         let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
         let (rib_tx, rib_rx) = mpsc::channel::<RibMsg>(256);
         let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(64);
         let mut tasks = Vec::new();
-        let mut incoming = HashMap::new();
-        let restarting = cfg.graceful_restart.as_ref().is_some_and(|g| g.restarting);
-        for (i, p) in cfg.peers.iter().enumerate() {
-            let (tx, rx) = mpsc::channel::<TcpStream>(4);
-            incoming.insert(p.address, tx);
-            let s = Session {
-                id: i as PeerId + 1,
-                cfg: p.clone(),
-                spk: cfg.clone(),
-                status: status.clone(),
-                rib: rib_tx.clone(),
-                incoming: rx,
-                restarting,
-            };
-            tasks.push(tokio::spawn(s.run()));
-        }
+        let incoming: Incoming = Arc::default();
+        let mut listener = None;
         let mut local_addr = None;
         if let Some(addr) = cfg.listen {
-            let l = socket::listen(addr)?;
-            for p in cfg.peers.iter().filter(|p| p.password.is_some()) {
-                socket::set_md5(&l, p.address, p.password.as_deref())?;
-            }
-            if cfg.peers.iter().any(|p| p.ttl_security.is_some()) {
-                // GTSM peers check the TTL of our SYN-ACK too.
-                socket::set_ttl_max(&l, addr.is_ipv6())?;
-            }
+            let l = Arc::new(socket::listen(addr)?);
             local_addr = Some(l.local_addr()?);
-            tasks.push(tokio::spawn(accept_loop(l, incoming)));
+            tasks.push(tokio::spawn(accept_loop(l.clone(), incoming.clone())));
+            listener = Some(l);
         }
         let mut rib = Rib::new();
         rib.set_source(
@@ -121,11 +141,7 @@ impl Speaker {
         let task = RibTask {
             local: Local { asn: cfg.asn, router_id: cfg.router_id, cluster_id: cfg.cluster_id },
             max_restart: cfg.graceful_restart.as_ref().map_or(120, |g| g.max_restart_time),
-            peers: cfg
-                .peers
-                .iter()
-                .map(|c| Slot { cfg: c.clone(), up: None, last_info: None, peer_gr: None, stale_until: None })
-                .collect(),
+            peers: BTreeMap::new(),
             rib,
             policy,
             status: status.clone(),
@@ -133,7 +149,130 @@ impl Speaker {
             subs: Vec::new(),
         };
         tasks.push(tokio::spawn(task.run(rib_rx, cmd_rx)));
-        Ok(Speaker { cmd: cmd_tx, status, counts, local_addr, tasks })
+        let sp = Speaker {
+            cfg: cfg.clone(),
+            cmd: cmd_tx,
+            rib: rib_tx,
+            status,
+            counts,
+            local_addr,
+            listener,
+            incoming,
+            sessions: tokio::sync::Mutex::new(BTreeMap::new()),
+            next_id: AtomicU32::new(1),
+            tasks,
+        };
+        let restarting = cfg.graceful_restart.as_ref().is_some_and(|g| g.restarting);
+        for p in &cfg.peers {
+            sp.spawn_peer(p.clone(), restarting).await.map_err(|e| match e {
+                PeerError::Socket(_, e) => e,
+                e => io::Error::other(e.to_string()),
+            })?;
+        }
+        Ok(sp)
+    }
+
+    /// Adds a peer to the running speaker; no other session is touched. Its first OPEN does not
+    /// carry the Restart State bit (this speaker did not restart for it).
+    pub async fn add_peer(&self, cfg: PeerConfig) -> Result<(), PeerError> {
+        self.spawn_peer(cfg, false).await
+    }
+
+    /// Removes a peer: its session ends (Cease/Peer De-configured if it was up) and its routes are
+    /// withdrawn. False if no such peer was configured.
+    pub async fn remove_peer(&self, address: IpAddr) -> bool {
+        let mut sessions = self.sessions.lock().await;
+        let Some(h) = sessions.remove(&address) else { return false };
+        drop(sessions);
+        self.retire(h).await;
+        true
+    }
+
+    /// Replaces a peer's configuration. Only that session restarts, and only when something changed
+    /// (password, timers, AS, ...); returns whether it did. A peer not yet configured is added.
+    pub async fn update_peer(&self, cfg: PeerConfig) -> Result<bool, PeerError> {
+        let mut sessions = self.sessions.lock().await;
+        match sessions.get(&cfg.address) {
+            Some(h) if h.cfg == cfg => return Ok(false),
+            Some(_) => {
+                // Invariant: the entry was just found under the same lock.
+                let h = sessions.remove(&cfg.address).expect("session present");
+                drop(sessions);
+                self.retire(h).await;
+            }
+            None => drop(sessions),
+        }
+        self.spawn_peer(cfg, false).await?;
+        Ok(true)
+    }
+
+    /// The configuration of every peer, by address.
+    pub async fn peer_configs(&self) -> Vec<PeerConfig> {
+        self.sessions.lock().await.values().map(|h| h.cfg.clone()).collect()
+    }
+
+    async fn spawn_peer(&self, cfg: PeerConfig, restarting: bool) -> Result<(), PeerError> {
+        let mut sessions = self.sessions.lock().await;
+        if sessions.contains_key(&cfg.address) {
+            return Err(PeerError::Exists(cfg.address));
+        }
+        if let Some(l) = &self.listener {
+            if cfg.password.is_some() {
+                socket::set_md5(&**l, cfg.address, cfg.password.as_deref())
+                    .map_err(|e| PeerError::Socket(cfg.address, e))?;
+            }
+            if cfg.ttl_security.is_some() {
+                // GTSM peers check the TTL of our SYN-ACK too.
+                socket::set_ttl_max(&**l, self.local_addr.is_some_and(|a| a.is_ipv6()))
+                    .map_err(|e| PeerError::Socket(cfg.address, e))?;
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut st) = self.status.lock() {
+            st.insert(id, PeerStatus::new(cfg.address, cfg.asn));
+        }
+        // The RIB learns of the peer before its session can report anything (one ordered channel).
+        self.rib.send(RibMsg::Add { peer: id, cfg: Box::new(cfg.clone()) }).await.map_err(|_| PeerError::Stopped)?;
+        let (tx, rx) = mpsc::channel::<TcpStream>(4);
+        if let Ok(mut inc) = self.incoming.lock() {
+            inc.insert(cfg.address, tx.clone());
+        }
+        let s = Session {
+            id,
+            cfg: cfg.clone(),
+            spk: self.cfg.clone(),
+            status: self.status.clone(),
+            rib: self.rib.clone(),
+            incoming: rx,
+            restarting,
+        };
+        let task = tokio::spawn(s.run());
+        sessions.insert(cfg.address, SessionHandle { id, cfg, incoming: tx, task });
+        Ok(())
+    }
+
+    /// Ends a removed peer's session and drops its state.
+    async fn retire(&self, h: SessionHandle) {
+        let SessionHandle { id, cfg, incoming, task } = h;
+        if let Ok(mut inc) = self.incoming.lock() {
+            inc.remove(&cfg.address);
+        }
+        // The session sees its connection channel close, says Cease/Peer De-configured if it was
+        // up, and ends; wait a little for that NOTIFICATION, then make sure.
+        drop(incoming);
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(3), task).await.is_err() {
+            abort.abort();
+        }
+        if cfg.password.is_some()
+            && let Some(l) = &self.listener
+        {
+            let _ = socket::set_md5(&**l, cfg.address, None);
+        }
+        if let Ok(mut st) = self.status.lock() {
+            st.remove(&id);
+        }
+        let _ = self.rib.send(RibMsg::Remove { peer: id }).await;
     }
 
     /// Address the listener is bound to.
@@ -141,9 +280,9 @@ impl Speaker {
         self.local_addr
     }
 
-    /// State of every configured peer.
+    /// State of every configured peer, in the order they were added.
     pub fn peers(&self) -> Vec<PeerStatus> {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        self.status.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Number of prefixes in the Loc-RIB of `family` (lock-free).
@@ -178,7 +317,7 @@ impl Speaker {
     }
 }
 
-async fn accept_loop(l: TcpListener, incoming: HashMap<IpAddr, mpsc::Sender<TcpStream>>) {
+async fn accept_loop(l: Arc<TcpListener>, incoming: Incoming) {
     loop {
         let (s, addr) = match l.accept().await {
             Ok(x) => x,
@@ -188,7 +327,8 @@ async fn accept_loop(l: TcpListener, incoming: HashMap<IpAddr, mpsc::Sender<TcpS
                 continue;
             }
         };
-        match incoming.get(&addr.ip().to_canonical()) {
+        let tx = incoming.lock().ok().and_then(|m| m.get(&addr.ip().to_canonical()).cloned());
+        match tx {
             Some(tx) => {
                 if tx.try_send(s).is_err() {
                     tracing::warn!(peer = %addr, "session busy, dropping connection");
@@ -218,22 +358,18 @@ struct Slot {
 struct RibTask {
     local: Local,
     max_restart: u16,
-    peers: Vec<Slot>,
+    peers: BTreeMap<PeerId, Slot>,
     rib: Rib,
     policy: Arc<dyn Policy>,
-    status: Arc<Mutex<Vec<PeerStatus>>>,
+    status: StatusMap,
     counts: Arc<[AtomicUsize; 2]>,
     subs: Vec<mpsc::UnboundedSender<Vec<RibEvent>>>,
-}
-
-fn idx(peer: PeerId) -> usize {
-    peer as usize - 1
 }
 
 impl RibTask {
     async fn run(mut self, mut rx: mpsc::Receiver<RibMsg>, mut cmd: mpsc::Receiver<Cmd>) {
         loop {
-            let next_stale = self.peers.iter().filter_map(|s| s.stale_until).min();
+            let next_stale = self.peers.values().filter_map(|s| s.stale_until).min();
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => self.on_msg(m),
@@ -245,16 +381,17 @@ impl RibTask {
                 },
                 _ = tokio::time::sleep_until(next_stale.unwrap_or_else(Instant::now)), if next_stale.is_some() => {
                     let now = Instant::now();
-                    for i in 0..self.peers.len() {
-                        if self.peers[i].stale_until.is_some_and(|t| t <= now) {
-                            self.peers[i].stale_until = None;
-                            tracing::info!(peer = %self.peers[i].cfg.address, "restart timer expired, removing stale routes");
-                            let mut changed = Vec::new();
-                            for f in Family::ALL {
-                                changed.extend(self.rib.sweep(i as PeerId + 1, f, true));
-                            }
-                            self.propagate(&changed);
+                    let expired: Vec<PeerId> =
+                        self.peers.iter().filter(|(_, s)| s.stale_until.is_some_and(|t| t <= now)).map(|(id, _)| *id).collect();
+                    for id in expired {
+                        let Some(slot) = self.peers.get_mut(&id) else { continue };
+                        slot.stale_until = None;
+                        tracing::info!(peer = %slot.cfg.address, "restart timer expired, removing stale routes");
+                        let mut changed = Vec::new();
+                        for f in Family::ALL {
+                            changed.extend(self.rib.sweep(id, f, true));
                         }
+                        self.propagate(&changed);
                     }
                 }
             }
@@ -275,7 +412,7 @@ impl RibTask {
                 }
             }
             Cmd::Routes(f, tx) => {
-                let addr = |id: PeerId| (id != LOCAL).then(|| self.peers[idx(id)].cfg.address);
+                let addr = |id: PeerId| self.peers.get(&id).map(|s| s.cfg.address);
                 let v = self
                     .rib
                     .iter_best(f)
@@ -298,11 +435,29 @@ impl RibTask {
             RibMsg::Update { peer, update } => self.on_update(peer, *update),
             RibMsg::Down { peer, graceful } => self.on_down(peer, graceful),
             RibMsg::Refresh { peer, family } => self.full_export(peer, family, false),
+            RibMsg::Add { peer, cfg } => {
+                self.peers
+                    .insert(peer, Slot { cfg: *cfg, up: None, last_info: None, peer_gr: None, stale_until: None });
+            }
+            RibMsg::Remove { peer } => self.on_remove(peer),
         }
     }
 
+    /// A de-configured peer: its routes go now (no graceful restart for a peer that is gone).
+    fn on_remove(&mut self, peer: PeerId) {
+        if self.peers.remove(&peer).is_none() {
+            return;
+        }
+        let mut changed = Vec::new();
+        for f in Family::ALL {
+            changed.extend(self.rib.sweep(peer, f, false));
+        }
+        tracing::info!(peer, withdrawn = changed.len(), "peer removed");
+        self.propagate(&changed);
+    }
+
     fn on_up(&mut self, peer: PeerId, s: SessionInfo, out: mpsc::UnboundedSender<Vec<u8>>) {
-        let slot = &mut self.peers[idx(peer)];
+        let Some(slot) = self.peers.get_mut(&peer) else { return };
         let asn = s.open.asn();
         let ebgp = asn != self.local.asn;
         let info = PeerInfo {
@@ -351,7 +506,7 @@ impl RibTask {
 
     fn on_down(&mut self, peer: PeerId, graceful: bool) {
         let max_restart = self.max_restart;
-        let slot = &mut self.peers[idx(peer)];
+        let Some(slot) = self.peers.get_mut(&peer) else { return };
         slot.up = None;
         let mut changed = Vec::new();
         let gr = slot.peer_gr.clone().filter(|_| graceful);
@@ -381,15 +536,15 @@ impl RibTask {
     }
 
     fn on_update(&mut self, peer: PeerId, mut u: Update) {
-        let slot = &mut self.peers[idx(peer)];
+        let Some(slot) = self.peers.get_mut(&peer) else { return };
         let Some(up) = slot.up.as_ref() else { return };
         if let Some(f) = u.end_of_rib_family() {
             let changed = self.rib.sweep(peer, f, true);
             tracing::debug!(peer = %slot.cfg.address, family = %f, removed = changed.len(), "End-of-RIB");
-            if self.peers[idx(peer)].stale_until.is_some() {
+            if self.peers.get(&peer).is_some_and(|s| s.stale_until.is_some()) {
                 let any_stale = Family::ALL.iter().any(|f| self.rib.adj_in(peer, *f).iter().any(|(_, p)| p.stale));
-                if !any_stale {
-                    self.peers[idx(peer)].stale_until = None;
+                if !any_stale && let Some(s) = self.peers.get_mut(&peer) {
+                    s.stale_until = None;
                 }
             }
             self.propagate(&changed);
@@ -450,9 +605,9 @@ impl RibTask {
         self.counts[1].store(self.rib.len(Family::Ipv6Unicast), Ordering::Relaxed);
         if let Ok(mut st) = self.status.lock() {
             for p in peers {
-                let s = &mut st[idx(*p)];
+                let Some(s) = st.get_mut(p) else { continue };
                 s.prefixes_received = self.rib.count_from(*p);
-                s.prefixes_advertised = self.peers[idx(*p)].up.as_ref().map_or(0, |u| u.adj_out.len());
+                s.prefixes_advertised = self.peers.get(p).and_then(|x| x.up.as_ref()).map_or(0, |u| u.adj_out.len());
             }
         }
     }
@@ -469,8 +624,7 @@ impl RibTask {
                 let _ = s.send(ev.clone());
             }
         }
-        let ids: Vec<PeerId> =
-            (0..self.peers.len()).filter(|i| self.peers[*i].up.is_some()).map(|i| i as PeerId + 1).collect();
+        let ids: Vec<PeerId> = self.peers.iter().filter(|(_, s)| s.up.is_some()).map(|(id, _)| *id).collect();
         for id in &ids {
             self.export_to(*id, changed.iter().copied(), false);
         }
@@ -481,7 +635,7 @@ impl RibTask {
     fn full_export(&mut self, peer: PeerId, family: Family, end_of_rib: bool) {
         let prefixes: Vec<Prefix> = self.rib.iter_best(family).map(|(p, _)| p).collect();
         self.export_to(peer, prefixes.into_iter(), true);
-        if end_of_rib && let Some(up) = &self.peers[idx(peer)].up {
+        if end_of_rib && let Some(up) = self.peers.get(&peer).and_then(|s| s.up.as_ref()) {
             let mut buf = Vec::new();
             if codec::encode(&Message::Update(Update::end_of_rib(family)), &up.ctx, &mut buf).is_ok() {
                 let _ = up.out.send(buf);
@@ -492,7 +646,7 @@ impl RibTask {
 
     fn export_to(&mut self, to: PeerId, prefixes: impl Iterator<Item = Prefix>, force: bool) {
         let RibTask { local, peers, rib, policy, .. } = self;
-        let Some(up) = peers[idx(to)].up.as_ref() else { return };
+        let Some(up) = peers.get(&to).and_then(|s| s.up.as_ref()) else { return };
         let to_info = up.info.clone();
         let families = up.families.clone();
         // Export results depend only on (attributes, source): compute each once per batch.
@@ -510,7 +664,7 @@ impl RibTask {
                 let exported = memo
                     .entry(key)
                     .or_insert_with(|| {
-                        let from_info = if from == LOCAL { None } else { peers[idx(from)].last_info.as_ref() };
+                        let from_info = peers.get(&from).and_then(|s| s.last_info.as_ref());
                         policy::export(&ra, f, from_info, &to_info, local).map(|a| rib.intern(a))
                     })
                     .clone();
@@ -518,7 +672,7 @@ impl RibTask {
             });
             decided.push((p, out));
         }
-        let Some(up) = peers[idx(to)].up.as_mut() else { return };
+        let Some(up) = peers.get_mut(&to).and_then(|s| s.up.as_mut()) else { return };
         for (p, out) in decided {
             match out {
                 Some(a) => {

@@ -484,3 +484,31 @@ fn we_keep_bird_routes_while_bird_restarts() {
         || lab.tabby.output(),
     );
 }
+
+#[test]
+fn gobgp_sees_per_peer_keepalive_and_restart_time() {
+    if !lab_available("gobgp_sees_per_peer_keepalive_and_restart_time", &["gobgpd", "gobgp"]) {
+        return;
+    }
+    let t = Netns::new("t");
+    let g = Netns::new("g");
+    link(&t, &["10.77.9.1/24"], &g, &["10.77.9.2/24"]);
+    let gobgp = GoBgp::start(&g, &gobgp_config(4_200_000_009, "10.77.9.2", "10.77.9.1", TABBY_AS));
+    // Hold 9 s would mean a KEEPALIVE every 3 s; the peer's own keepalive_time asks for one a second.
+    let gr = r#", "graceful_restart": {"restart_time": 120}"#;
+    let peer = r#", "keepalive_time": 1, "restart_time": 33"#;
+    let tabby = Tabby::start(&t, &tabby_config("10.77.9.1", "10.77.9.2", 4_200_000_009, "fd77:9::1", peer, gr));
+    wait_until("GoBGP session Established", 40, || gobgp.established("10.77.9.1") && tabby.established("10.77.9.2"));
+    let keepalives = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&gobgp.cli(&["neighbor", "10.77.9.1", "-j"])).unwrap_or(serde_json::Value::Null);
+        v["state"]["messages"]["received"]["keepalive"].as_u64().unwrap_or(0)
+    };
+    let before = keepalives();
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let got = keepalives() - before;
+    assert!((5..=8).contains(&got), "{got} KEEPALIVEs in 6 s (want about 6; 2 would be hold/3)");
+    let text = gobgp.cli(&["neighbor", "10.77.9.1"]);
+    let remote = text.split("Remote:").nth(1).unwrap_or("").to_lowercase();
+    assert!(remote.contains("restart time 33"), "GoBGP should see our restart time 33 s:\n{text}");
+}

@@ -209,3 +209,47 @@ async fn both_sides_active_collision_leaves_one_stable_session() {
     assert_eq!(a.peers()[0].established_count, 1, "no flapping: {:?}", a.peers()[0]);
     assert_eq!(b.peers()[0].established_count, 1, "no flapping: {:?}", b.peers()[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_added_changed_and_removed_live_touch_only_their_session() {
+    // Hub A (AS 65071) starts with only B; C joins, changes its keepalive, and leaves, while A's
+    // session with B stays up the whole time.
+    let a = listener(1, 65071, "127.0.0.71", vec![passive("127.0.0.72", 65072)], |_| {}).await;
+    let hub = a.listen_addr().unwrap();
+    let b = listener(2, 65072, "127.0.0.72", vec![active(hub, "127.0.0.72", 65071)], |_| {}).await;
+    let c = listener(3, 65073, "127.0.0.73", vec![active(hub, "127.0.0.73", 65071)], |_| {}).await;
+    wait_for("A-B established", 10, async || established(&a, 1) && established(&b, 1)).await;
+    let b_since = b.peers()[0].since;
+    c.originate(pfx("10.73.0.0/16"), None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!established(&c, 1), "A does not know C yet: {:?}", c.peers());
+
+    a.add_peer(passive("127.0.0.73", 65073)).await.unwrap();
+    assert!(matches!(a.add_peer(passive("127.0.0.73", 65073)).await, Err(PeerError::Exists(_))));
+    wait_for("A-C established", 10, async || established(&a, 2) && established(&c, 1)).await;
+    wait_for("B learns C's route through A", 10, async || route(&b, "10.73.0.0/16").await.is_some()).await;
+
+    // Same configuration: nothing restarts. A new keepalive: only C's session restarts.
+    assert!(!a.update_peer(passive("127.0.0.73", 65073)).await.unwrap());
+    let mut changed = passive("127.0.0.73", 65073);
+    changed.keepalive_time = Some(1);
+    assert!(a.update_peer(changed).await.unwrap());
+    wait_for("C re-established", 15, async || c.peers()[0].established_count == 2 && established(&c, 1)).await;
+    wait_for("A has both again", 10, async || established(&a, 2)).await;
+    assert_eq!(a.peer_configs().await.iter().find(|p| p.address == ip("127.0.0.73")).unwrap().keepalive_time, Some(1));
+
+    assert!(a.remove_peer(ip("127.0.0.73")).await);
+    assert!(!a.remove_peer(ip("127.0.0.73")).await);
+    wait_for("C's session ended with Cease/Peer De-configured", 10, async || {
+        c.peers()[0].last_error.as_deref().is_some_and(|e| e.contains("(6/3)"))
+    })
+    .await;
+    wait_for("C's route withdrawn from B", 10, async || route(&b, "10.73.0.0/16").await.is_none()).await;
+    assert_eq!(a.peers().len(), 1);
+
+    // B never noticed any of it.
+    assert!(established(&b, 1) && established(&a, 1));
+    assert_eq!(b.peers()[0].established_count, 1, "{:?}", b.peers()[0]);
+    assert_eq!(b.peers()[0].since, b_since);
+    assert_eq!(a.peers()[0].established_count, 1, "{:?}", a.peers()[0]);
+}
