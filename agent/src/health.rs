@@ -17,6 +17,7 @@ pub async fn serve(
 ) -> Result<SocketAddr, tabby_obs::ServeError> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    crate::metrics::register(&mut registry);
     let addr = SocketAddr::from(([0, 0, 0, 0], cfg.health_port));
     let (bound, server) = tabby_obs::serve(addr, health, Arc::new(registry)).await?;
     tokio::spawn(server);

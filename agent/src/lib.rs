@@ -5,13 +5,15 @@
 //! - [`cniserver`]: the unix socket the `tabby` CNI plugin asks for addresses;
 //! - [`installcni`]: the init container that installs the plugin and its conflist;
 //! - [`config`]: settings from the operator's environment ([`tabby_api::agentenv`]);
-//! - [`health`]: liveness, readiness and metrics through tabby-obs.
+//! - [`health`]: liveness, readiness and metrics through tabby-obs;
+//! - [`metrics`]: the agent's Prometheus metrics (reconciles, BGP peers, routes, IPAM).
 
 pub mod cniserver;
 pub mod config;
 pub mod health;
 pub mod installcni;
 pub mod ipam;
+pub mod metrics;
 // Issue 7: the node's network (routes, BGP, VXLAN, NAT, status, cleanup).
 pub mod bgpmesh;
 pub mod cleanup;
@@ -66,6 +68,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     if let Err(e) = alloc.preclaim().await {
         tracing::warn!(error = %e, "pre-claiming blocks failed; retrying on the resync");
     }
+    let counted = alloc.clone();
+    metrics::set_ipam_source(move || ipam::counts(&counted));
     let _ = shared.allocator.set(alloc.clone());
     shared.ready.store(true, std::sync::atomic::Ordering::Release);
     health.set("ipam", true, true, "serving");

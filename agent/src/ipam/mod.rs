@@ -71,6 +71,13 @@ pub async fn start_caches(client: &Client, node: &str, pools_changed: Arc<Notify
     caches
 }
 
+/// Allocations in use and blocks owned, for the metrics (copies this node's blocks: only on a scrape).
+pub fn counts(alloc: &Allocator) -> crate::metrics::IpamCounts {
+    let blocks = alloc.blocks();
+    let allocations = blocks.iter().map(|b| b.spec.allocations.iter().flatten().count() as u64).sum();
+    crate::metrics::IpamCounts { allocations, blocks: blocks.len() as u64 }
+}
+
 /// Keeps one block per eligible pool claimed: on pool events and every `resync`.
 pub async fn reconcile_blocks(alloc: Allocator, pools_changed: Arc<Notify>, resync: Duration) {
     loop {
@@ -78,7 +85,10 @@ pub async fn reconcile_blocks(alloc: Allocator, pools_changed: Arc<Notify>, resy
             _ = pools_changed.notified() => {}
             _ = tokio::time::sleep(resync) => {}
         }
-        if let Err(e) = alloc.preclaim().await {
+        let started = std::time::Instant::now();
+        let r = alloc.preclaim().await;
+        crate::metrics::reconcile_done("ipam", started.elapsed(), r.is_ok());
+        if let Err(e) = r {
             tracing::warn!(error = %e, "pre-claiming blocks failed");
         }
     }

@@ -117,8 +117,16 @@ impl Reporter {
         }
     }
 
-    /// Writes when something changed or the heartbeat is due.
+    /// Writes when something changed or the heartbeat is due; updates the metrics fed from `f` either way.
     pub async fn report(&mut self, f: &Facts) -> Result<(), kube::Error> {
+        crate::metrics::observe_status(f);
+        let started = Instant::now();
+        let r = self.write(f).await;
+        crate::metrics::reconcile_done("status", started.elapsed(), r.is_ok());
+        r
+    }
+
+    async fn write(&mut self, f: &Facts) -> Result<(), kube::Error> {
         let now = chrono_like::now();
         let trans = &mut self.transitions;
         let seen = std::cell::RefCell::new(BTreeMap::new());
