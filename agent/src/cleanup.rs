@@ -1,6 +1,8 @@
 //! `tabby-agent cleanup`: removes everything Tabby put on the node — its routes (protocol tabby), its
-//! devices (`vxlan.tabby`, pod host veths `tby…`), the nftables table, the CNI plugin binary and conflist,
-//! the route protocol name and the agent's state files — so the node is as it was before. Run by the
+//! devices (`vxlan.tabby`, pod host veths `tby…`), tunl0's address, the nftables table, the CNI plugin
+//! binary and conflist, the route protocol name and the agent's state files — so the node is as it was
+//! before. `tunl0` itself belongs to the kernel's `ipip` module and cannot be deleted: it is left down
+//! without an address. Run by the
 //! agent on SIGTERM when the Installation is being deleted (an uninstall, not a rolling update), and by
 //! hand.
 
@@ -27,6 +29,8 @@ pub enum CleanupError {
 pub struct Report {
     pub routes: usize,
     pub links: Vec<String>,
+    /// tunl0 was in service and is now down without an address (or deleted, if Tabby had added it).
+    pub tunl0_cleared: bool,
     pub nft_table: bool,
     pub files: Vec<PathBuf>,
 }
@@ -70,6 +74,7 @@ pub async fn cleanup(env: &dyn Fn(&str) -> Option<String>) -> Result<Report, Cle
             }
         }
     }
+    rep.tunl0_cleared = crate::ipip::clear_device(&k).await?;
     let names = k.links().await?;
     let all = k.routes(&names).await?;
     rep.routes = all.len();

@@ -1,8 +1,9 @@
 //! The node's network (issue 7): wires [`node`](crate::node) (address, MTU), [`routes`](crate::routes)
 //! (local, blackhole and remote routes), [`bgpmesh`](crate::bgpmesh), [`vxlan`](crate::vxlan),
-//! [`nat`](crate::nat) and [`status`](crate::status) to informer caches. One reconcile pass computes
-//! every desired state from the caches and local facts and hands it to the subsystems, each of which
-//! changes only what differs; passes run on watch events (debounced), and on a resync timer.
+//! [`ipip`](crate::ipip), [`nat`](crate::nat) and [`status`](crate::status) to informer caches. One
+//! reconcile pass computes every desired state from the caches and local facts and hands it to the
+//! subsystems, each of which changes only what differs; passes run on watch events (debounced), and on a
+//! resync timer.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -31,7 +32,7 @@ use crate::node::{self, Method};
 use crate::routes::kernel::Kernel;
 use crate::routes::{RouteTable, Source, Target};
 use crate::status::{Facts, Reporter};
-use crate::{nat, vxlan};
+use crate::{ipip, nat, vxlan};
 
 /// Seconds between full passes (default 30).
 pub const ENV_RESYNC: &str = "TABBY_ROUTE_RESYNC_SECONDS";
@@ -127,7 +128,8 @@ pub struct Network {
 }
 
 impl Network {
-    /// Starts watches, the route reconciler and the pass loop. `alloc` gives VXLAN its tunnel address.
+    /// Starts watches, the route reconciler and the pass loop. `alloc` gives VXLAN and IPIP their tunnel
+    /// addresses.
     pub async fn start(
         client: Client,
         cfg: NetConfig,
@@ -165,6 +167,7 @@ impl Network {
             reporter: Reporter::new(client.clone(), "", Duration::from_secs(60)),
             nat_last: None,
             vteps: BTreeSet::new(),
+            ipip_problem: None,
             addr_v4: None,
             addr_v6: None,
             mtu: 0,
@@ -225,7 +228,7 @@ pub fn local_routes(me: &str, blocks: &[IPAMBlock]) -> HashMap<IpNet, Target> {
                 continue;
             }
             let handle = handle_at(&b.spec, ord).unwrap_or("");
-            if handle.starts_with("vxlan-tunnel-addr-") {
+            if is_tunnel_handle(handle) {
                 continue;
             }
             let veth = match (a.secondary.get(ATTR_NAMESPACE), a.secondary.get(ATTR_POD)) {
@@ -236,6 +239,11 @@ pub fn local_routes(me: &str, blocks: &[IPAMBlock]) -> HashMap<IpNet, Target> {
         }
     }
     out
+}
+
+/// Tunnel device addresses (VXLAN, IPIP) are allocations of this node without a pod route.
+fn is_tunnel_handle(handle: &str) -> bool {
+    handle.starts_with("vxlan-tunnel-addr-") || handle.starts_with("ipip-tunnel-addr-")
 }
 
 /// Desired blackholes: the blocks this node owns.
@@ -259,6 +267,8 @@ struct Pass {
     reporter: Reporter,
     nat_last: Option<(nat::NatState, Instant)>,
     vteps: BTreeSet<vxlan::Vtep>,
+    /// Why IPIP pools cannot be served on this node (reported as RoutesReady=False).
+    ipip_problem: Option<String>,
     addr_v4: Option<IpNet>,
     addr_v6: Option<IpNet>,
     mtu: u32,
@@ -273,6 +283,7 @@ impl Pass {
         let pools: Vec<IPPool> = all(&c.pools);
         let my_node = nodes.iter().find(|n| n.metadata.name.as_deref() == Some(me.as_str())).cloned();
         let vxlan_on = vxlan::enabled(&pools);
+        let ipip_on = ipip::enabled(&pools);
 
         // Identity and MTU.
         match node::detect(&self.kernel, &self.cfg.v4, false, my_node.as_ref()).await {
@@ -289,7 +300,7 @@ impl Pass {
             self.cfg.mtu
         } else {
             let ifaces = node::interfaces(&self.kernel).await.unwrap_or_default();
-            node::pod_mtu(&ifaces, if vxlan_on { node::VXLAN_OVERHEAD_V4 } else { 0 })
+            node::pod_mtu(&ifaces, ipip::encap_overhead(vxlan_on, ipip_on))
         };
         if mtu != self.mtu {
             let p = self.cfg.state_dir.join("mtu");
@@ -305,34 +316,56 @@ impl Pass {
         ann.insert(node::ANNOTATION_V6.into(), self.addr_v6.map(|a| a.to_string()));
 
         // VXLAN device and tunnel address.
+        let vxlan_started = Instant::now();
+        let mut vxlan_ok = true;
         if vxlan_on {
-            if let (Some(IpAddr::V4(local)), Some(alloc)) = (self.addr_v4.map(|a| a.addr()), &self.alloc) {
-                let handle = vxlan::tunnel_handle(&me);
-                let mut tunnel = alloc.addresses_of(&handle).and_then(|v| v.into_iter().find(|(ip, _)| ip.is_ipv4()));
-                if tunnel.is_none() {
-                    let req = crate::ipam::allocator::AllocRequest { handle: handle.clone(), ..Default::default() };
-                    match alloc.allocate(req).await {
-                        Ok(v) => tunnel = v.into_iter().find(|(ip, _)| ip.is_ipv4()),
-                        Err(e) => tracing::warn!(error = %e, "allocating the VXLAN tunnel address"),
+            if let (Some(IpAddr::V4(local)), Some(alloc)) = (self.addr_v4.map(|a| a.addr()), &self.alloc)
+                && let Ok(t) = tunnel_address(alloc, &vxlan::tunnel_handle(&me), "VXLAN").await
+            {
+                let dev_mtu =
+                    node::pod_mtu(&node::interfaces(&self.kernel).await.unwrap_or_default(), node::VXLAN_OVERHEAD_V4);
+                match vxlan::ensure_device(&self.kernel, local, t, dev_mtu).await {
+                    Ok(mac) => {
+                        ann.insert(node::ANNOTATION_VXLAN_ADDR.into(), Some(t.to_string()));
+                        ann.insert(node::ANNOTATION_VXLAN_MAC.into(), Some(vxlan::format_mac(&mac)));
                     }
-                }
-                if let Some((IpAddr::V4(t), _)) = tunnel {
-                    let dev_mtu = node::pod_mtu(
-                        &node::interfaces(&self.kernel).await.unwrap_or_default(),
-                        node::VXLAN_OVERHEAD_V4,
-                    );
-                    match vxlan::ensure_device(&self.kernel, local, t, dev_mtu).await {
-                        Ok(mac) => {
-                            ann.insert(node::ANNOTATION_VXLAN_ADDR.into(), Some(t.to_string()));
-                            ann.insert(node::ANNOTATION_VXLAN_MAC.into(), Some(vxlan::format_mac(&mac)));
-                        }
-                        Err(e) => tracing::warn!(error = %e, "creating vxlan.tabby"),
+                    Err(e) => {
+                        vxlan_ok = false;
+                        tracing::warn!(error = %e, "creating vxlan.tabby");
                     }
                 }
             }
         } else if !self.vteps.is_empty() || vxlan::delete_device(&self.kernel).await.unwrap_or(false) {
             self.vteps.clear();
         }
+        if !vxlan_on {
+            ann.insert(node::ANNOTATION_VXLAN_ADDR.into(), None);
+            ann.insert(node::ANNOTATION_VXLAN_MAC.into(), None);
+            release_tunnel_address(self.alloc.as_ref(), &vxlan::tunnel_handle(&me)).await;
+        }
+
+        // IPIP device and tunnel address; the routes come from BGP (see the encapsulation rules below).
+        let ipip_started = Instant::now();
+        let ipip_problem = if ipip_on { self.ipip_device(&me, &mut ann).await } else { None };
+        if !ipip_on {
+            ann.insert(ipip::ANNOTATION_ADDR.into(), None);
+            match ipip::clear_device(&self.kernel).await {
+                Ok(true) => tracing::info!("no IPIP pool: tunl0 taken out of service"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "clearing tunl0"),
+            }
+            release_tunnel_address(self.alloc.as_ref(), &ipip::tunnel_handle(&me)).await;
+        }
+        if ipip_problem != self.ipip_problem {
+            match &ipip_problem {
+                Some(p) => tracing::error!(problem = %p, "IPIP pools cannot be served on this node"),
+                None if ipip_on => tracing::info!("IPIP ready: tunl0 is up"),
+                None => {}
+            }
+            self.ipip_problem = ipip_problem;
+        }
+        self.mesh.set_encap(ipip::Encap::new(&pools, self.addr_v4)).await;
+        crate::metrics::reconcile_done("ipip", ipip_started.elapsed(), self.ipip_problem.is_none());
         if let Some(n) = &my_node {
             self.publish(n, &ann).await;
         }
@@ -345,9 +378,13 @@ impl Pass {
         if vxlan_on && vx.vteps != self.vteps {
             match vxlan::program_vteps(&self.kernel, &vx.vteps, &self.vteps).await {
                 Ok(()) => self.vteps = vx.vteps,
-                Err(e) => tracing::warn!(error = %e, "programming VXLAN neighbours"),
+                Err(e) => {
+                    vxlan_ok = false;
+                    tracing::warn!(error = %e, "programming VXLAN neighbours");
+                }
             }
         }
+        crate::metrics::reconcile_done("vxlan", vxlan_started.elapsed(), vxlan_ok);
 
         // BGP.
         let bgp_cfg: BGPConfigurationSpec = c
@@ -403,7 +440,8 @@ impl Pass {
             address_v4: self.addr_v4.map(|a| a.to_string()),
             address_v6: self.addr_v6.map(|a| a.to_string()),
             ipam_ready,
-            routes_ready: self.table.synced(),
+            routes_ready: self.table.synced() && self.ipip_problem.is_none(),
+            routes_problem: self.ipip_problem.clone().map(|m| (ipip::REASON_UNAVAILABLE.to_string(), m)),
             bgp: if self.cfg.bgp { self.mesh.status() } else { None },
             bgp_ready: !self.cfg.bgp || self.mesh.ready(),
             blocks: owned,
@@ -420,12 +458,39 @@ impl Pass {
         }
         let detail = if ready {
             "network programmed".to_string()
+        } else if let Some(p) = &self.ipip_problem {
+            format!("IPIP unavailable: {p}")
         } else if facts.address_v4.is_none() {
             "no node address detected".to_string()
         } else {
             "converging".to_string()
         };
         self.health.set("network", true, ready || facts.address_v4.is_some() && facts.routes_ready, detail);
+    }
+
+    /// Brings up tunl0 with this node's IPIP tunnel address; returns why IPIP cannot work, if it cannot.
+    async fn ipip_device(&self, me: &str, ann: &mut BTreeMap<String, Option<String>>) -> Option<String> {
+        ann.insert(ipip::ANNOTATION_ADDR.into(), None);
+        if !self.cfg.bgp {
+            return Some("IPIP routes are learned over BGP, which is disabled on this node (TABBY_BGP)".into());
+        }
+        let alloc = self.alloc.as_ref()?;
+        let t = match tunnel_address(alloc, &ipip::tunnel_handle(me), "IPIP").await {
+            Ok(t) => t,
+            Err(why) => return Some(why),
+        };
+        let ifaces = node::interfaces(&self.kernel).await.unwrap_or_default();
+        match ipip::ensure_device(&self.kernel, t, node::pod_mtu(&ifaces, node::IPIP_OVERHEAD)).await {
+            Ok(()) => {
+                ann.insert(ipip::ANNOTATION_ADDR.into(), Some(t.to_string()));
+                None
+            }
+            Err(e @ ipip::IpipError::NoModule) => Some(e.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "setting up tunl0");
+                Some(format!("setting up tunl0: {e}"))
+            }
+        }
     }
 
     /// Publishes the node's addresses and VTEP on its Node (only what differs).
@@ -443,6 +508,45 @@ impl Pass {
         let api: Api<Node> = Api::all(self.client.clone());
         if let Err(e) = api.patch(&self.cfg.node, &PatchParams::default(), &Patch::Merge(patch)).await {
             tracing::warn!(error = %e, "annotating the Node");
+        }
+    }
+}
+
+/// The IPv4 tunnel address of `handle`, allocated from IPAM on first use.
+async fn tunnel_address(
+    alloc: &crate::ipam::Allocator,
+    handle: &str,
+    what: &str,
+) -> Result<std::net::Ipv4Addr, String> {
+    let v4 = |v: Vec<crate::ipam::allocator::Granted>| {
+        v.into_iter().find_map(|(ip, _)| match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+    };
+    if let Some(a) = alloc.addresses_of(handle).and_then(v4) {
+        return Ok(a);
+    }
+    let req = crate::ipam::allocator::AllocRequest { handle: handle.to_string(), ..Default::default() };
+    let why = match alloc.allocate(req).await {
+        Ok(v) => match v4(v) {
+            Some(a) => return Ok(a),
+            None => "IPAM granted no IPv4 address".to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(error = %why, "allocating the {what} tunnel address");
+    Err(format!("allocating the {what} tunnel address: {why}"))
+}
+
+/// Releases a tunnel address whose encapsulation is no longer used (Calico does the same).
+async fn release_tunnel_address(alloc: Option<&crate::ipam::Allocator>, handle: &str) {
+    let Some(alloc) = alloc else { return };
+    if alloc.addresses_of(handle).is_some_and(|v| !v.is_empty()) {
+        let sel = crate::ipam::allocator::ReleaseSel::Handle(handle.to_string());
+        match alloc.release(sel).await {
+            Ok(n) => tracing::info!(handle, released = n, "released the tunnel address"),
+            Err(e) => tracing::warn!(handle, error = %e, "releasing the tunnel address"),
         }
     }
 }
@@ -472,6 +576,8 @@ mod tests {
             attr("k8s-pod-network.c2", "a", None),
             attr("vxlan-tunnel-addr-a", "a", None),
         ];
+        b.spec.allocations[3] = Some(3);
+        b.spec.attributes.push(attr("ipip-tunnel-addr-a", "a", None));
         let r = local_routes("a", std::slice::from_ref(&b));
         assert_eq!(r.len(), 2);
         assert_eq!(

@@ -327,6 +327,8 @@ pub struct Mesh {
     hold_time: u16,
     restarted: bool,
     own: Arc<std::sync::RwLock<std::collections::HashSet<Prefix>>>,
+    /// How learned routes become kernel routes (IPIP pools go through tunl0).
+    encap: crate::ipip::Shared,
 }
 
 impl Mesh {
@@ -342,7 +344,32 @@ impl Mesh {
             hold_time: hold_time_from_env(),
             restarted: false,
             own: Arc::default(),
+            encap: crate::ipip::Shared::default(),
         }
+    }
+
+    /// Sets the encapsulation rules of learned routes; when they change, what the speaker learned is
+    /// installed again under the new rules.
+    pub async fn set_encap(&mut self, e: crate::ipip::Encap) {
+        if !self.encap.replace(e) || self.converging_since.is_some() {
+            return;
+        }
+        let Some(sp) = self.speaker.clone() else { return };
+        let snap = self.learned_table(&sp).await;
+        self.table.set(Source::Remote, snap);
+    }
+
+    /// Every best path the speaker learned, as kernel routes.
+    async fn learned_table(&self, sp: &Speaker) -> HashMap<IpNet, Target> {
+        let mut snap = HashMap::new();
+        for f in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+            for r in sp.routes(f).await {
+                if let Some((dst, t)) = self.learned(r.prefix, r.peer.is_some().then_some(r.attrs.next_hop)) {
+                    snap.insert(dst, t);
+                }
+            }
+        }
+        snap
     }
 
     /// Brings the speaker to `plan` and the originated prefixes to `adverts`.
@@ -387,14 +414,7 @@ impl Mesh {
             let max = self.plan.as_ref().map_or(120, |p| p.max_restart_time);
             if (all_up && since.elapsed() > Duration::from_secs(2)) || since.elapsed() > Duration::from_secs(max.into())
             {
-                let mut snap = HashMap::new();
-                for f in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
-                    for r in sp.routes(f).await {
-                        if let Some((dst, t)) = self.learned(r.prefix, r.peer.is_some().then_some(r.attrs.next_hop)) {
-                            snap.insert(dst, t);
-                        }
-                    }
-                }
+                let snap = self.learned_table(&sp).await;
                 self.table.set(Source::Remote, snap);
                 self.table.hold_remote(None);
                 self.converging_since = None;
@@ -409,7 +429,7 @@ impl Mesh {
             return None;
         }
         let dst = IpNet::new(prefix.addr(), prefix.len()).ok()?;
-        Some((dst, Target::Via { gw: nh, dev: None, onlink: false }))
+        Some((dst, self.encap.read().route(dst, nh)))
     }
 
     async fn start(&mut self, p: &SpeakerPlan) -> std::io::Result<()> {
@@ -446,21 +466,21 @@ impl Mesh {
         let mut rx = sp.subscribe().await;
         let table = self.table.clone();
         let own = self.own_addr;
+        let encap = self.encap.clone();
         self.sub = Some(tokio::spawn(async move {
             while let Some(events) = rx.recv().await {
+                // Held until the update is applied, so a rule change cannot slip in between.
+                let e = encap.read();
                 let changes = events.into_iter().filter_map(|ev| {
                     let dst = IpNet::new(ev.prefix.addr(), ev.prefix.len()).ok()?;
                     let t = ev.best.and_then(|(peer, attrs)| {
                         let nh = attrs.next_hop;
-                        (peer != 0 && Some(nh) != own && !nh.is_unspecified()).then_some(Target::Via {
-                            gw: nh,
-                            dev: None,
-                            onlink: false,
-                        })
+                        (peer != 0 && Some(nh) != own && !nh.is_unspecified()).then(|| e.route(dst, nh))
                     });
                     Some((dst, t))
                 });
                 table.update(Source::Remote, changes.collect::<Vec<_>>());
+                drop(e);
             }
         }));
         self.speaker = Some(sp);

@@ -230,7 +230,8 @@ pub async fn clear_device(k: &Kernel) -> Result<bool, KernelError> {
     if !up && msgs.is_empty() {
         return Ok(false);
     }
-    if k.handle.link().del(idx).execute().await.is_ok() {
+    // The kernel answers success to deleting the fallback device but keeps it: check.
+    if k.handle.link().del(idx).execute().await.is_ok() && find(k).await?.is_none_or(|l| l.header.index != idx) {
         return Ok(true);
     }
     for m in msgs {

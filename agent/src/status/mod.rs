@@ -23,6 +23,8 @@ pub struct Facts {
     pub address_v6: Option<String>,
     pub ipam_ready: bool,
     pub routes_ready: bool,
+    /// Why routes cannot be programmed (reason, message), e.g. IPIP without the kernel module.
+    pub routes_problem: Option<(String, String)>,
     /// `None`: BGP is not running on this node.
     pub bgp: Option<BgpStatus>,
     pub bgp_ready: bool,
@@ -54,7 +56,10 @@ pub fn render(f: &Facts, since: &dyn Fn(&str, bool) -> String) -> Value {
         "conditions": [
             c("Ready", f.ready(), "TabbyIsUp", "NotReady", if f.ready() { "the pod network works on this node" } else { "see the other conditions" }),
             c("IPAMReady", f.ipam_ready, "BlocksClaimed", "Starting", "IPAM serves the CNI plugin"),
-            c("RoutesReady", f.routes_ready, "Programmed", "Pending", &format!("{} local, {} remote, {} blackhole", f.routes.local, f.routes.remote, f.routes.blackhole)),
+            match &f.routes_problem {
+                Some((reason, msg)) => c("RoutesReady", false, "Programmed", reason, msg),
+                None => c("RoutesReady", f.routes_ready, "Programmed", "Pending", &format!("{} local, {} remote, {} blackhole", f.routes.local, f.routes.remote, f.routes.blackhole)),
+            },
             c("BGPReady", f.bgp_ready, if f.bgp.is_some() { "Established" } else { "NotRequired" }, "SessionsDown", &bgp_msg),
         ],
         "blocks": f.blocks,
@@ -201,6 +206,11 @@ mod tests {
         let b = render(&f, &since);
         assert_eq!(b["conditions"][0]["status"], "False");
         assert_eq!(b["conditions"][2]["reason"], "Pending");
+        f.routes_problem = Some(("IPIPUnavailable".into(), "no ipip module".into()));
+        let c = render(&f, &since);
+        assert_eq!(c["conditions"][2]["status"], "False");
+        assert_eq!(c["conditions"][2]["reason"], "IPIPUnavailable");
+        assert_eq!(c["conditions"][2]["message"], "no ipip module");
     }
 
     #[test]
