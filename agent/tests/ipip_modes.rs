@@ -237,6 +237,7 @@ async fn ipip_status_matches_the_kernel() {
         condition(&lab, "node1", "BGPReady", "status") == "True"
     });
 
+    let has_ipip = missing.is_none();
     match missing {
         Some(why) => {
             eprintln!("{test}: the kernel lacks ipip ({why}); checking the agent reports it");
@@ -281,4 +282,27 @@ async fn ipip_status_matches_the_kernel() {
             });
         }
     }
+
+    // IPIP switched off: the learned routes are installed again, directly; the tunnel address is
+    // released, the problem (if any) cleared and the MTU back to the underlay's.
+    let handles = || lab.cp.kubectl_ok(&["get", "ipamhandles", "-o", "name"]);
+    assert!(handles().contains("ipip-tunnel-addr-node1"), "no tunnel address was allocated:\n{}", handles());
+    ipip_pool(&lab, "10.249.0.0/16", "Never");
+    let (n1, n2addr) = (lab.node("node1"), lab.node("node2").addr.clone());
+    n1.wait_routes("direct routes once IPIP is off", Duration::from_secs(60), |r| {
+        b2.iter().all(|b| r.contains(&format!("{b} via {n2addr} dev eth0 proto tabby")))
+    });
+    wait_for(&lab, "node1", "RoutesReady=True, MTU 1500, tunnel address released", Duration::from_secs(60), || {
+        condition(&lab, "node1", "RoutesReady", "status") == "True"
+            && jsonpath(&lab, "nodestatus", "node1", "{.status.mtu}") == "1500"
+            && !handles().contains("ipip-tunnel-addr-node1")
+    });
+    let path = "{.metadata.annotations.tabby\\.dev/IPv4IPIPTunnelAddr}";
+    assert_eq!(jsonpath(&lab, "node", "node1", path), "", "the tunnel address is still published");
+    if has_ipip {
+        let addr = n1.ns.ip(&["-4", "addr", "show", "dev", "tunl0"]);
+        assert!(!addr.contains("inet "), "tunl0 keeps its address with IPIP off:\n{addr}");
+    }
+    let (a, b) = (lab.pod("a"), lab.pod("b"));
+    assert!(ping(&a.ns, &b.ip, 3), "pod-to-pod after IPIP was switched off\n{}", n1.routes());
 }
