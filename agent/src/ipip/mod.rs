@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::LinkIpIp;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use tabby_api::ipam::{EncapsulationMode, IPPool};
 
 use crate::node::{IPIP_OVERHEAD, VXLAN_OVERHEAD_V4};
@@ -203,7 +203,9 @@ pub async fn ensure_device(k: &Kernel, tunnel: Ipv4Addr, mtu: u32) -> Result<(),
     if cur_mtu != Some(mtu) {
         k.handle.link().set(rtnetlink::LinkUnspec::new_with_index(idx).mtu(mtu).build()).execute().await?;
     }
-    k.handle.link().set(rtnetlink::LinkUnspec::new_with_index(idx).up().build()).execute().await?;
+    if !link.header.flags.contains(LinkFlags::Up) {
+        k.handle.link().set(rtnetlink::LinkUnspec::new_with_index(idx).up().build()).execute().await?;
+    }
     let msgs: Vec<_> = k.handle.address().get().set_link_index_filter(idx).execute().try_collect().await?;
     let want = IpAddr::V4(tunnel);
     let have_it = msgs.iter().any(|m| m.header.prefix_len == 32 && addresses_of(std::slice::from_ref(m)) == [want]);
@@ -225,7 +227,7 @@ pub async fn ensure_device(k: &Kernel, tunnel: Ipv4Addr, mtu: u32) -> Result<(),
 pub async fn clear_device(k: &Kernel) -> Result<bool, KernelError> {
     let Some(link) = find(k).await? else { return Ok(false) };
     let idx = link.header.index;
-    let up = link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up);
+    let up = link.header.flags.contains(LinkFlags::Up);
     let msgs: Vec<_> = k.handle.address().get().set_link_index_filter(idx).execute().try_collect().await?;
     if !up && msgs.is_empty() {
         return Ok(false);

@@ -93,10 +93,7 @@ pub fn desired(me: &str, my_addr: Option<IpNet>, nodes: &[Node], blocks: &[IPAMB
         }
         let Some(n) = by_node.get(owner) else { continue };
         let node_ip = node::node_address(n, false).map(|a| a.addr());
-        let same_subnet = match (my_addr, node_ip) {
-            (Some(mine), Some(theirs)) => mine.contains(&theirs),
-            _ => false,
-        };
+        let same_subnet = node_ip.is_some_and(|ip| crate::ipip::same_subnet(my_addr, ip));
         if mode == EncapsulationMode::CrossSubnet && same_subnet {
             if let Some(ip) = node_ip {
                 d.routes.insert(cidr, Target::Via { gw: ip, dev: None, onlink: false });
@@ -138,7 +135,9 @@ pub async fn ensure_device(k: &Kernel, local: Ipv4Addr, tunnel: Ipv4Addr, mtu: u
         let msg = rtnetlink::LinkUnspec::new_with_index(idx).mtu(mtu).build();
         k.handle.link().set(msg).execute().await?;
     }
-    k.handle.link().set(rtnetlink::LinkUnspec::new_with_index(idx).up().build()).execute().await?;
+    if !link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up) {
+        k.handle.link().set(rtnetlink::LinkUnspec::new_with_index(idx).up().build()).execute().await?;
+    }
     let addrs: Vec<_> = k.handle.address().get().set_link_index_filter(idx).execute().try_collect().await?;
     let has = addrs.iter().any(|a| {
         a.attributes.iter().any(|x| {
