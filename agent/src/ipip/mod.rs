@@ -54,12 +54,11 @@ pub fn tunnel_handle(node: &str) -> String {
     format!("ipip-tunnel-addr-{node}")
 }
 
-/// Whether any enabled IPv4 pool uses IPIP.
+/// Whether any IPv4 pool uses IPIP (a disabled one too: its pods still need the tunnel, and [`Encap`]
+/// still routes its blocks through tunl0).
 pub fn enabled(pools: &[IPPool]) -> bool {
     pools.iter().any(|p| {
-        !p.spec.disabled
-            && p.spec.ipip_mode != EncapsulationMode::Never
-            && p.spec.cidr.parse::<IpNet>().is_ok_and(|c| c.addr().is_ipv4())
+        p.spec.ipip_mode != EncapsulationMode::Never && p.spec.cidr.parse::<IpNet>().is_ok_and(|c| c.addr().is_ipv4())
     })
 }
 
@@ -309,10 +308,11 @@ mod tests {
     }
 
     #[test]
-    fn enabled_needs_an_enabled_ipv4_ipip_pool_and_disabled_pools_still_route() {
+    fn enabled_needs_an_ipv4_ipip_pool_and_disabled_pools_still_count() {
         assert!(enabled(&[pool("10.0.0.0/16", EncapsulationMode::CrossSubnet, false)]));
         assert!(!enabled(&[pool("10.0.0.0/16", EncapsulationMode::Never, false)]));
-        assert!(!enabled(&[pool("10.0.0.0/16", EncapsulationMode::Always, true)]));
+        assert!(!enabled(&[pool("fd00::/48", EncapsulationMode::Always, false)]));
+        assert!(enabled(&[pool("10.0.0.0/16", EncapsulationMode::Always, true)]));
         let e = Encap::new(&[pool("10.0.0.0/16", EncapsulationMode::Always, true)], None);
         assert_eq!(e.route(net("10.0.1.0/26"), "192.168.1.2".parse().unwrap()), tunnel("192.168.1.2"));
     }
