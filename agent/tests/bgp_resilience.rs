@@ -1,6 +1,7 @@
 //! BGP resilience: an agent restart (SIGTERM, as in a rolling update) while a ping runs between pods on
-//! different nodes loses no packet (graceful restart, routes kept in the kernel); a lost node's routes are
-//! withdrawn within the hold time (9 s here).
+//! different nodes loses no packet (graceful restart, routes kept in the kernel) and never removes a pod
+//! route, blackhole or learned route from either node's kernel; a lost node's routes are withdrawn within
+//! the hold time (9 s here).
 
 // Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
 // inside a runtime): the lab tests must not overlap.
@@ -12,6 +13,27 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use routing_support::*;
+
+/// `ip monitor route` in a namespace until killed.
+fn monitor(ns: &Netns) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name, "ip", "monitor", "route"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ip monitor starts")
+}
+
+/// The deletions a monitor saw that concern one of `prefixes`.
+fn deletions(mut m: std::process::Child, prefixes: &[String]) -> Vec<String> {
+    let _ = m.kill();
+    let out = m.wait_with_output().expect("ip monitor output");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("Deleted") && prefixes.iter().any(|p| l.contains(&format!(" {p} "))))
+        .map(String::from)
+        .collect()
+}
 
 fn loss(out: &str) -> (u32, u32) {
     let line = out.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("ping output: {out}"));
@@ -34,6 +56,10 @@ async fn bgp_agent_restart_loses_no_packet() {
     lab.node("node2")
         .wait_routes("routes", Duration::from_secs(60), |r| b1.iter().all(|b| r.contains(&format!("{b} via"))));
     let (a_ns, b_ip) = (lab.pod("a").ns.name.clone(), lab.pod("b").ip.clone());
+    let a_ip = lab.pod("a").ip.clone();
+    // Every route the traffic needs: pod routes, the blocks (blackholes at home, learned elsewhere).
+    let watched: Vec<String> = [a_ip.clone(), b_ip.clone()].into_iter().chain(b1.clone()).chain(b2.clone()).collect();
+    let monitors = [monitor(&lab.node("node1").ns), monitor(&lab.node("node2").ns)];
     let ping = Command::new("ip")
         .args(["netns", "exec", &a_ns, "ping", "-i", "0.05", "-c", "240", "-W", "1", &b_ip])
         .stdout(Stdio::piped())
@@ -58,6 +84,10 @@ async fn bgp_agent_restart_loses_no_packet() {
     let text = String::from_utf8_lossy(&out.stdout);
     let (sent, got) = loss(&text);
     eprintln!("ping across two agent restarts: {sent} sent, {got} received");
+    for (m, node) in monitors.into_iter().zip(["node1", "node2"]) {
+        let gone = deletions(m, &watched);
+        assert!(gone.is_empty(), "{node}: routes removed during the restarts: {gone:?}");
+    }
     assert_eq!(sent, 240);
     assert_eq!(got, sent, "packets lost across agent restarts:\n{text}\n{}", lab.node("node1").log_tail());
     // Sessions come back.

@@ -1,18 +1,16 @@
-//! rtnetlink I/O for the route reconciler: dumps of links and Tabby routes, pipelined route changes, and
-//! the event stream (route deletions and link changes) that triggers repairs.
+//! rtnetlink I/O through the `rtnetlink` crate: links, and dumps and pipelined changes of Tabby routes for
+//! one-off work (`tabby-agent cleanup`). The reconciler's bulk path is [`super::fib`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
-use rtnetlink::packet_core::NetlinkPayload;
-use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
+use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::{KernelRoute, Plan, RTPROT_TABBY, Target};
 
@@ -212,41 +210,5 @@ fn addr(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
         RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
         _ => None,
-    }
-}
-
-/// What the reconciler reacts to.
-#[derive(Debug)]
-pub enum Event {
-    /// A Tabby route was deleted.
-    RouteDeleted(IpNet),
-    /// A link appeared, disappeared or changed state.
-    Link,
-}
-
-/// Calls `f` for every relevant netlink event until the socket fails.
-pub async fn watch(f: impl Fn(Event) + Send + 'static) {
-    let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
-    let (conn, _h, mut msgs) = match rtnetlink::new_multicast_connection(&groups) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!(error = %e, "netlink events unavailable; relying on the resync timer");
-            return;
-        }
-    };
-    tokio::spawn(conn);
-    let empty = BTreeMap::new();
-    while let Some((m, _)) = msgs.next().await {
-        if let NetlinkPayload::InnerMessage(inner) = m.payload {
-            match inner {
-                RouteNetlinkMessage::DelRoute(r) => {
-                    if let Some(kr) = parse(&r, &empty) {
-                        f(Event::RouteDeleted(kr.dst));
-                    }
-                }
-                RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => f(Event::Link),
-                _ => {}
-            }
-        }
     }
 }

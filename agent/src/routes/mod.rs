@@ -6,7 +6,12 @@
 //! and remote routes (learned over BGP, or computed for VXLAN). [`RouteTable`] merges them; [`run`] keeps the
 //! kernel equal to the merge: incrementally for the prefixes that changed, fully on link events and on
 //! a resync timer, and within milliseconds for a Tabby route someone deletes (netlink events).
+//!
+//! Memory: every table maps a prefix to an interned `Arc<Target>` (a handful of distinct targets, one per
+//! next hop or device), so a route costs its key and a pointer in each table it is in. Bulk kernel work
+//! (batched changes, dumps, events) goes through [`fib`]; [`kernel`] keeps the link queries.
 
+pub mod fib;
 pub mod kernel;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -68,7 +73,7 @@ pub fn matches(want: &Target, actual: &Target) -> bool {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Routes to add or replace.
-    pub put: Vec<(IpNet, Target)>,
+    pub put: Vec<(IpNet, Arc<Target>)>,
     /// Kernel routes to delete.
     pub del: Vec<KernelRoute>,
 }
@@ -84,7 +89,7 @@ impl Plan {
 /// start-up grace, so a restarted agent does not drop traffic before BGP has converged). Routes whose
 /// device does not exist (`has_dev` false) are skipped: the kernel would refuse them.
 pub fn diff(
-    desired: &HashMap<IpNet, Target>,
+    desired: &HashMap<IpNet, Arc<Target>>,
     actual: &[KernelRoute],
     has_dev: &dyn Fn(&str) -> bool,
     keep: &dyn Fn(&KernelRoute) -> bool,
@@ -107,13 +112,13 @@ pub fn diff(
             None => plan.del.push(r.clone()),
         }
     }
-    let mut put: Vec<(IpNet, Target)> = desired
+    let mut put: Vec<(IpNet, Arc<Target>)> = desired
         .iter()
         .filter(|(dst, _)| !seen.contains(*dst))
         .filter(|(_, t)| installable(t, has_dev))
         .map(|(d, t)| (*d, t.clone()))
         .collect();
-    put.sort();
+    put.sort_by_key(|(d, _)| *d);
     plan.put = put;
     plan.del.sort_by_key(|r| r.dst);
     plan
@@ -138,29 +143,54 @@ pub struct Counts {
 
 #[derive(Default)]
 struct State {
-    sources: [HashMap<IpNet, Target>; 4],
+    sources: [HashMap<IpNet, Arc<Target>>; 4],
     /// Prefixes whose desired route changed since the last pass.
     dirty: HashSet<IpNet>,
     full: bool,
     /// What the last pass left in the kernel (as far as we know).
-    installed: HashMap<IpNet, Target>,
+    installed: HashMap<IpNet, Arc<Target>>,
+    /// The shared copy of every target in use.
+    targets: HashSet<Arc<Target>>,
+    /// Which sources have been set at least once since the agent started.
+    seeded: [bool; 4],
     errors: u64,
     synced: bool,
 }
 
 impl State {
-    fn merged(&self, dst: &IpNet) -> Option<&Target> {
+    /// Whether the table knows what the API wants yet. Until the first pass has set the local, blackhole
+    /// and tunnel routes, a full pass only adds: a restarted agent must not delete the pod routes and
+    /// blackholes the previous one left (or the CNI plugin added) before it has computed them again —
+    /// that gap dropped packets during rolling updates.
+    fn seeded(&self) -> bool {
+        [Source::Local, Source::Blackhole, Source::Tunnel].iter().all(|s| self.seeded[*s as usize])
+    }
+
+    fn merged(&self, dst: &IpNet) -> Option<&Arc<Target>> {
         self.sources.iter().find_map(|m| m.get(dst))
     }
 
-    fn merged_all(&self) -> HashMap<IpNet, Target> {
-        let mut out = HashMap::new();
+    fn merged_all(&self) -> HashMap<IpNet, Arc<Target>> {
+        let mut out = HashMap::with_capacity(self.sources.iter().map(HashMap::len).max().unwrap_or(0));
         for m in self.sources.iter().rev() {
             for (k, v) in m {
                 out.insert(*k, v.clone());
             }
         }
         out
+    }
+
+    /// The shared copy of `t`; targets nobody uses any more are dropped now and then.
+    fn intern(&mut self, t: Target) -> Arc<Target> {
+        if let Some(a) = self.targets.get(&t) {
+            return a.clone();
+        }
+        if self.targets.len() >= 1024 && self.targets.len().is_power_of_two() {
+            self.targets.retain(|a| Arc::strong_count(a) > 1);
+        }
+        let a = Arc::new(t);
+        self.targets.insert(a.clone());
+        a
     }
 }
 
@@ -197,18 +227,27 @@ impl RouteTable {
         let mut st = self.lock();
         let old = std::mem::take(&mut st.sources[source as usize]);
         let mut dirty: Vec<IpNet> = Vec::new();
-        for (k, v) in &routes {
-            if old.get(k) != Some(v) {
-                dirty.push(*k);
+        let mut new = HashMap::with_capacity(routes.len());
+        for (k, v) in routes {
+            if old.get(&k).is_none_or(|o| **o != v) {
+                dirty.push(k);
             }
+            new.insert(k, st.intern(v));
         }
         for k in old.keys() {
-            if !routes.contains_key(k) {
+            if !new.contains_key(k) {
                 dirty.push(*k);
             }
         }
-        st.sources[source as usize] = routes;
-        let changed = !dirty.is_empty();
+        drop(old);
+        st.sources[source as usize] = new;
+        let was_seeded = st.seeded();
+        st.seeded[source as usize] = true;
+        // Now the routes kept so far can be checked against what is wanted.
+        let changed = !dirty.is_empty() || (!was_seeded && st.seeded());
+        if !was_seeded && st.seeded() {
+            st.full = true;
+        }
         st.dirty.extend(dirty);
         drop(st);
         if changed {
@@ -221,10 +260,12 @@ impl RouteTable {
         let mut st = self.lock();
         let mut changed = false;
         for (k, v) in changes {
-            let m = &mut st.sources[source as usize];
-            let differs = match &v {
-                Some(t) => m.insert(k, t.clone()).as_ref() != Some(t),
-                None => m.remove(&k).is_some(),
+            let differs = match v {
+                Some(t) => {
+                    let t = st.intern(t);
+                    st.sources[source as usize].insert(k, t.clone()).is_none_or(|o| !Arc::ptr_eq(&o, &t))
+                }
+                None => st.sources[source as usize].remove(&k).is_some(),
             };
             if differs {
                 st.dirty.insert(k);
@@ -281,7 +322,7 @@ impl RouteTable {
 
     /// The merged desired table (for tests and status).
     pub fn desired(&self) -> HashMap<IpNet, Target> {
-        self.lock().merged_all()
+        self.lock().merged_all().into_iter().map(|(k, v)| (k, Target::clone(&v))).collect()
     }
 
     fn remote_held(&self) -> bool {
@@ -303,20 +344,52 @@ pub fn write_proto_name(path: &std::path::Path) {
     }
 }
 
+/// The batched netlink writer, used from blocking threads (a 100k-route batch keeps the kernel busy
+/// for a while; the async workers stay free meanwhile).
+type SharedFib = Arc<Mutex<fib::Fib>>;
+
+/// Errors of a reconcile pass.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error("netlink route dump: {0}")]
+    Dump(std::io::Error),
+    #[error("route writer task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs `f` with the writer on a blocking thread.
+async fn with_fib<T: Send + 'static>(
+    f: &SharedFib,
+    job: impl FnOnce(&mut fib::Fib) -> T + Send + 'static,
+) -> Result<T, PassError> {
+    let f = f.clone();
+    Ok(tokio::task::spawn_blocking(move || job(&mut f.lock().unwrap_or_else(|p| p.into_inner()))).await?)
+}
+
 /// Keeps the kernel equal to `table` until the task is dropped: on table changes, netlink events and
 /// every `resync`.
 pub async fn run(table: RouteTable, resync: Duration) {
-    let k = match kernel::Kernel::open() {
-        Ok(k) => k,
+    let opened = kernel::Kernel::open().map_err(|e| e.to_string()).and_then(|k| {
+        let f = fib::Fib::open().map_err(|e| e.to_string())?;
+        Ok((k, Arc::new(Mutex::new(f))))
+    });
+    let (k, fib) = match opened {
+        Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "netlink unavailable; routes are not programmed");
             return;
         }
     };
     let t2 = table.clone();
-    tokio::spawn(kernel::watch(move |ev| match ev {
-        kernel::Event::RouteDeleted(dst) => t2.deleted(dst),
-        kernel::Event::Link => t2.resync(),
+    tokio::spawn(fib::watch(move |ev| match ev {
+        fib::Event::RouteDeleted(dst) => t2.deleted(dst),
+        fib::Event::Link => t2.resync(),
+        fib::Event::Lost => {
+            tracing::debug!("netlink events lost; resyncing routes");
+            t2.resync()
+        }
     }));
     let mut next_full = tokio::time::Instant::now();
     loop {
@@ -327,7 +400,8 @@ pub async fn run(table: RouteTable, resync: Duration) {
             f
         };
         let started = Instant::now();
-        let res = if full { full_pass(&table, &k).await } else { incremental_pass(&table, &k).await };
+        let res = if full { full_pass(&table, &k, &fib).await } else { incremental_pass(&table, &k, &fib).await };
+        crate::metrics::reconcile_done("routes", started.elapsed(), res.is_ok());
         match res {
             Ok(n) if n > 0 => {
                 tracing::debug!(full, changes = n, elapsed_ms = started.elapsed().as_millis() as u64, "routes")
@@ -356,24 +430,33 @@ pub async fn run(table: RouteTable, resync: Duration) {
     }
 }
 
-async fn full_pass(table: &RouteTable, k: &kernel::Kernel) -> Result<usize, kernel::KernelError> {
-    let links = k.links().await?;
-    let actual = k.routes(&links).await?;
-    let (desired, hold) = {
+async fn full_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> Result<usize, PassError> {
+    let links = Arc::new(k.links().await?);
+    let l2 = links.clone();
+    let actual = with_fib(fib, move |f| f.dump(&l2)).await?.map_err(PassError::Dump)?;
+    let (desired, hold, seeded) = {
         let mut st = table.lock();
         st.dirty.clear();
-        (st.merged_all(), table.remote_held())
+        (st.merged_all(), table.remote_held(), st.seeded())
     };
     let names: HashSet<&str> = links.values().map(String::as_str).collect();
-    let plan = diff(&desired, &actual, &|d| names.contains(d), &|r| hold && matches!(r.target, Target::Via { .. }));
+    let keep = |r: &KernelRoute| !seeded || (hold && matches!(r.target, Target::Via { .. }));
+    let plan = diff(&desired, &actual, &|d| names.contains(d), &keep);
+    drop(actual);
     let n = plan.put.len() + plan.del.len();
-    let failed = k.apply(&plan, &links).await;
+    let failed = if plan.is_empty() {
+        Vec::new()
+    } else {
+        let l2 = links.clone();
+        with_fib(fib, move |f| f.apply(&plan, &l2)).await?
+    };
     let mut st = table.lock();
     st.installed = desired;
     for (dst, _) in &failed {
         st.installed.remove(dst);
     }
-    st.synced = true;
+    // Until seeded, kept routes are not known to be right: the full pass that seeding asks for decides.
+    st.synced = seeded;
     if !failed.is_empty() {
         st.errors += 1;
         tracing::debug!(failed = failed.len(), first = ?failed.first(), "some routes did not apply");
@@ -381,44 +464,47 @@ async fn full_pass(table: &RouteTable, k: &kernel::Kernel) -> Result<usize, kern
     Ok(n)
 }
 
-async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel) -> Result<usize, kernel::KernelError> {
-    let (put, del) = {
+async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> Result<usize, PassError> {
+    let mut plan = {
         let mut st = table.lock();
         let dirty: Vec<IpNet> = st.dirty.drain().collect();
-        let mut put = Vec::new();
-        let mut del = Vec::new();
+        let mut plan = Plan::default();
         for d in dirty {
-            match (st.merged(&d).cloned(), st.installed.get(&d).cloned()) {
+            match (st.merged(&d), st.installed.get(&d)) {
                 (Some(w), Some(h)) if w == h => {}
-                (Some(w), _) => put.push((d, w)),
-                (None, Some(h)) => del.push((d, h)),
+                (Some(w), _) => plan.put.push((d, w.clone())),
+                (None, Some(h)) => plan.del.push(KernelRoute { dst: d, target: Target::clone(h), oif: None }),
                 (None, None) => {}
             }
         }
-        (put, del)
+        plan
     };
-    if put.is_empty() && del.is_empty() {
+    if plan.is_empty() {
         return Ok(0);
     }
-    let needs_links =
-        put.iter().chain(del.iter()).any(|(_, t)| !matches!(t, Target::Blackhole | Target::Via { dev: None, .. }));
+    let needs_links = plan
+        .put
+        .iter()
+        .map(|(_, t)| &**t)
+        .chain(plan.del.iter().map(|r| &r.target))
+        .any(|t| !matches!(t, Target::Blackhole | Target::Via { dev: None, .. }));
     let links = if needs_links { k.links().await? } else { BTreeMap::new() };
     // A pod route whose veth is not there (yet, or any more) is not an error: the link event of its
     // arrival triggers a full pass.
     let names: HashSet<&str> = links.values().map(String::as_str).collect();
-    let put: Vec<(IpNet, Target)> = put.into_iter().filter(|(_, t)| installable(t, &|d| names.contains(d))).collect();
-    let plan = Plan {
-        put: put.clone(),
-        del: del.iter().map(|(d, t)| KernelRoute { dst: *d, target: t.clone(), oif: None }).collect(),
-    };
+    plan.put.retain(|(_, t)| installable(t, &|d| names.contains(d)));
     let n = plan.put.len() + plan.del.len();
-    let failed = k.apply(&plan, &links).await;
+    let (plan, failed) = with_fib(fib, move |f| {
+        let failed = f.apply(&plan, &links);
+        (plan, failed)
+    })
+    .await?;
     let mut st = table.lock();
-    for (d, t) in put {
+    for (d, t) in plan.put {
         st.installed.insert(d, t);
     }
-    for (d, _) in del {
-        st.installed.remove(&d);
+    for r in plan.del {
+        st.installed.remove(&r.dst);
     }
     for (d, _) in &failed {
         st.installed.remove(d);
@@ -460,14 +546,16 @@ mod tests {
 
     #[test]
     fn diff_adds_missing_replaces_changed_and_deletes_extra() {
-        let desired: HashMap<IpNet, Target> = [
+        let desired: HashMap<IpNet, Arc<Target>> = [
             (net("10.0.1.0/26"), via("192.168.1.2")),
             (net("10.0.2.0/26"), via("192.168.1.3")),
             (net("10.0.0.0/26"), Target::Blackhole),
             (net("10.0.0.5/32"), Target::Dev("tbyaaa".into())),
             (net("10.0.0.6/32"), Target::Dev("tbygone".into())),
         ]
-        .into();
+        .into_iter()
+        .map(|(k, v)| (k, Arc::new(v)))
+        .collect();
         let actual = vec![
             KernelRoute {
                 dst: net("10.0.1.0/26"),
@@ -479,8 +567,9 @@ mod tests {
             KernelRoute { dst: net("10.0.0.7/32"), target: Target::Dev("tbyold".into()), oif: Some(7) },
         ];
         let plan = diff(&desired, &actual, &|d| d == "tbyaaa", &|_| false);
+        let put: Vec<(IpNet, Target)> = plan.put.iter().map(|(k, v)| (*k, Target::clone(v))).collect();
         assert_eq!(
-            plan.put,
+            put,
             vec![
                 (net("10.0.0.0/26"), Target::Blackhole),
                 (net("10.0.0.5/32"), Target::Dev("tbyaaa".into())),
@@ -493,7 +582,7 @@ mod tests {
 
     #[test]
     fn diff_keeps_held_routes_and_is_empty_when_equal() {
-        let desired: HashMap<IpNet, Target> = [(net("10.0.1.0/26"), via("192.168.1.2"))].into();
+        let desired: HashMap<IpNet, Arc<Target>> = [(net("10.0.1.0/26"), Arc::new(via("192.168.1.2")))].into();
         let actual = vec![
             KernelRoute { dst: net("10.0.1.0/26"), target: via("192.168.1.2"), oif: Some(2) },
             KernelRoute { dst: net("10.0.3.0/26"), target: via("192.168.1.4"), oif: Some(2) },
@@ -511,6 +600,26 @@ mod tests {
         t.update(Source::Blackhole, [(net("10.0.0.0/26"), None)]);
         assert_eq!(t.desired().get(&net("10.0.0.0/26")), Some(&via("1.1.1.1")));
         assert!(t.lock().dirty.contains(&net("10.0.0.0/26")));
+    }
+
+    #[test]
+    fn deletions_wait_until_local_blackhole_and_tunnel_routes_are_known() {
+        let t = RouteTable::new();
+        t.lock().full = false;
+        t.set(Source::Local, HashMap::new());
+        t.set(Source::Blackhole, [(net("10.0.0.0/26"), Target::Blackhole)].into());
+        assert!(!t.lock().seeded() && !t.lock().full);
+        t.set(Source::Tunnel, HashMap::new());
+        assert!(t.lock().seeded() && t.lock().full, "seeding asks for a full pass");
+        t.lock().full = false;
+        t.set(Source::Tunnel, HashMap::new());
+        assert!(!t.lock().full);
+        // Shared targets: one allocation per distinct target.
+        t.update(Source::Remote, (0..100u32).map(|i| (net(&format!("10.1.{i}.0/24")), Some(via("192.168.1.2")))));
+        let st = t.lock();
+        let a = &st.sources[Source::Remote as usize][&net("10.1.0.0/24")];
+        let b = &st.sources[Source::Remote as usize][&net("10.1.99.0/24")];
+        assert!(Arc::ptr_eq(a, b));
     }
 
     #[test]
