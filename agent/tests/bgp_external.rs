@@ -1,5 +1,6 @@
 //! External BGP: a BIRD 2 router (its own namespace on the node network) peers with every node through a
-//! global BGPPeer with an MD5 password from a Secret and learns every pod block; a route reflector
+//! global BGPPeer with an MD5 password from a Secret and learns every pod block, and sees the BGPPeer's
+//! `maxRestartTime` as our graceful-restart time and its `keepaliveTime` in our KEEPALIVE rate; a route reflector
 //! topology (1 reflector, 4 clients, mesh off) converges with the clients' routes pointing at each other.
 
 // Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
@@ -87,7 +88,7 @@ async fn bgp_external_bird_with_md5_learns_every_block() {
 
     lab.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: bgp-secrets, namespace: tabby-system}\nstringData: {router: s3cret-md5}\n");
     lab.apply(
-        "apiVersion: tabby.dev/v1\nkind: BGPPeer\nmetadata: {name: router}\nspec:\n  peerIP: 192.168.50.100\n  asNumber: 65000\n  password: {secretKeyRef: {name: bgp-secrets, key: router}}\n",
+        "apiVersion: tabby.dev/v1\nkind: BGPPeer\nmetadata: {name: router}\nspec:\n  peerIP: 192.168.50.100\n  asNumber: 65000\n  password: {secretKeyRef: {name: bgp-secrets, key: router}}\n  maxRestartTime: 45s\n  keepaliveTime: 1s\n",
     );
     lab.pool("10.251.0.0/16", "Never", false);
     lab.start_agents(&[("TABBY_BGP", "Enabled")]);
@@ -117,6 +118,24 @@ async fn bgp_external_bird_with_md5_learns_every_block() {
     }
     let protos = bird.birdc(&["show", "protocols"]);
     assert_eq!(protos.matches("Established").count(), 3, "{protos}");
+    // Per-peer timers, as BIRD sees them: our graceful-restart capability carries maxRestartTime, and
+    // node1 sends a KEEPALIVE (19 octets) every second, where the default would be a third of the hold
+    // time (9 s here, so every 3 s). Counted on BIRD's end of the TCP connection.
+    let all = bird.birdc(&["show", "protocols", "all", "node1"]);
+    let theirs = all.split("Neighbor capabilities").nth(1).unwrap_or_default();
+    assert!(theirs.contains("Restart time: 45"), "BIRD should see restart time 45:\n{all}");
+    let n1 = lab.node("node1").addr.clone();
+    let received = || -> u64 {
+        let out = router.ok(&["ss", "-tin", "state", "established", "dst", &n1]);
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix("bytes_received:"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no connection from node1 in:\n{out}"))
+    };
+    let before = received();
+    std::thread::sleep(Duration::from_secs(6));
+    let keepalives = (received() - before) / 19;
+    assert!((5..=8).contains(&keepalives), "{keepalives} KEEPALIVEs from node1 in 6 s, want about 6");
     // NodeStatus names the router as a global peer.
     lab.wait_node_status_ready("node2", Duration::from_secs(60));
     let st = lab.cp.kubectl_ok(&["get", "nodestatus", "node2", "-o", "json"]);

@@ -8,6 +8,7 @@
 
 mod routing_support;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use routing_support::*;
@@ -82,4 +83,123 @@ async fn routing_bgp_mesh_three_nodes_pod_to_pod() {
         "jsonpath={.status.conditions[?(@.type==\"NetworkUnavailable\")].status}/{.status.conditions[?(@.type==\"NetworkUnavailable\")].reason}",
     ]);
     assert_eq!(cond, "False/TabbyIsUp");
+}
+
+/// NodeStatus/<node>'s IPv4 peers as (address, state, since).
+fn peers_of(lab: &Lab, node: &str) -> Vec<(String, String, String)> {
+    let out = lab.cp.kubectl(&["get", "nodestatus", node, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut peers: Vec<(String, String, String)> = v["status"]["bgp"]["peersV4"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+            (s("peerIP"), s("state"), s("since"))
+        })
+        .collect();
+    peers.sort();
+    peers
+}
+
+fn wait_established(lab: &Lab, node: &str, n: usize) -> Vec<(String, String, String)> {
+    let start = Instant::now();
+    loop {
+        let p = peers_of(lab, node);
+        if p.len() == n && p.iter().all(|(_, s, _)| s == "Established") {
+            return p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{node}: {n} established peers not seen: {p:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_bgp_mesh_fourth_node_joins_without_resetting_sessions() {
+    let _g = serial();
+    let test = "routing_bgp_mesh_fourth_node_joins_without_resetting_sessions";
+    // Four node namespaces; node4's agent starts later, so until then its Node has no address and no
+    // other node peers with it.
+    let Some(mut lab) = Lab::new(test, 4, Underlay::Flat).await else { return };
+    lab.pool("10.245.0.0/16", "Never", false);
+    for n in ["node1", "node2", "node3"] {
+        lab.node_mut(n).start_agent();
+    }
+    for n in ["node1", "node2", "node3"] {
+        lab.node(n).wait_ready();
+    }
+    lab.add_pod("node1", "a");
+    lab.add_pod("node3", "c");
+    let (b1, b3) = (lab.blocks_of("node1"), lab.blocks_of("node3"));
+    let n3addr = lab.node("node3").addr.clone();
+    lab.node("node1").wait_routes("routes to node3", Duration::from_secs(60), |r| {
+        b3.iter().all(|b| r.contains(&format!("{b} via {n3addr} dev eth0 proto tabby")))
+    });
+    let before: Vec<_> = ["node1", "node2", "node3"].iter().map(|n| wait_established(&lab, n, 2)).collect();
+    // The NodeStatus `since` has one-second resolution: a reset during the join must land in a later second.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // Watch the kernels and the data path while node4 joins.
+    let monitors: Vec<_> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| {
+            Command::new("ip")
+                .args(["netns", "exec", &lab.node(n).ns.name, "ip", "monitor", "route"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("ip monitor")
+        })
+        .collect();
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &lab.pod("a").ns.name, "ping", "-i", "0.05", "-c", "200", "-W", "1", &lab.pod("c").ip])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ping starts");
+    lab.node_mut("node4").start_agent();
+    lab.node("node4").wait_ready();
+    lab.add_pod("node4", "d");
+    let b4 = lab.blocks_of("node4");
+    let n4addr = lab.node("node4").addr.clone();
+    for n in ["node1", "node2", "node3"] {
+        lab.node(n).wait_routes("routes to node4", Duration::from_secs(60), |r| {
+            b4.iter().all(|b| r.contains(&format!("{b} via {n4addr} dev eth0 proto tabby")))
+        });
+    }
+    lab.node("node4").wait_routes("routes on node4", Duration::from_secs(60), |r| {
+        b1.iter().chain(&b3).all(|b| r.contains(&format!("{b} via")))
+    });
+    assert!(ping_ok(&lab.pod("d").ns, &lab.pod("a").ip), "the new node reaches the others' pods");
+    let after: Vec<_> = ["node1", "node2", "node3"].iter().map(|n| wait_established(&lab, n, 3)).collect();
+
+    // Every session that existed before is the same session: Established since the same second.
+    for (b, a) in before.iter().zip(&after) {
+        for old in b {
+            assert!(a.contains(old), "session reset: before {old:?}, after {a:?}");
+        }
+    }
+    let out = ping.wait_with_output().expect("ping ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0% packet loss"), "packets lost while node4 joined:\n{text}");
+    // No route of the existing nodes flapped.
+    let watched: Vec<String> =
+        b1.iter().chain(&b3).cloned().chain([lab.pod("a").ip.clone(), lab.pod("c").ip.clone()]).collect();
+    for (mut m, n) in monitors.into_iter().zip(["node1", "node2", "node3"]) {
+        let _ = m.kill();
+        let out = m.wait_with_output().expect("monitor output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let gone: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("Deleted") && watched.iter().any(|p| l.contains(&format!(" {p} "))))
+            .collect();
+        assert!(gone.is_empty(), "{n}: routes removed while node4 joined: {gone:?}");
+        let log = std::fs::read_to_string(lab.node(n).log()).unwrap_or_default();
+        assert!(log.contains("BGP peers changed live"), "{n} applied the new peer live");
+        assert!(!log.contains("BGP speaker restarted"), "{n} restarted its speaker");
+    }
+}
+
+fn ping_ok(from: &Netns, to: &str) -> bool {
+    ping(from, to, 2)
 }

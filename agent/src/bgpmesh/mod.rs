@@ -3,9 +3,12 @@
 //! service CIDRs), and the glue ([`Mesh`]) that runs the speaker, originates and withdraws prefixes and
 //! installs the best paths it learns as `proto tabby` routes.
 //!
-//! The speaker library fixes its peers at start, so a change of the peer set restarts the speaker with
-//! the graceful-restart Restart State bit set: peers keep our routes (and the kernel keeps theirs) while
-//! the new sessions come up, so no traffic is dropped.
+//! A change of the peer set is applied to the running speaker peer by peer ([`peer_diff`]): a new Node
+//! adds one session, a deleted one removes one, a changed BGPPeer (password, timers) restarts only its
+//! session; every other session stays Established. Only a change of the speaker itself (AS number,
+//! router ID, listen port, cluster ID, mesh restart time) restarts it, with the graceful-restart
+//! Restart State bit set: peers keep our routes (and the kernel keeps theirs) while the new sessions
+//! come up, so no traffic is dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -38,6 +41,11 @@ pub struct PlannedPeer {
     pub password: Option<String>,
     pub rr_client: bool,
     pub hold_time: Option<u16>,
+    /// Seconds between KEEPALIVEs (BGPPeer `keepaliveTime`).
+    pub keepalive_time: Option<u16>,
+    /// Graceful-restart time this peer is given for us (BGPPeer `maxRestartTime`, or for the mesh
+    /// BGPConfiguration `nodeMeshMaxRestartTime`).
+    pub restart_time: Option<u16>,
     pub next_hop_self: bool,
     pub ttl_security: Option<u8>,
     pub kind: PeerType,
@@ -129,6 +137,11 @@ fn v4(n: &Node) -> Option<Ipv4Addr> {
     }
 }
 
+/// A Go-style duration as seconds for a BGP timer (at most 65535).
+fn timer_secs(s: &Option<String>) -> Option<u16> {
+    s.as_deref().and_then(parse_duration_secs).map(|v| v.min(u64::from(u16::MAX)) as u16)
+}
+
 fn parse_peer_ip(s: &str) -> Option<(IpAddr, Option<u16>)> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some((ip, None));
@@ -149,12 +162,11 @@ pub fn plan(
     let my_addr = v4(my)?;
     let asn = node_asn(my, cfg.as_number);
     let cluster_id = rr_cluster(my);
-    let max_restart =
-        cfg.node_mesh_max_restart_time.as_deref().and_then(parse_duration_secs).unwrap_or(120).min(u16::MAX as u64)
-            as u16;
+    let mesh_restart = timer_secs(&cfg.node_mesh_max_restart_time);
+    let max_restart = mesh_restart.unwrap_or(120);
     let mesh_password = cfg.node_mesh_password.as_ref().and_then(|p| secret(&p.secret_key_ref));
     let mut out: BTreeMap<IpAddr, PlannedPeer> = BTreeMap::new();
-    let node_peer = |other: &Node, kind: PeerType, password: Option<String>, hold: Option<u16>, nhs: bool| {
+    let node_peer = |other: &Node, kind: PeerType, password: Option<String>, t: Timers, nhs: bool| {
         let addr = v4(other)?;
         let other_asn = node_asn(other, cfg.as_number);
         let rr_client = cluster_id.is_some() && rr_cluster(other).is_none() && other_asn == asn;
@@ -166,7 +178,9 @@ pub fn plan(
             passive: my_addr > addr,
             password,
             rr_client,
-            hold_time: hold,
+            hold_time: None,
+            keepalive_time: t.keepalive,
+            restart_time: t.restart,
             next_hop_self: nhs,
             ttl_security: None,
             kind: if rr_client { PeerType::RouteReflectorClient } else { kind },
@@ -176,7 +190,8 @@ pub fn plan(
     // Full mesh: every other node, except that route reflectors leave it.
     if cfg.node_to_node_mesh_enabled && cluster_id.is_none() {
         for n in nodes.iter().filter(|n| name(n) != me && rr_cluster(n).is_none()) {
-            if let Some(p) = node_peer(n, PeerType::NodeMesh, mesh_password.clone(), None, false) {
+            let t = Timers { keepalive: None, restart: mesh_restart };
+            if let Some(p) = node_peer(n, PeerType::NodeMesh, mesh_password.clone(), t, false) {
                 out.insert(p.address, p);
             }
         }
@@ -186,7 +201,7 @@ pub fn plan(
         let kind =
             if s.node.is_some() || s.node_selector.is_some() { PeerType::NodePeer } else { PeerType::GlobalPeer };
         let password = s.password.as_ref().and_then(|p| secret(&p.secret_key_ref));
-        let hold = s.keepalive_time.as_deref().and_then(parse_duration_secs).map(|k| (k * 3).clamp(3, 65535) as u16);
+        let timers = Timers { keepalive: timer_secs(&s.keepalive_time), restart: timer_secs(&s.max_restart_time) };
         let nhs = s.next_hop_mode == Some(NextHopMode::SelfHop);
         if applies_to(bp, my) {
             if let Some(ip) = &s.peer_ip {
@@ -203,7 +218,9 @@ pub fn plan(
                             passive: false,
                             password: password.clone(),
                             rr_client: cluster_id.is_some() && peer_asn == asn,
-                            hold_time: hold,
+                            hold_time: None,
+                            keepalive_time: timers.keepalive,
+                            restart_time: timers.restart,
                             next_hop_self: nhs,
                             ttl_security: s.ttl_security,
                             kind: if cluster_id.is_some() && peer_asn == asn {
@@ -218,7 +235,7 @@ pub fn plan(
             } else {
                 for n in nodes.iter().filter(|n| name(n) != me) {
                     if sel_matches(&s.peer_selector, n) == Some(true)
-                        && let Some(p) = node_peer(n, kind, password.clone(), hold, nhs)
+                        && let Some(p) = node_peer(n, kind, password.clone(), timers, nhs)
                     {
                         out.insert(p.address, p);
                     }
@@ -228,7 +245,7 @@ pub fn plan(
         // The reverse direction: nodes this BGPPeer makes peer with us.
         if s.peer_ip.is_none() && sel_matches(&s.peer_selector, my) == Some(true) {
             for n in nodes.iter().filter(|n| name(n) != me && applies_to(bp, n)) {
-                if let Some(p) = node_peer(n, kind, password.clone(), hold, nhs) {
+                if let Some(p) = node_peer(n, kind, password.clone(), timers, nhs) {
                     out.entry(p.address).or_insert(p);
                 }
             }
@@ -242,6 +259,45 @@ pub fn plan(
         max_restart_time: max_restart,
         peers: out.into_values().collect(),
     })
+}
+
+/// Per-peer BGP timers from the API.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    keepalive: Option<u16>,
+    restart: Option<u16>,
+}
+
+/// Whether two plans describe the same speaker, so that only their peers differ.
+fn same_speaker(a: &SpeakerPlan, b: &SpeakerPlan) -> bool {
+    (a.asn, a.router_id, a.listen_port, a.cluster_id, a.max_restart_time)
+        == (b.asn, b.router_id, b.listen_port, b.cluster_id, b.max_restart_time)
+}
+
+/// How to get from one peer set to another without touching the peers that did not change.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PeerDiff {
+    pub add: Vec<PlannedPeer>,
+    pub remove: Vec<IpAddr>,
+    /// Same address, different settings: that session alone is restarted (if its speaker
+    /// configuration differs; a new peer type alone restarts nothing).
+    pub change: Vec<PlannedPeer>,
+}
+
+/// The peers to add, remove and change to turn `old` into `new` (pure).
+pub fn peer_diff(old: &[PlannedPeer], new: &[PlannedPeer]) -> PeerDiff {
+    let was: HashMap<IpAddr, &PlannedPeer> = old.iter().map(|p| (p.address, p)).collect();
+    let now: HashMap<IpAddr, &PlannedPeer> = new.iter().map(|p| (p.address, p)).collect();
+    let mut d = PeerDiff::default();
+    for p in new {
+        match was.get(&p.address) {
+            None => d.add.push(p.clone()),
+            Some(o) if *o != p => d.change.push(p.clone()),
+            Some(_) => {}
+        }
+    }
+    d.remove = old.iter().filter(|p| !now.contains_key(&p.address)).map(|p| p.address).collect();
+    d
 }
 
 fn to_prefix(n: &IpNet) -> Option<Prefix> {
@@ -288,6 +344,8 @@ fn peer_config(p: &PlannedPeer) -> PeerConfig {
     c.password = p.password.clone();
     c.rr_client = p.rr_client;
     c.hold_time = p.hold_time;
+    c.keepalive_time = p.keepalive_time;
+    c.restart_time = p.restart_time;
     c.next_hop_self = p.next_hop_self;
     c.ttl_security = p.ttl_security;
     c
@@ -297,14 +355,16 @@ fn peer_config(p: &PlannedPeer) -> PeerConfig {
 /// borrowed addresses, services), so each block is reached through its own node, never through a
 /// node that learned it; nodes (mesh, reflector) get what the BGP rules allow.
 struct ExportPolicy {
-    external: std::collections::HashSet<IpAddr>,
+    /// Peers outside the cluster (follows the live peer set).
+    external: Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>,
     /// What this node originates (updated before each originate, after each withdraw).
     own: Arc<std::sync::RwLock<std::collections::HashSet<Prefix>>>,
 }
 
 impl tabby_bgp::Policy for ExportPolicy {
     fn export(&self, peer: &tabby_bgp::PeerInfo, prefix: &Prefix, _route: &tabby_bgp::RouteAttrs) -> bool {
-        !self.external.contains(&peer.address) || self.own.read().is_ok_and(|o| o.contains(prefix))
+        let external = self.external.read().map_or(true, |e| e.contains(&peer.address));
+        !external || self.own.read().is_ok_and(|o| o.contains(prefix))
     }
 }
 
@@ -326,7 +386,10 @@ pub struct Mesh {
     converging_since: Option<Instant>,
     hold_time: u16,
     restarted: bool,
+    /// The running speaker replaced another one in this process.
+    restarted_speaker: bool,
     own: Arc<std::sync::RwLock<std::collections::HashSet<Prefix>>>,
+    external: Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>,
     /// How learned routes become kernel routes (IPIP pools go through tunl0).
     encap: crate::ipip::Shared,
 }
@@ -343,7 +406,9 @@ impl Mesh {
             converging_since: None,
             hold_time: hold_time_from_env(),
             restarted: false,
+            restarted_speaker: false,
             own: Arc::default(),
+            external: Arc::default(),
             encap: crate::ipip::Shared::default(),
         }
     }
@@ -374,13 +439,19 @@ impl Mesh {
 
     /// Brings the speaker to `plan` and the originated prefixes to `adverts`.
     pub async fn apply(&mut self, plan: Option<SpeakerPlan>, adverts: &BTreeSet<IpNet>) {
+        let started = Instant::now();
         if plan != self.plan {
-            self.stop().await;
-            if let Some(p) = &plan {
-                match self.start(p).await {
-                    Ok(()) => {}
-                    Err(e) => {
+            match (self.plan.clone(), &plan) {
+                (Some(old), Some(new)) if self.speaker.is_some() && same_speaker(&old, new) => {
+                    self.change_peers(&old, new).await;
+                }
+                _ => {
+                    self.stop().await;
+                    if let Some(p) = &plan
+                        && let Err(e) = self.start(p).await
+                    {
                         tracing::warn!(error = %e, "starting the BGP speaker");
+                        crate::metrics::reconcile_done("bgp", started.elapsed(), false);
                         return;
                     }
                 }
@@ -414,13 +485,18 @@ impl Mesh {
             let max = self.plan.as_ref().map_or(120, |p| p.max_restart_time);
             if (all_up && since.elapsed() > Duration::from_secs(2)) || since.elapsed() > Duration::from_secs(max.into())
             {
-                let snap = self.learned_table(&sp).await;
-                self.table.set(Source::Remote, snap);
+                // The first speaker of this process fed an empty remote table from its first event on, so
+                // the table already is what it learned; a later one replaces what its predecessor left.
+                if self.restarted_speaker {
+                    let snap = self.learned_table(&sp).await;
+                    self.table.set(Source::Remote, snap);
+                }
                 self.table.hold_remote(None);
                 self.converging_since = None;
                 tracing::info!(routes = self.table.counts().remote, "BGP converged");
             }
         }
+        crate::metrics::reconcile_done("bgp", started.elapsed(), true);
     }
 
     fn learned(&self, prefix: Prefix, next_hop: Option<IpAddr>) -> Option<(IpNet, Target)> {
@@ -430,6 +506,40 @@ impl Mesh {
         }
         let dst = IpNet::new(prefix.addr(), prefix.len()).ok()?;
         Some((dst, self.encap.read().route(dst, nh)))
+    }
+
+    /// Applies a new peer set to the running speaker: only added, removed and changed peers' sessions
+    /// are touched.
+    async fn change_peers(&mut self, old: &SpeakerPlan, new: &SpeakerPlan) {
+        let Some(sp) = self.speaker.clone() else { return };
+        let d = peer_diff(&old.peers, &new.peers);
+        let externals = |plan: &SpeakerPlan| -> std::collections::HashSet<IpAddr> {
+            plan.peers.iter().filter(|p| p.external).map(|p| p.address).collect()
+        };
+        // While sessions change, a peer that is external in either plan only gets our own prefixes.
+        if let Ok(mut e) = self.external.write() {
+            *e = externals(old).union(&externals(new)).copied().collect();
+        }
+        for a in &d.remove {
+            sp.remove_peer(*a).await;
+        }
+        let mut restarted = 0;
+        for p in &d.change {
+            match sp.update_peer(peer_config(p)).await {
+                Ok(true) => restarted += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(peer = %p.address, error = %e, "changing a BGP peer"),
+            }
+        }
+        for p in &d.add {
+            if let Err(e) = sp.add_peer(peer_config(p)).await {
+                tracing::warn!(peer = %p.address, error = %e, "adding a BGP peer");
+            }
+        }
+        if let Ok(mut e) = self.external.write() {
+            *e = externals(new);
+        }
+        tracing::info!(added = d.add.len(), removed = d.remove.len(), restarted, "BGP peers changed live");
     }
 
     async fn start(&mut self, p: &SpeakerPlan) -> std::io::Result<()> {
@@ -445,13 +555,13 @@ impl Mesh {
             max_restart_time: p.max_restart_time,
         });
         cfg.peers = p.peers.iter().map(peer_config).collect();
+        if let Ok(mut e) = self.external.write() {
+            *e = p.peers.iter().filter(|x| x.external).map(|x| x.address).collect();
+        }
         // The previous listener may take a moment to close.
         let mut attempt = 0;
         let sp = loop {
-            let policy = ExportPolicy {
-                external: p.peers.iter().filter(|x| x.external).map(|x| x.address).collect(),
-                own: self.own.clone(),
-            };
+            let policy = ExportPolicy { external: self.external.clone(), own: self.own.clone() };
             match Speaker::start(cfg.clone(), Arc::new(policy)).await {
                 Ok(s) => break s,
                 Err(e) if attempt < 20 && e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -489,8 +599,9 @@ impl Mesh {
             o.clear();
         }
         self.converging_since = Some(Instant::now());
+        self.restarted_speaker = self.restarted;
         if self.restarted {
-            tracing::info!(peers = p.peers.len(), "BGP speaker restarted for a new peer set");
+            tracing::info!(peers = p.peers.len(), "BGP speaker restarted for a new AS, router ID, port or cluster ID");
         }
         self.restarted = true;
         Ok(())
@@ -638,6 +749,43 @@ mod tests {
     }
 
     #[test]
+    fn mesh_restart_time_and_live_peer_diff() {
+        let nodes = vec![node("a", "192.168.1.1", &[]), node("b", "192.168.1.2", &[]), node("c", "192.168.1.3", &[])];
+        let cfg = BGPConfigurationSpec { node_mesh_max_restart_time: Some("2m".into()), ..Default::default() };
+        let p = plan("a", &nodes, &cfg, &[], &no_secret).unwrap();
+        assert_eq!(p.max_restart_time, 120);
+        assert!(p.peers.iter().all(|x| x.restart_time == Some(120) && x.keepalive_time.is_none()));
+        let short = BGPConfigurationSpec { node_mesh_max_restart_time: Some("30s".into()), ..Default::default() };
+        assert!(plan("a", &nodes, &short, &[], &no_secret).unwrap().peers.iter().all(|x| x.restart_time == Some(30)));
+        let unset = plan("a", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        assert!(unset.peers.iter().all(|x| x.restart_time.is_none()));
+
+        // A fourth node adds one peer and changes nothing else; a new mesh password changes every one.
+        let mut four = nodes.clone();
+        four.push(node("d", "192.168.1.4", &[]));
+        let p4 = plan("a", &four, &cfg, &[], &no_secret).unwrap();
+        assert!(same_speaker(&p, &p4));
+        let d = peer_diff(&p.peers, &p4.peers);
+        assert_eq!(d.add.iter().map(|x| x.address.to_string()).collect::<Vec<_>>(), vec!["192.168.1.4"]);
+        assert!(d.remove.is_empty() && d.change.is_empty());
+        let back = peer_diff(&p4.peers, &p.peers);
+        assert_eq!(back.remove, vec!["192.168.1.4".parse::<IpAddr>().unwrap()]);
+        assert!(peer_diff(&p.peers, &p.peers).add.is_empty());
+        let pw = BGPConfigurationSpec {
+            node_mesh_password: Some(tabby_api::bgp::BgpPassword {
+                secret_key_ref: SecretKeySelector { name: "s".into(), key: "k".into(), optional: None },
+            }),
+            ..cfg.clone()
+        };
+        let secret = |_: &SecretKeySelector| Some("pw".to_string());
+        let d = peer_diff(&p.peers, &plan("a", &nodes, &pw, &[], &secret).unwrap().peers);
+        assert_eq!((d.add.len(), d.remove.len(), d.change.len()), (0, 0, 2));
+        // A new AS number is a new speaker.
+        let asn = BGPConfigurationSpec { as_number: 65000, ..cfg };
+        assert!(!same_speaker(&p, &plan("a", &nodes, &asn, &[], &no_secret).unwrap()));
+    }
+
+    #[test]
     fn global_peer_with_password_and_node_specific_peer() {
         let nodes = vec![node("a", "192.168.1.1", &[("label:rack", "r1")]), node("b", "192.168.1.2", &[])];
         let mut g = BGPPeer::new("router", BGPPeerSpec::default());
@@ -647,6 +795,7 @@ mod tests {
             secret_key_ref: SecretKeySelector { name: "s".into(), key: "k".into(), optional: None },
         });
         g.spec.keepalive_time = Some("10s".into());
+        g.spec.max_restart_time = Some("45s".into());
         let mut ns = BGPPeer::new("rack", BGPPeerSpec::default());
         ns.spec.node_selector = Some("rack == 'r1'".into());
         ns.spec.peer_ip = Some("10.9.9.9:1790".into());
@@ -656,7 +805,10 @@ mod tests {
         let pa = plan("a", &nodes, &cfg, &[g.clone(), ns.clone()], &secret).unwrap();
         assert_eq!(pa.peers.len(), 2);
         let r = pa.peers.iter().find(|p| p.asn == 65000).unwrap();
-        assert_eq!((r.password.as_deref(), r.hold_time, r.kind), (Some("pw"), Some(30), PeerType::GlobalPeer));
+        assert_eq!((r.password.as_deref(), r.keepalive_time, r.kind), (Some("pw"), Some(10), PeerType::GlobalPeer));
+        assert_eq!((r.hold_time, r.restart_time), (None, Some(45)));
+        let c = peer_config(r);
+        assert_eq!((c.keepalive_time, c.restart_time, c.hold_time), (Some(10), Some(45), None));
         let n = pa.peers.iter().find(|p| p.asn == 65001).unwrap();
         assert_eq!((n.port, n.kind), (1790, PeerType::NodePeer));
         let pb = plan("b", &nodes, &cfg, &[g, ns], &secret).unwrap();
