@@ -414,9 +414,10 @@ impl Mesh {
     }
 
     /// Sets the encapsulation rules of learned routes; when they change, what the speaker learned is
-    /// installed again under the new rules.
+    /// installed again under the new rules (a restarted speaker still converging does that itself when
+    /// it replaces its predecessor's routes).
     pub async fn set_encap(&mut self, e: crate::ipip::Encap) {
-        if !self.encap.replace(e) || self.converging_since.is_some() {
+        if !self.encap.replace(e) || (self.converging_since.is_some() && self.restarted_speaker) {
             return;
         }
         let Some(sp) = self.speaker.clone() else { return };
