@@ -7,7 +7,8 @@
 //! Where the kernel has no `ipip` module those tests skip, saying so (issue 7 allows it, CI included):
 //! the probe is real (an ipip link in a throwaway namespace). `ipip_status_matches_the_kernel` runs on
 //! every kernel: without the module the agent must say so in NodeStatus (RoutesReady=False, reason
-//! IPIPUnavailable) and its log, stay up, and install no route for the IPIP pool some other way.
+//! IPIPUnavailable) and its log, stay up, and install no route for the IPIP pool some other way; and
+//! `ipip_switched_off_while_bgp_converges` changes the rules inside the first BGP convergence.
 
 // Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
 // inside a runtime): the lab tests must not overlap.
@@ -306,4 +307,29 @@ async fn ipip_status_matches_the_kernel() {
     }
     let (a, b) = (lab.pod("a"), lab.pod("b"));
     assert!(ping(&a.ns, &b.ip, 3), "pod-to-pod after IPIP was switched off\n{}", n1.routes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipip_switched_off_while_bgp_converges() {
+    let test = "ipip_switched_off_while_bgp_converges";
+    let _g = serial();
+    let Some(mut lab) = Lab::new(test, 2, Underlay::Flat).await else { return };
+    ipip_pool(&lab, "10.251.0.0/16", "Always");
+    lab.start_agents(&[("TABBY_BGP", "Enabled")]);
+    // The rules change inside the first convergence: right after node1's session comes up (the agent
+    // waits 2 s more before it calls BGP converged).
+    let up = Instant::now();
+    while !std::fs::read_to_string(lab.node("node1").log()).unwrap_or_default().contains("\"established\"") {
+        assert!(up.elapsed() < Duration::from_secs(60), "no session:\n{}", lab.node("node1").log_tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ipip_pool(&lab, "10.251.0.0/16", "Never");
+    let started = Instant::now();
+    let b2 = lab.blocks_of("node2");
+    assert!(!b2.is_empty(), "node2 pre-claims a block");
+    let (n1, n2addr) = (lab.node("node1"), lab.node("node2").addr.clone());
+    n1.wait_routes("direct routes to node2's blocks", Duration::from_secs(60), |r| {
+        b2.iter().all(|b| r.contains(&format!("{b} via {n2addr} dev eth0 proto tabby")))
+    });
+    eprintln!("{test}: direct routes {:?} after the switch", started.elapsed());
 }
