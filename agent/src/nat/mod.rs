@@ -168,8 +168,15 @@ pub fn read() -> Result<Option<Current>, NatError> {
     }
 }
 
-/// Brings the table to `want`; returns whether a batch was applied.
+/// Brings the table to `want`; returns whether a batch was applied. Reported as subsystem `nat`.
 pub fn reconcile(want: &NatState) -> Result<bool, NatError> {
+    let started = std::time::Instant::now();
+    let r = apply(want);
+    crate::metrics::reconcile_done("nat", started.elapsed(), r.is_ok());
+    r
+}
+
+fn apply(want: &NatState) -> Result<bool, NatError> {
     let cur = read()?;
     let Some(b) = batch(cur.as_ref(), want) else { return Ok(false) };
     // A half-built table (a set or the chain deleted by hand) is rebuilt from scratch, in the same

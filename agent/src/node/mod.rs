@@ -203,8 +203,15 @@ pub fn internal_ip(node: &Node, v6: bool) -> Option<IpAddr> {
     })
 }
 
-/// Detects the node's address of one family.
+/// Detects the node's address of one family. Reported as subsystem `node`.
 pub async fn detect(k: &Kernel, method: &Method, v6: bool, node: Option<&Node>) -> Result<Option<IpNet>, NodeError> {
+    let started = std::time::Instant::now();
+    let r = detect_now(k, method, v6, node).await;
+    crate::metrics::reconcile_done("node", started.elapsed(), r.is_ok());
+    r
+}
+
+async fn detect_now(k: &Kernel, method: &Method, v6: bool, node: Option<&Node>) -> Result<Option<IpNet>, NodeError> {
     let ifaces = interfaces(k).await?;
     let internal = node.and_then(|n| internal_ip(n, v6));
     let reach = match method {
