@@ -484,7 +484,14 @@ impl Allocator {
                     }
                 }
             });
+            let written = std::time::Instant::now();
             let (block_results, handle_results) = futures::join!(join_all(writes), join_all(handle_ops));
+            tracing::debug!(
+                jobs = planned.len(),
+                blocks = dirty.len(),
+                ms = written.elapsed().as_secs_f64() * 1e3,
+                "batch written"
+            );
             let mut failed: BTreeSet<IpNet> = BTreeSet::new();
             let mut fatal: Option<IpamError> = None;
             for (cidr, r) in block_results {
