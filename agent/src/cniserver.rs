@@ -162,7 +162,10 @@ pub async fn answer(line: &str, shared: &Shared) -> Response {
             }
             Err(e) => ipam_error(e),
         },
-        Op::Check { handle } => Response { ips: fmt(alloc.addresses_of(&handle).unwrap_or_default()), ..ok },
+        Op::Check { handle } => match alloc.held_by(&handle).await {
+            Ok(ips) => Response { ips: fmt(ips), ..ok },
+            Err(e) => ipam_error(e),
+        },
         Op::Gc { network, valid_handles } => {
             match alloc.release(ReleaseSel::NotIn { network, valid: valid_handles.into_iter().collect() }).await {
                 Ok(n) => Response { released: n, ..ok },

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use serde_json::json;
@@ -16,6 +16,7 @@ const SEQUENTIAL: usize = 100;
 const PARALLEL: usize = 100;
 const WARMUP: usize = 5;
 
+#[derive(Default)]
 struct Figures {
     add_p50: f64,
     add_p99: f64,
@@ -25,53 +26,106 @@ struct Figures {
     parallel_del: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    sorted[i]
 }
 
-/// Runs the sequential and parallel rounds for one plugin.
-fn measure(tag: &str, make: &(dyn Fn(&str, usize, &Netns) -> Cni + Sync)) -> Figures {
-    let node = Netns::node(&format!("{tag}-node"));
-    let total = WARMUP + SEQUENTIAL + PARALLEL;
-    let pods: Vec<Netns> = (0..total).map(|i| Netns::new(&format!("{tag}{i}"))).collect();
-    let run = |cmd: &str, i: usize| {
-        let r = make(cmd, i, &pods[i]).in_ns(&node).run();
-        assert_eq!(r.code, 0, "{tag} {cmd} {i}: {}", r.stdout);
-    };
-    for i in 0..WARMUP {
-        run("ADD", i);
-        run("DEL", i);
+fn p50_p99(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (percentile(&v, 0.5), percentile(&v, 0.99))
+}
+
+/// One plugin under test: its node namespace and pod namespaces, and how to invoke it.
+struct Subject<'a> {
+    tag: &'static str,
+    node: Netns,
+    pods: Vec<Netns>,
+    make: &'a (dyn Fn(&str, usize, &Netns) -> Cni + Sync),
+}
+
+impl<'a> Subject<'a> {
+    fn new(tag: &'static str, make: &'a (dyn Fn(&str, usize, &Netns) -> Cni + Sync)) -> Self {
+        let node = Netns::node(&format!("{tag}-node"));
+        let pods = (0..WARMUP + SEQUENTIAL + PARALLEL).map(|i| Netns::new(&format!("{tag}{i}"))).collect();
+        Subject { tag, node, pods, make }
     }
-    let timed = |cmd: &str, i: usize| {
+
+    fn run(&self, cmd: &str, i: usize) {
+        let r = (self.make)(cmd, i, &self.pods[i]).in_ns(&self.node).run();
+        assert_eq!(r.code, 0, "{} {cmd} {i}: {}", self.tag, r.stdout);
+    }
+
+    fn timed(&self, cmd: &str, i: usize) -> f64 {
         let t = Instant::now();
-        run(cmd, i);
-        t.elapsed()
-    };
-    let mut adds: Vec<Duration> = (WARMUP..WARMUP + SEQUENTIAL).map(|i| timed("ADD", i)).collect();
-    let mut dels: Vec<Duration> = (WARMUP..WARMUP + SEQUENTIAL).map(|i| timed("DEL", i)).collect();
-    adds.sort();
-    dels.sort();
-    let wall = |cmd: &str| {
+        self.run(cmd, i);
+        t.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// Wall time of `cmd` for every parallel pod at once.
+    fn wall(&self, cmd: &str) -> f64 {
         let t = Instant::now();
         std::thread::scope(|s| {
-            for i in WARMUP + SEQUENTIAL..total {
-                let run = &run;
-                s.spawn(move || run(cmd, i));
+            for i in WARMUP + SEQUENTIAL..WARMUP + SEQUENTIAL + PARALLEL {
+                s.spawn(move || self.run(cmd, i));
             }
         });
         t.elapsed().as_secs_f64() * 1000.0
-    };
-    let parallel_add = wall("ADD");
-    let parallel_del = wall("DEL");
-    Figures {
-        add_p50: percentile(&adds, 0.5),
-        add_p99: percentile(&adds, 0.99),
-        del_p50: percentile(&dels, 0.5),
-        del_p99: percentile(&dels, 0.99),
-        parallel_add,
-        parallel_del,
     }
+}
+
+/// Runs both plugins. Sequential pods alternate between the two (A, B, A, B...), so a change in the
+/// machine's load lands on both alike; the parallel rounds run one plugin after the other.
+fn measure(a: &Subject, b: &Subject) -> (Figures, Figures) {
+    for i in 0..WARMUP {
+        for s in [a, b] {
+            s.run("ADD", i);
+            s.run("DEL", i);
+        }
+    }
+    let (mut fa, mut fb) = (Figures::default(), Figures::default());
+    let seq = WARMUP..WARMUP + SEQUENTIAL;
+    let (mut add_a, mut add_b, mut del_a, mut del_b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in seq.clone() {
+        add_a.push(a.timed("ADD", i));
+        add_b.push(b.timed("ADD", i));
+    }
+    for i in seq {
+        del_a.push(a.timed("DEL", i));
+        del_b.push(b.timed("DEL", i));
+    }
+    (fa.add_p50, fa.add_p99) = p50_p99(add_a);
+    (fb.add_p50, fb.add_p99) = p50_p99(add_b);
+    (fa.del_p50, fa.del_p99) = p50_p99(del_a);
+    (fb.del_p50, fb.del_p99) = p50_p99(del_b);
+    for (s, f) in [(a, &mut fa), (b, &mut fb)] {
+        f.parallel_add = s.wall("ADD");
+        f.parallel_del = s.wall("DEL");
+    }
+    (fa, fb)
+}
+
+/// p50s of the plugin's own timing lines (debug level, milliseconds from the plugin's start) for the
+/// sequential pods: the `N` numbers at the end of each line that contains `marker`.
+fn breakdown<const N: usize>(log: &Path, marker: &str) -> Option<[f64; N]> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut cols: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+    // Warm-up pods come first, then the sequential ones, then the parallel round.
+    for line in text.lines().filter(|l| l.contains(marker)).skip(WARMUP).take(SEQUENTIAL) {
+        let (_, timing) = line.split_once(marker)?;
+        let nums: Vec<f64> =
+            timing.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|w| w.parse().ok()).collect();
+        if nums.len() < N {
+            return None;
+        }
+        for (c, v) in cols.iter_mut().zip(&nums[nums.len() - N..]) {
+            c.push(*v);
+        }
+    }
+    Some(cols.map(|c| p50_p99(c).0))
 }
 
 fn main() {
@@ -105,7 +159,7 @@ fn main() {
     let log = c.dir.path().join("cni.log");
     let tabby_conf = {
         let mut v = conf("1.1.0", &agent.socket, &log);
-        v["log_level"] = json!("info");
+        v["log_level"] = json!("debug");
         v
     };
     let ref_conf = json!({
@@ -114,16 +168,17 @@ fn main() {
                  "dataDir": c.dir.path().join("host-local"), "routes": [{"dst": "0.0.0.0/0"}]},
     });
 
-    let tabby = measure("tb", &|cmd, i, pod| {
+    let tabby_make = |cmd: &str, i: usize, pod: &Netns| {
         let id = format!("tabby{i:04}");
         Cni::new(cmd, &tabby_conf, &id, &pod.path, "eth0").pod("bench", &format!("pod-{i}"), &id)
-    });
-    let reference = measure("rf", &|cmd, i, pod| {
+    };
+    let ref_make = |cmd: &str, i: usize, pod: &Netns| {
         let id = format!("ref{i:04}");
         let mut x = Cni::new(cmd, &ref_conf, &id, &pod.path, "eth0").pod("bench", &format!("pod-{i}"), &id);
         x.bin = Some(ptp.into());
         x
-    });
+    };
+    let (tabby, reference) = measure(&Subject::new("tb", &tabby_make), &Subject::new("rf", &ref_make));
     let leftover = rt.block_on(c.allocations());
     assert!(leftover.is_empty(), "Tabby allocations left after the bench: {leftover:?}");
 
@@ -147,4 +202,13 @@ fn main() {
         "tabby: every ADD is durable in an IPAMBlock and an IPAMHandle in kube-apiserver before it returns; \
          host-local writes local files."
     );
+    if let Some([veth, agent, done]) = breakdown(&log, "timing: veth ready") {
+        println!(
+            "tabby ADD, p50 from the plugin's start: veth pair ready {veth:.2} ms, agent's durable answer \
+             {agent:.2} ms, pod wired {done:.2} ms"
+        );
+    }
+    if let Some([links, agent]) = breakdown(&log, "timing: links deleted") {
+        println!("tabby DEL, p50 from the plugin's start: links deleted {links:.2} ms, agent released {agent:.2} ms");
+    }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
@@ -105,6 +105,7 @@ impl Invocation {
 
 /// Runs one invocation; returns the exit code and what to print on stdout.
 pub fn run(stdin: &[u8], env: &dyn Fn(&str) -> Option<String>) -> (i32, String) {
+    let started = Instant::now();
     let version_hint = serde_json::from_slice::<Value>(stdin)
         .ok()
         .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
@@ -129,8 +130,8 @@ pub fn run(stdin: &[u8], env: &dyn Fn(&str) -> Option<String>) -> (i32, String) 
     let mut log =
         Logger::open(&conf.log_file_path, Level::parse(conf.log_level.as_deref()), &inv.command, &inv.container_id);
     let result = match inv.command.as_str() {
-        "ADD" => inv.require_container(true).and_then(|()| add(&conf, &inv, &mut log)).map(Some),
-        "DEL" => inv.require_container(false).and_then(|()| del(&conf, &inv, &mut log)).map(|()| None),
+        "ADD" => inv.require_container(true).and_then(|()| add(&conf, &inv, &mut log, started)).map(Some),
+        "DEL" => inv.require_container(false).and_then(|()| del(&conf, &inv, &mut log, started)).map(|()| None),
         "CHECK" => inv.require_container(true).and_then(|()| check(&conf, &inv, &mut log)).map(|()| None),
         "STATUS" => status(&conf).map(|()| None),
         "GC" => gc(&conf, &mut log).map(|()| None),
@@ -176,7 +177,8 @@ fn open_netns(path: &str) -> Result<NetNs, CniError> {
     })
 }
 
-fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<Value, CniError> {
+/// `started`: when this invocation began, for the timing line logged at debug level.
+fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger, started: Instant) -> Result<Value, CniError> {
     let pod_ns = open_netns(&inv.netns)?;
     let host_ns = NetNs::current().map_err(nl_err)?;
     let handle = proto::handle_id(&conf.name, &inv.container_id);
@@ -196,6 +198,7 @@ fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<Value, CniE
     let host_veth = inv.host_veth();
     let mut links = Links::open(&pod_ns, &host_ns);
     let prepared = links.as_mut().map_err(nl_err).and_then(|l| l.prepare(inv, &host_veth, conf.mtu));
+    let veth_ms = started.elapsed().as_secs_f64() * 1e3;
     let resp = asked
         .join()
         .unwrap_or_else(|_| Err(CniError::new(code::AGENT, "asking the agent failed", "the request thread panicked")));
@@ -214,9 +217,14 @@ fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<Value, CniE
             }
             log.info(&format!("allocated {ips:?} handle={handle}"));
             let mtu = if conf.mtu != 0 { conf.mtu } else { resp.mtu.filter(|m| *m != 0).unwrap_or(1500) };
+            let answered_ms = started.elapsed().as_secs_f64() * 1e3;
             match links.as_mut().map_err(nl_err).and_then(|l| l.configure(inv, &host_veth, &ips, mtu)) {
                 Ok(r) => {
                     log.info(&format!("wired {} <-> {} mtu {mtu}", inv.ifname, host_veth));
+                    log.debug(&format!(
+                        "timing: veth ready {veth_ms:.2} ms, agent answered {answered_ms:.2} ms, done {:.2} ms",
+                        started.elapsed().as_secs_f64() * 1e3
+                    ));
                     return Ok(r.to_json(&conf.cni_version));
                 }
                 Err(e) => (e, true),
@@ -371,7 +379,7 @@ impl Links {
     }
 }
 
-fn del(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<(), CniError> {
+fn del(conf: &NetConf, inv: &Invocation, log: &mut Logger, started: Instant) -> Result<(), CniError> {
     // The release runs beside the interface teardown (the kernel's veth deletion waits for RCU grace
     // periods). Released addresses go to the end of their block's free list, so the address is not handed
     // out again in the moment both take.
@@ -381,11 +389,16 @@ fn del(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<(), CniErro
         std::thread::spawn(move || agent_call(&conf, Op::Del { handle }))
     };
     let teardown = del_links(inv, log);
+    let links_ms = started.elapsed().as_secs_f64() * 1e3;
     let resp = released.join().unwrap_or_else(|_| {
         Err(CniError::new(code::AGENT, "asking the agent failed", "the request thread panicked"))
     })?;
     teardown?;
     log.info(&format!("released {} address(es) of {handle}", resp.released));
+    log.debug(&format!(
+        "timing: links deleted {links_ms:.2} ms, agent released {:.2} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    ));
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
+use ipnet::IpNet;
 use kube::Api;
 use kube::api::ListParams;
 use tabby_api::ipam::{AffinityState, BlockAffinity};
@@ -136,6 +137,45 @@ async fn two_agents_race_on_a_small_pool() {
     // Both nodes got blocks.
     let nodes: BTreeSet<&String> = owners.values().collect();
     assert_eq!(nodes.len(), 2, "{owners:?}");
+
+    // Every handle's CHECK reports what it was given, and a repeated ADD returns it (nothing new allocated).
+    for (h, r) in &ok {
+        let agent = if h.contains(".a") { &a } else { &b };
+        let checked = agent.call(Op::Check { handle: h.clone() }).expect("agent answers");
+        assert_eq!(&checked.ips, r.as_ref().unwrap(), "CHECK of {h}");
+        let again = agent.add(h).expect("agent answers");
+        assert_eq!(&again.ips, r.as_ref().unwrap(), "repeated ADD of {h}");
+    }
+    assert_eq!(distinct(&c.allocations().await).len(), 64, "repeated ADDs allocated nothing new");
+
+    // Borrowing (strictAffinity is false): free three of node-b's addresses; node-a's blocks are full and the
+    // pool has no free block, so node-a borrows exactly those. Borrowed addresses are the handle's own for
+    // CHECK, a repeated ADD and DEL.
+    let freed: Vec<String> = ok.iter().filter(|(h, _)| h.contains(".b")).take(3).map(|(h, _)| h.clone()).collect();
+    for h in &freed {
+        let r = b.call(Op::Del { handle: h.clone() }).expect("agent answers");
+        assert!(r.error.is_none(), "{r:?}");
+    }
+    let b_blocks: Vec<IpNet> = c
+        .blocks()
+        .await
+        .iter()
+        .filter(|b| b.spec.affinity.as_deref() == Some("host:node-b"))
+        .map(|b| b.spec.cidr.parse().unwrap())
+        .collect();
+    for i in 0..3 {
+        let h = format!("k8s-pod-network.lent{i}");
+        let r = a.add(&h).expect("agent answers");
+        assert!(r.error.is_none(), "node-a borrows: {r:?}\n{}", a.log_tail());
+        let ip: std::net::IpAddr = r.ips[0].split('/').next().unwrap().parse().unwrap();
+        assert!(b_blocks.iter().any(|n| n.contains(&ip)), "{ip} lies in one of node-b's blocks {b_blocks:?}");
+        assert_eq!(a.call(Op::Check { handle: h.clone() }).expect("agent answers").ips, r.ips, "CHECK of {h}");
+        assert_eq!(a.add(&h).expect("agent answers").ips, r.ips, "repeated ADD of {h}");
+        assert!(c.allocations().await.get(&h).is_some(), "{h} recorded in node-b's block");
+        let d = a.call(Op::Del { handle: h.clone() }).expect("agent answers");
+        assert_eq!((d.error, d.released), (None, 1), "DEL of {h} releases the borrowed address");
+        assert!(c.allocations().await.get(&h).is_none(), "{h} released");
+    }
 
     // Release everything through the agent that allocated it (borrowed addresses included).
     for (h, _) in &ok {

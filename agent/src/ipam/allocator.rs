@@ -293,9 +293,8 @@ impl Allocator {
 
     /// Allocates (or returns the existing) addresses of a handle; durable when it returns.
     pub async fn allocate(&self, req: AllocRequest) -> Result<Vec<Granted>, IpamError> {
-        if let Some(existing) = self.addresses_of(&req.handle)
-            && !existing.is_empty()
-        {
+        let existing = self.held_by(&req.handle).await?;
+        if !existing.is_empty() {
             return Ok(existing);
         }
         let plan = self.plan(&req).await?;
@@ -324,6 +323,24 @@ impl Allocator {
             }
         }
         Some(out)
+    }
+
+    /// Every address a handle holds: in this node's blocks, and in other nodes' blocks it borrowed from
+    /// (read from the API, so a repeated ADD or a CHECK sees borrowed addresses too).
+    pub async fn held_by(&self, handle: &str) -> Result<Vec<Granted>, IpamError> {
+        let mut out = self.addresses_of(handle).unwrap_or_default();
+        let lent: Vec<IpNet> = self.borrowed().get(handle).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for cidr in lent {
+            let name = cidr_object_name(&cidr.to_string());
+            if let Some(b) = self.blocks_api().get_opt(&name).await.map_err(api_err)? {
+                out.extend(
+                    block::ordinals_of(&b.spec, handle)
+                        .into_iter()
+                        .map(|o| (block::addr_at(&cidr, o), cidr.prefix_len())),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Claims one block in every eligible pool where this node has none yet.
@@ -484,7 +501,14 @@ impl Allocator {
                     }
                 }
             });
+            let written = std::time::Instant::now();
             let (block_results, handle_results) = futures::join!(join_all(writes), join_all(handle_ops));
+            tracing::debug!(
+                jobs = planned.len(),
+                blocks = dirty.len(),
+                ms = written.elapsed().as_secs_f64() * 1e3,
+                "batch written"
+            );
             let mut failed: BTreeSet<IpNet> = BTreeSet::new();
             let mut fatal: Option<IpamError> = None;
             for (cidr, r) in block_results {
