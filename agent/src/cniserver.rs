@@ -44,8 +44,24 @@ impl Metrics {
 pub struct Shared {
     pub allocator: Arc<OnceLock<Allocator>>,
     pub ready: Arc<AtomicBool>,
+    /// The MTU handed to pods when the state file below cannot be read.
     pub mtu: u32,
+    /// The agent's state directory: its `mtu` file is rewritten by the network pass when the underlay
+    /// or the encapsulation changes (VXLAN −50, IPIP −20), and every ADD hands out what it says.
+    pub state_dir: Option<PathBuf>,
     pub metrics: Metrics,
+}
+
+impl Shared {
+    /// The pod MTU right now.
+    fn pod_mtu(&self) -> u32 {
+        self.state_dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("mtu")).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|m| *m != 0)
+            .unwrap_or(self.mtu)
+    }
 }
 
 /// Binds the socket (replacing a stale one), mode 0600.
@@ -151,7 +167,7 @@ pub async fn answer(line: &str, shared: &Shared) -> Response {
         Op::Add { handle, namespace, pod, .. } => match alloc.allocate(AllocRequest { handle, namespace, pod }).await {
             Ok(ips) => {
                 shared.metrics.adds.inc();
-                Response { ips: fmt(ips), mtu: Some(shared.mtu), ..ok }
+                Response { ips: fmt(ips), mtu: Some(shared.pod_mtu()), ..ok }
             }
             Err(e) => ipam_error(e),
         },

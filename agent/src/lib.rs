@@ -59,7 +59,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     tracing::info!(node = %cfg.node, %health_addr, socket = %cfg.socket.display(), mtu, "tabby-agent starting");
 
     // The socket comes up first so STATUS can say "not ready" while IPAM starts.
-    let shared = cniserver::Shared { mtu, metrics, ..Default::default() };
+    let shared = cniserver::Shared { mtu, state_dir: Some(cfg.state_dir.clone()), metrics, ..Default::default() };
     let listener = cniserver::bind(&cfg.socket)?;
     tokio::spawn(cniserver::serve(listener, shared.clone()));
 
