@@ -164,21 +164,40 @@ pub struct GcReport {
     pub handles_deleted: u32,
 }
 
+/// Objects per page when listing every pod.
+const POD_PAGE: u32 = 500;
+
+/// Every pod's node, by (namespace, name), listed `POD_PAGE` at a time.
+async fn pod_nodes(api: &Api<Pod>) -> Result<HashMap<(String, String), Option<String>>, kube::Error> {
+    let mut out = HashMap::new();
+    let mut lp = ListParams::default().limit(POD_PAGE);
+    loop {
+        let page = api.list(&lp).await?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        out.extend(
+            page.items
+                .into_iter()
+                .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.spec.and_then(|s| s.node_name))),
+        );
+        match next {
+            Some(c) => lp = lp.continue_token(&c),
+            None => return Ok(out),
+        }
+    }
+}
+
 /// One cluster-wide pass (the caller holds the lease).
 pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> Result<GcReport, kube::Error> {
     let blocks_api: Api<IPAMBlock> = Api::all(client.clone());
+    // Names only for nodes; pods page by page, keeping only where each runs (a cluster's pods can be
+    // many: the whole list at once would be this agent's largest allocation by far).
     let nodes: HashSet<String> = Api::<Node>::all(client.clone())
-        .list(&ListParams::default())
+        .list_metadata(&ListParams::default())
         .await?
         .into_iter()
         .map(|n| n.name_any())
         .collect();
-    let pods: HashMap<(String, String), Option<String>> = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .into_iter()
-        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.spec.and_then(|s| s.node_name)))
-        .collect();
+    let pods = pod_nodes(&Api::<Pod>::all(client.clone())).await?;
     let blocks = blocks_api.list(&ListParams::default()).await?.items;
     let mut report = GcReport::default();
     let mut offered = HashSet::new();
@@ -277,7 +296,9 @@ pub async fn run_cluster_gc(client: Client, me: String, namespace: String, inter
             && last.is_none_or(|l| l.elapsed() >= interval)
         {
             last = Some(Instant::now());
-            match gc_pass(&client, &mut state, grace).await {
+            let r = gc_pass(&client, &mut state, grace).await;
+            crate::metrics::reconcile_done("ipam-gc", last.map(|l| l.elapsed()).unwrap_or_default(), r.is_ok());
+            match r {
                 Ok(r) if r != GcReport::default() => tracing::info!(?r, "IPAM garbage collection"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "IPAM garbage collection failed"),
