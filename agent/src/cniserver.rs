@@ -164,13 +164,15 @@ pub async fn answer(line: &str, shared: &Shared) -> Response {
     let ok = Response { v: proto::VERSION, ..Default::default() };
     let fmt = |ips: Vec<(std::net::IpAddr, u8)>| ips.iter().map(|(ip, p)| format!("{ip}/{p}")).collect();
     match req.op {
-        Op::Add { handle, namespace, pod, .. } => match alloc.allocate(AllocRequest { handle, namespace, pod }).await {
-            Ok(ips) => {
-                shared.metrics.adds.inc();
-                Response { ips: fmt(ips), mtu: Some(shared.pod_mtu()), ..ok }
+        Op::Add { handle, namespace, pod, .. } => {
+            match alloc.allocate(AllocRequest { handle, namespace, pod, ..Default::default() }).await {
+                Ok(ips) => {
+                    shared.metrics.adds.inc();
+                    Response { ips: fmt(ips), mtu: Some(shared.pod_mtu()), ..ok }
+                }
+                Err(e) => ipam_error(e),
             }
-            Err(e) => ipam_error(e),
-        },
+        }
         Op::Del { handle } => match alloc.release(ReleaseSel::Handle(handle)).await {
             Ok(n) => {
                 shared.metrics.dels.inc();

@@ -27,6 +27,7 @@ use tabby_api::{agentenv, names};
 use tokio::sync::Notify;
 
 use crate::bgpmesh::{self, Mesh};
+use crate::ipam::allocator::Purpose;
 use crate::ipam::block::{ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, addr_at, attribute_at, handle_at};
 use crate::node::{self, Method};
 use crate::routes::kernel::Kernel;
@@ -320,7 +321,7 @@ impl Pass {
         let mut vxlan_ok = true;
         if vxlan_on {
             if let (Some(IpAddr::V4(local)), Some(alloc)) = (self.addr_v4.map(|a| a.addr()), &self.alloc)
-                && let Ok(t) = tunnel_address(alloc, &vxlan::tunnel_handle(&me), "VXLAN").await
+                && let Ok(t) = tunnel_address(alloc, &vxlan::tunnel_handle(&me), Purpose::VxlanTunnel).await
             {
                 let dev_mtu =
                     node::pod_mtu(&node::interfaces(&self.kernel).await.unwrap_or_default(), node::VXLAN_OVERHEAD_V4);
@@ -475,7 +476,7 @@ impl Pass {
             return Some("IPIP routes are learned over BGP, which is disabled on this node (TABBY_BGP)".into());
         }
         let alloc = self.alloc.as_ref()?;
-        let t = match tunnel_address(alloc, &ipip::tunnel_handle(me), "IPIP").await {
+        let t = match tunnel_address(alloc, &ipip::tunnel_handle(me), Purpose::IpipTunnel).await {
             Ok(t) => t,
             Err(why) => return Some(why),
         };
@@ -512,12 +513,13 @@ impl Pass {
     }
 }
 
-/// The IPv4 tunnel address of `handle`, allocated from IPAM on first use.
+/// The IPv4 tunnel address of `handle`, allocated on first use from a pool of the tunnel's encapsulation.
 async fn tunnel_address(
     alloc: &crate::ipam::Allocator,
     handle: &str,
-    what: &str,
+    purpose: Purpose,
 ) -> Result<std::net::Ipv4Addr, String> {
+    let what = if purpose == Purpose::IpipTunnel { "IPIP" } else { "VXLAN" };
     let v4 = |v: Vec<crate::ipam::allocator::Granted>| {
         v.into_iter().find_map(|(ip, _)| match ip {
             IpAddr::V4(a) => Some(a),
@@ -527,7 +529,7 @@ async fn tunnel_address(
     if let Some(a) = alloc.addresses_of(handle).and_then(v4) {
         return Ok(a);
     }
-    let req = crate::ipam::allocator::AllocRequest { handle: handle.to_string(), ..Default::default() };
+    let req = crate::ipam::allocator::AllocRequest { handle: handle.to_string(), purpose, ..Default::default() };
     let why = match alloc.allocate(req).await {
         Ok(v) => match v4(v) {
             Some(a) => return Ok(a),

@@ -45,6 +45,10 @@ async fn vxlan_always_pod_to_pod() {
     let _g = serial();
     let Some(mut lab) = Lab::new("vxlan_always_pod_to_pod", 3, Underlay::Flat).await else { return };
     lab.pool("10.245.0.0/16", "Always", false);
+    // A workload-only pool, first by name: tunnel addresses may not come from it (Calico's allowedUses).
+    lab.apply(
+        "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {name: a-pods}\nspec: {cidr: '10.246.0.0/16', blockSize: 26, vxlanMode: Always, allowedUses: [Workload]}\n",
+    );
     // No TABBY_MTU: the agent works the pod MTU out (underlay 1500 − 50 for VXLAN) and hands it to the CNI.
     lab.start_agents(&[("TABBY_BGP", "Disabled")]);
     let t3 = wait_tunnel_addr(&lab, "node3");
@@ -72,6 +76,9 @@ async fn vxlan_always_pod_to_pod() {
     let fdb = String::from_utf8_lossy(&fdb.stdout);
     assert!(fdb.contains(&format!("{mac3} dst {} self permanent", lab.node("node3").addr)), "{fdb}");
     let (a, b) = (lab.pod("a"), lab.pod("b"));
+    assert!(t3.starts_with("10.245."), "the tunnel address comes from the pool allowed for tunnels: {t3}");
+    let blocks = lab.cp.kubectl_ok(&["get", "ipamblocks", "-o", "json"]);
+    assert!(blocks.contains("\"vxlanTunnelAddress\""), "tunnel allocations are typed: {blocks}");
     for p in [a, b] {
         let eth0 = p.ns.ip(&["link", "show", "eth0"]);
         assert!(eth0.contains("mtu 1450"), "pod {} gets the VXLAN MTU: {eth0}", p.name);

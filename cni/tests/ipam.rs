@@ -171,10 +171,10 @@ async fn two_agents_race_on_a_small_pool() {
         assert!(b_blocks.iter().any(|n| n.contains(&ip)), "{ip} lies in one of node-b's blocks {b_blocks:?}");
         assert_eq!(a.call(Op::Check { handle: h.clone() }).expect("agent answers").ips, r.ips, "CHECK of {h}");
         assert_eq!(a.add(&h).expect("agent answers").ips, r.ips, "repeated ADD of {h}");
-        assert!(c.allocations().await.get(&h).is_some(), "{h} recorded in node-b's block");
+        assert!(c.allocations().await.contains_key(&h), "{h} recorded in node-b's block");
         let d = a.call(Op::Del { handle: h.clone() }).expect("agent answers");
         assert_eq!((d.error, d.released), (None, 1), "DEL of {h} releases the borrowed address");
-        assert!(c.allocations().await.get(&h).is_none(), "{h} released");
+        assert!(!c.allocations().await.contains_key(&h), "{h} released");
     }
 
     // Release everything through the agent that allocated it (borrowed addresses included).

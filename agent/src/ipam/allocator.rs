@@ -15,8 +15,8 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions}
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use tabby_api::ipam::{
-    AffinityState, AllocationAttribute, BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMConfig, IPAMHandle,
-    IPAMHandleSpec, IPPool, block_affinity_name, cidr_object_name, host_affinity,
+    AffinityState, AllocationAttribute, BlockAffinity, BlockAffinitySpec, EncapsulationMode, IPAMBlock, IPAMConfig,
+    IPAMHandle, IPAMHandleSpec, IPPool, block_affinity_name, cidr_object_name, host_affinity,
 };
 use tabby_api::{IPAMConfigSpec, names};
 use tokio::sync::{mpsc, oneshot};
@@ -54,12 +54,36 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
-/// What ADD asks for.
+/// What ADD (or the node's tunnel set-up) asks for.
 #[derive(Debug, Clone, Default)]
 pub struct AllocRequest {
     pub handle: String,
     pub namespace: Option<String>,
     pub pod: Option<String>,
+    pub purpose: Purpose,
+}
+
+/// What an address is for: it decides the pools it may come from and the allocation's `type` attribute
+/// (Calico's `ipipTunnelAddress` / `vxlanTunnelAddress`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// A pod's address, from the pod's eligible workload pools (IPv4 and IPv6).
+    #[default]
+    Pod,
+    /// The node's `vxlan.tabby` address: IPv4, from a pool with `vxlanMode` on and the Tunnel use.
+    VxlanTunnel,
+    /// The node's `tunl0` address: IPv4, from a pool with `ipipMode` on and the Tunnel use.
+    IpipTunnel,
+}
+
+impl Purpose {
+    fn type_attribute(self) -> &'static str {
+        match self {
+            Purpose::Pod => "pod",
+            Purpose::VxlanTunnel => "vxlanTunnelAddress",
+            Purpose::IpipTunnel => "ipipTunnelAddress",
+        }
+    }
 }
 
 /// A granted address with the prefix length of its block.
@@ -232,11 +256,42 @@ impl Allocator {
         pools
     }
 
-    /// Resolves the pools and fixed addresses for a pod from its and its namespace's annotations.
+    /// Enabled IPv4 pools whose nodeSelector matches this node, allowed for tunnel addresses, with the
+    /// tunnel's encapsulation on, by name order.
+    pub fn tunnel_pools(&self, purpose: Purpose) -> Vec<IPPool> {
+        let labels = self.node_labels();
+        let mut pools: Vec<IPPool> = self
+            .inner
+            .caches
+            .pools
+            .state()
+            .iter()
+            .filter(|p| !p.spec.disabled)
+            .filter(|p| p.spec.allowed_uses.contains(&tabby_api::ipam::AllowedUse::Tunnel))
+            .filter(|p| match purpose {
+                Purpose::VxlanTunnel => p.spec.vxlan_mode != EncapsulationMode::Never,
+                Purpose::IpipTunnel => p.spec.ipip_mode != EncapsulationMode::Never,
+                Purpose::Pod => false,
+            })
+            .filter(|p| p.spec.cidr.parse::<IpNet>().is_ok_and(|c| matches!(c, IpNet::V4(_))))
+            .filter(|p| Selector::parse(&p.spec.node_selector).is_ok_and(|s| s.matches(&labels)))
+            .map(|p| (**p).clone())
+            .collect();
+        pools.sort_by_key(|p| p.name_any());
+        pools
+    }
+
+    /// Resolves the pools and fixed addresses for a pod from its and its namespace's annotations (for a
+    /// tunnel address: the tunnel pools).
     async fn plan(&self, req: &AllocRequest) -> Result<Plan, IpamError> {
-        let mut plan = Plan { v4: self.eligible_pools(false), v6: self.eligible_pools(true), ..Plan::default() };
+        let mut plan = Plan::default();
         plan.secondary.insert(block::ATTR_NODE.into(), self.inner.node.clone());
-        plan.secondary.insert(block::ATTR_TYPE.into(), "pod".into());
+        plan.secondary.insert(block::ATTR_TYPE.into(), req.purpose.type_attribute().into());
+        if req.purpose != Purpose::Pod {
+            plan.v4 = self.tunnel_pools(req.purpose);
+            return Ok(plan);
+        }
+        (plan.v4, plan.v6) = (self.eligible_pools(false), self.eligible_pools(true));
         let (Some(ns), Some(name)) = (&req.namespace, &req.pod) else { return Ok(plan) };
         plan.secondary.insert(block::ATTR_NAMESPACE.into(), ns.clone());
         plan.secondary.insert(block::ATTR_POD.into(), name.clone());
