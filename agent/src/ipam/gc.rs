@@ -136,18 +136,29 @@ pub async fn acquire_lease(client: &Client, namespace: &str, name: &str, me: &st
     }
 }
 
-/// Where a garbage collector pass remembers since when each candidate has looked leaked.
+/// Where a garbage collector pass remembers since when (and since which pass) each candidate has
+/// looked leaked.
 #[derive(Default)]
 pub struct GcState {
-    seen: HashMap<String, Instant>,
+    seen: HashMap<String, (Instant, u64)>,
+    pass: u64,
 }
 
 impl GcState {
-    /// True once `key` has looked leaked for `grace`; every key not offered in a pass is forgotten by
-    /// [`GcState::retain`].
+    /// Starts a pass.
+    fn next_pass(&mut self) {
+        self.pass += 1;
+    }
+
+    /// True once `key` has looked leaked for `grace` and in an earlier pass as well: a pass judges
+    /// by the blocks it listed at its start, so an allocation committed meanwhile (its handle written
+    /// before its block) looks leaked to that pass only. Every key not offered in a pass is forgotten
+    /// by [`GcState::retain`].
     fn ripe(&mut self, key: String, grace: Duration, offered: &mut HashSet<String>) -> bool {
         offered.insert(key.clone());
-        self.seen.entry(key).or_insert_with(Instant::now).elapsed() >= grace
+        let pass = self.pass;
+        let (since, first) = *self.seen.entry(key).or_insert_with(|| (Instant::now(), pass));
+        since.elapsed() >= grace && first < pass
     }
 
     fn retain(&mut self, offered: &HashSet<String>) {
@@ -188,6 +199,7 @@ async fn pod_nodes(api: &Api<Pod>) -> Result<HashMap<(String, String), Option<St
 
 /// One cluster-wide pass (the caller holds the lease).
 pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> Result<GcReport, kube::Error> {
+    state.next_pass();
     let blocks_api: Api<IPAMBlock> = Api::all(client.clone());
     // Names only for nodes; pods page by page, keeping only where each runs (a cluster's pods can be
     // many: the whole list at once would be this agent's largest allocation by far).
@@ -305,5 +317,30 @@ pub async fn run_cluster_gc(client: Client, me: String, namespace: String, inter
             }
         }
         tokio::time::sleep(tick).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_ripens_only_when_an_earlier_pass_saw_it_too() {
+        let mut st = GcState::default();
+        let mut offered = HashSet::new();
+        st.next_pass();
+        assert!(!st.ripe("handle/h".into(), Duration::ZERO, &mut offered), "first sighting: not yet");
+        st.retain(&offered);
+        st.next_pass();
+        let mut offered = HashSet::new();
+        assert!(st.ripe("handle/h".into(), Duration::ZERO, &mut offered), "still leaked a pass later");
+        assert!(!st.ripe("handle/new".into(), Duration::ZERO, &mut offered));
+        // A candidate not offered in a pass is forgotten and starts over.
+        st.retain(&HashSet::new());
+        st.next_pass();
+        assert!(!st.ripe("handle/h".into(), Duration::ZERO, &mut HashSet::new()));
+        // The grace period still applies.
+        st.next_pass();
+        assert!(!st.ripe("handle/h".into(), Duration::from_secs(3600), &mut HashSet::new()));
     }
 }
