@@ -1,9 +1,14 @@
 //! `make bench-routing`: the node agent's routing, side by side with BIRD 2 in the same run.
 //!
 //! 1. FIB install: a GoBGP peer (its RIB loaded from a generated MRT dump) sends 10k and 100k prefixes;
-//!    time from the session's configuration until the kernel of the receiver holds them all, and the
-//!    receiver's peak RSS — tabby-agent (the real binary, with its control plane watches) vs BIRD 2
-//!    (bgp + kernel protocol export).
+//!    time from the moment the BGP session is Established (GoBGP polled back to back; the start is
+//!    taken as the end of the last poll that saw it down) until the kernel of the receiver holds them
+//!    all, and the receiver's peak RSS (VmHWM, read a few seconds after the FIB is complete so any late
+//!    work counts) — tabby-agent (the real binary, with its control plane watches) vs BIRD 2 (bgp +
+//!    kernel protocol export). Both start from the same point: session setup depends on each daemon's
+//!    connect timers (BIRD waits out its start delay before it connects), so it is printed separately
+//!    and not counted. The FIB is counted from `/proc/net/fib_triestat` (the main table's prefix
+//!    count), which is cheap at any size, unlike formatting `/proc/net/route`.
 //! 2. Throughput: pod-to-pod TCP (iperf3) across nodes as a ratio to node-to-node on the same underlay,
 //!    native routing (BGP) and VXLAN.
 //! 3. Scale: agent RSS with 100 nodes and 10k pods (IPAM blocks full of allocations) in the API.
@@ -145,9 +150,16 @@ impl Drop for Feed {
     }
 }
 
+/// Prefixes in the main IPv4 table of `ns`.
 fn route_count(ns: &Netns) -> usize {
     ns.run(|| {
-        std::fs::read_to_string("/proc/thread-self/net/route").map(|s| s.lines().count().saturating_sub(1)).unwrap_or(0)
+        let s = std::fs::read_to_string("/proc/thread-self/net/fib_triestat").unwrap_or_default();
+        s.split("Main:")
+            .nth(1)
+            .and_then(|m| m.lines().find(|l| l.trim_start().starts_with("Prefixes:")))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     })
 }
 
@@ -163,18 +175,147 @@ fn peak_rss_kib(pid: u32) -> (u64, u64) {
     (get("VmHWM:"), get("VmRSS:"))
 }
 
-/// Waits until `ns` holds `base + n` routes; returns the time.
-fn wait_fib(ns: &Netns, base: usize, n: u32, start: Instant) -> Duration {
+/// Waits until `ns` holds `base + n` routes; returns when that was seen.
+fn wait_fib(ns: &Netns, base: usize, n: u32, start: Instant) -> Instant {
     loop {
         if route_count(ns) >= base + n as usize {
-            return start.elapsed();
+            return Instant::now();
         }
         assert!(start.elapsed() < Duration::from_secs(600), "FIB never reached {n} routes");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-fn fib_tabby(lab: &mut Lab, feed: &Feed, n: u32) -> (Duration, u64) {
+/// Polls GoBGP (on its own thread) for the moment its session with `peer` is Established. Returns when
+/// the last poll that still saw it down had ended: the state changed after that, so the measured
+/// install time is at most one poll (one `gobgp` call, a few tens of ms) too long, never too short.
+fn watch_established(feed: &Feed, peer: &str) -> std::thread::JoinHandle<Instant> {
+    let ns = feed.ns.name.clone();
+    let peer = peer.to_string();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut down_until = Instant::now();
+        loop {
+            let out = Command::new("ip").args(["netns", "exec", &ns, "gobgp", "neighbor", &peer]).output();
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_lowercase()).unwrap_or_default();
+            if text.contains("bgp state = established") {
+                return down_until;
+            }
+            down_until = Instant::now();
+            assert!(start.elapsed() < Duration::from_secs(300), "session with {peer} never Established");
+        }
+    })
+}
+
+/// One receiver's run: session setup time, install time (Established → FIB complete), peak RSS in KiB.
+struct FibRun {
+    setup: Duration,
+    install: Duration,
+    hwm: u64,
+}
+
+/// Adds the receiver as GoBGP's neighbor and measures until `n` prefixes are in `ns`'s FIB.
+fn measure(feed: &Feed, ns: &Netns, peer: &str, n: u32, pid: u32) -> FibRun {
+    let base = route_count(ns);
+    let est = watch_established(feed, peer);
+    let added = Instant::now();
+    let out = feed.gobgp(&["neighbor", "add", peer, "as", "64512"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done = wait_fib(ns, base, n, added);
+    let established = est.join().expect("established watcher");
+    // Late work (a resync, a convergence pass) counts towards the peak too.
+    std::thread::sleep(Duration::from_secs(3));
+    let (hwm, _) = peak_rss_kib(pid);
+    let _ = feed.gobgp(&["neighbor", "del", peer]);
+    FibRun {
+        setup: established.saturating_duration_since(added),
+        install: done.saturating_duration_since(established),
+        hwm,
+    }
+}
+
+/// How the feed reaches a receiver: GoBGP (the issue's feed) or the injector (as fast as it reads).
+#[derive(Clone, Copy)]
+enum Sender<'a> {
+    GoBgp,
+    Inject(&'a std::path::Path),
+}
+
+fn run_feed(how: Sender, feed: &Feed, ns: &Netns, peer: &str, n: u32, pid: u32) -> FibRun {
+    match how {
+        Sender::GoBgp => measure(feed, ns, peer, n, pid),
+        Sender::Inject(bin) => measure_inject(bin, feed, ns, peer, n, pid),
+    }
+}
+
+/// A child process killed when dropped (also when a measurement panics).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+/// The injector (`inject` example of tabby-bgp) in the feed namespace sends `n` prefixes (500 per
+/// UPDATE) to `peer`; the start is its first UPDATE, written right after the session is Established.
+fn measure_inject(bin: &std::path::Path, feed: &Feed, ns: &Netns, peer: &str, n: u32, pid: u32) -> FibRun {
+    use std::io::BufRead;
+    let base = route_count(ns);
+    let added = now_ms();
+    let started = Instant::now();
+    // The receiver may refuse the first connections (BIRD during its start delay): try again.
+    let (mut child, sending) = loop {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &feed.ns.name])
+            .arg(bin)
+            .args([&format!("{peer}:179"), FEED_ADDR, &FEED_AS.to_string(), "64512", &n.to_string(), "500"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("inject");
+        // Read on a thread to the end: the injector must never see a closed pipe (it would die, and its
+        // session with it).
+        let out = child.stdout.take().expect("inject stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx.recv().unwrap_or_default();
+        if let Some(t) = first.strip_prefix("sending t_ms=").and_then(|v| v.trim().parse::<u128>().ok()) {
+            break (Killed(child), t);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(started.elapsed() < Duration::from_secs(60), "the injector never got a session with {peer}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    while route_count(ns) < base + n as usize {
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("the injector's session with {peer} ended ({st}) before the FIB was complete");
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "FIB never reached {n} routes");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let done = now_ms();
+    std::thread::sleep(Duration::from_secs(3));
+    let (hwm, _) = peak_rss_kib(pid);
+    drop(child);
+    FibRun {
+        setup: Duration::from_millis(sending.saturating_sub(added) as u64),
+        install: Duration::from_millis(done.saturating_sub(sending) as u64),
+        hwm,
+    }
+}
+
+fn fib_tabby(lab: &mut Lab, how: Sender, feed: &Feed, n: u32) -> FibRun {
     let node = lab.node_mut("node1");
     node.kill_agent("-KILL");
     let _ = node.ns.exec(&["ip", "route", "flush", "proto", "80"]);
@@ -182,31 +323,28 @@ fn fib_tabby(lab: &mut Lab, feed: &Feed, n: u32) -> (Duration, u64) {
     node.wait_ready();
     std::thread::sleep(Duration::from_secs(1));
     let node = lab.node("node1");
-    let base = route_count(&node.ns);
-    let start = Instant::now();
-    let out = feed.gobgp(&["neighbor", "add", &node.addr, "as", "64512"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let t = wait_fib(&node.ns, base, n, start);
     let pid = node.agent.as_ref().map(|c| c.id()).unwrap_or(0);
-    let (hwm, _) = peak_rss_kib(pid);
-    let _ = feed.gobgp(&["neighbor", "del", &node.addr]);
-    (t, hwm)
+    run_feed(how, feed, &node.ns, &node.addr, n, pid)
 }
 
-fn fib_bird(lab: &Lab, feed: &Feed, n: u32) -> (Duration, u64) {
+fn fib_bird(lab: &Lab, how: Sender, feed: &Feed, n: u32) -> FibRun {
     let ns = Netns::new("bird");
     veth_to_bridge(lab, &ns, BIRD_ADDR);
-    let dir = lab.dir.path().join(format!("bird-{n}"));
+    // The injector does not listen, and BIRD's own attempts would reach gobgpd on the same address and
+    // fail, taking the injector's session down with them.
+    let passive = if matches!(how, Sender::Inject(_)) { "passive on; " } else { "" };
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = lab.dir.path().join(format!("bird-{n}-{}", RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(
         dir.join("bird.conf"),
         format!(
             "router id {BIRD_ADDR};\nprotocol device {{}}\nprotocol kernel {{ ipv4 {{ import none; export all; }}; }}\n\
-             protocol bgp feed {{ local {BIRD_ADDR} as 64512; neighbor {FEED_ADDR} as {FEED_AS}; ipv4 {{ import all; export none; }}; }}\n"
+             protocol bgp feed {{ local {BIRD_ADDR} as 64512; neighbor {FEED_ADDR} as {FEED_AS}; {passive}ipv4 {{ import all; export none; }}; }}\n"
         ),
     )
     .expect("bird.conf");
-    let mut child = Command::new("ip")
+    let bird = Command::new("ip")
         .args(["netns", "exec", &ns.name, "bird", "-f", "-c"])
         .arg(dir.join("bird.conf"))
         .arg("-s")
@@ -215,17 +353,11 @@ fn fib_bird(lab: &Lab, feed: &Feed, n: u32) -> (Duration, u64) {
         .stderr(Stdio::null())
         .spawn()
         .expect("bird");
+    let bird = Killed(bird);
     std::thread::sleep(Duration::from_secs(1));
-    let base = route_count(&ns);
-    let start = Instant::now();
-    let out = feed.gobgp(&["neighbor", "add", BIRD_ADDR, "as", "64512"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let t = wait_fib(&ns, base, n, start);
-    let (hwm, _) = peak_rss_kib(child.id());
-    let _ = feed.gobgp(&["neighbor", "del", BIRD_ADDR]);
-    let _ = child.kill();
-    let _ = child.wait();
-    (t, hwm)
+    let run = run_feed(how, feed, &ns, BIRD_ADDR, n, bird.0.id());
+    drop(bird);
+    run
 }
 
 fn iperf(server: &Netns, client: &Netns, ip: &str) -> f64 {
@@ -318,6 +450,46 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+fn header() {
+    println!(
+        "{:>8} | {:>12} {:>10} | {:>12} {:>10} | {:>10} {:>10} | {:>16}",
+        "prefixes", "tabby s", "tabby MiB", "bird s", "bird MiB", "time ×", "RSS ×", "setup s (t / b)"
+    );
+}
+
+fn row(n: u32, t: &FibRun, b: &FibRun) {
+    let (tt, bt) = (t.install.as_secs_f64(), b.install.as_secs_f64());
+    println!(
+        "{:>8} | {:>12.3} {:>10.1} | {:>12.3} {:>10.1} | {:>10.2} {:>10.2} | {:>7.2} / {:>6.2}",
+        n,
+        tt,
+        mib(t.hwm),
+        bt,
+        mib(b.hwm),
+        tt / bt.max(1e-3),
+        t.hwm as f64 / b.hwm.max(1) as f64,
+        t.setup.as_secs_f64(),
+        b.setup.as_secs_f64()
+    );
+}
+
+/// The `inject` example of tabby-bgp next to this bench's target directory, built if missing; `None`
+/// (with a note) when it cannot be had.
+fn injector() -> Option<std::path::PathBuf> {
+    let release = std::env::current_exe().ok()?.parent()?.parent()?.to_path_buf();
+    let bin = release.join("examples").join("inject");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let _ = Command::new(cargo).args(["build", "--release", "-p", "tabby-bgp", "--example", "inject"]).status();
+    }
+    if bin.exists() {
+        Some(bin)
+    } else {
+        println!("(no injector at {}: the injector table is left out)", bin.display());
+        None
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let counts: Vec<u32> = std::env::var("BENCH_ROUTING_COUNTS")
@@ -329,33 +501,45 @@ async fn main() {
             return;
         }
     }
-    println!("== FIB install: GoBGP peer → kernel (time until every prefix is in the FIB; peak RSS)");
-    println!(
-        "{:>8} | {:>12} {:>10} | {:>12} {:>10} | {:>10} {:>10}",
-        "prefixes", "tabby s", "tabby MiB", "bird s", "bird MiB", "time ×", "RSS ×"
-    );
+    println!("== FIB install: GoBGP peer → kernel (session Established → every prefix in the FIB; peak RSS)");
+    header();
     {
         let Some(mut lab) = Lab::new("bench-routing fib", 1, Underlay::Flat).await else { return };
         lab.apply(&format!(
             "apiVersion: tabby.dev/v1\nkind: BGPPeer\nmetadata: {{name: feed}}\nspec: {{peerIP: {FEED_ADDR}, asNumber: {FEED_AS}}}\n"
         ));
         lab.pool("10.244.0.0/16", "Never", false);
-        lab.start_agents(&[("TABBY_BGP", "Enabled"), ("TABBY_LOG_SEVERITY", "info"), ("RUST_LOG", "warn")]);
+        // BENCH_ROUTING_AGENT_ENV="K=V …" adds settings to the agent (allocator or runtime experiments).
+        let extra = std::env::var("BENCH_ROUTING_AGENT_ENV").unwrap_or_default();
+        let mut env: Vec<(&str, &str)> =
+            vec![("TABBY_BGP", "Enabled"), ("TABBY_LOG_SEVERITY", "info"), ("RUST_LOG", "warn")];
+        env.extend(extra.split_whitespace().filter_map(|kv| kv.split_once('=')));
+        if !extra.is_empty() {
+            println!("(agent environment adds: {extra})");
+        }
+        lab.start_agents(&env);
+        let inject = injector();
+        let mut fast = Vec::new();
         for &n in &counts {
             let feed = Feed::start(&lab, n);
-            let n = feed.loaded;
-            let (tt, tr) = fib_tabby(&mut lab, &feed, n);
-            let (bt, br) = fib_bird(&lab, &feed, n);
+            let loaded = feed.loaded;
+            let t = fib_tabby(&mut lab, Sender::GoBgp, &feed, loaded);
+            let b = fib_bird(&lab, Sender::GoBgp, &feed, loaded);
+            row(loaded, &t, &b);
+            if let Some(bin) = &inject {
+                let how = Sender::Inject(bin);
+                fast.push((n, fib_tabby(&mut lab, how, &feed, n), fib_bird(&lab, how, &feed, n)));
+            }
+        }
+        if !fast.is_empty() {
             println!(
-                "{:>8} | {:>12.3} {:>10.1} | {:>12.3} {:>10.1} | {:>10.2} {:>10.2}",
-                n,
-                tt.as_secs_f64(),
-                mib(tr),
-                bt.as_secs_f64(),
-                mib(br),
-                tt.as_secs_f64() / bt.as_secs_f64(),
-                tr as f64 / br.max(1) as f64
+                "\n== FIB install, fed by tabby-bgp's injector (writes as fast as the receiver reads; from its \
+                 first UPDATE, right after Established)"
             );
+            header();
+            for (n, t, b) in &fast {
+                row(*n, t, b);
+            }
         }
     }
     if std::env::var("BENCH_ROUTING_ONLY").is_ok_and(|v| v == "fib") {
