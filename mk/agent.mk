@@ -8,4 +8,4 @@ bench-routing: controlplane ## FIB install time and RSS vs BIRD 2, pod-to-pod ip
 
 test-routing: controlplane ## The agent's lab tests: BGP mesh, VXLAN, IPIP, NAT, BIRD/route reflector, restarts, metrics, cleanup (root)
 	$(CARGO) test -p tabby-agent --test routing_bgp_mesh --test vxlan_modes --test ipip_modes --test nat_outgoing \
-	  --test bgp_resilience --test bgp_external --test agent_metrics --test cleanup_node
+	  --test bgp_resilience --test bgp_external --test agent_metrics --test ipam_two_nodes --test cleanup_node
