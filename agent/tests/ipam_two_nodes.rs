@@ -20,8 +20,11 @@ const PODS_PER_NODE: usize = 24;
 /// 10.250.0.0/27 in /29 blocks: four blocks of eight addresses.
 const POOL_SIZE: usize = 32;
 
-/// CNI ADD of pod `name` on `node` (as the runtime on that node would run it): the address or the error.
-fn cni_add(node: &Node, pod_ns: &str, name: &str) -> Result<String, (u64, String)> {
+/// The address a CNI ADD granted, or its error code and output.
+type AddOutcome = Result<String, (u64, String)>;
+
+/// CNI ADD of pod `name` on `node` (as the runtime on that node would run it).
+fn cni_add(node: &Node, pod_ns: &str, name: &str) -> AddOutcome {
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -84,7 +87,7 @@ async fn two_node_agents_race_for_a_small_pool() {
     lab.apply(&format!("apiVersion: v1\nkind: List\nitems:\n{}\n", objects.join("\n")));
 
     // Every ADD of both nodes at once.
-    let outcomes: Vec<(String, Result<String, (u64, String)>)> = std::thread::scope(|s| {
+    let outcomes: Vec<(String, AddOutcome)> = std::thread::scope(|s| {
         let handles: Vec<_> = pods
             .iter()
             .map(|(node, name, ns)| {
