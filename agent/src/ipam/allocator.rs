@@ -15,8 +15,8 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions}
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use tabby_api::ipam::{
-    AffinityState, AllocationAttribute, BlockAffinity, BlockAffinitySpec, EncapsulationMode, IPAMBlock, IPAMConfig,
-    IPAMHandle, IPAMHandleSpec, IPPool, block_affinity_name, cidr_object_name, host_affinity,
+    AffinityState, AllocationAttribute, AllowedUse, BlockAffinity, BlockAffinitySpec, EncapsulationMode, IPAMBlock,
+    IPAMConfig, IPAMHandle, IPAMHandleSpec, IPPool, block_affinity_name, cidr_object_name, host_affinity,
 };
 use tabby_api::{IPAMConfigSpec, names};
 use tokio::sync::{mpsc, oneshot};
@@ -237,8 +237,8 @@ impl Allocator {
         self.inner.caches.nodes.get(&ObjectRef::new(&self.inner.node)).map(|n| n.labels().clone()).unwrap_or_default()
     }
 
-    /// Enabled workload pools of a family whose nodeSelector matches this node, by name order.
-    pub fn eligible_pools(&self, v6: bool) -> Vec<IPPool> {
+    /// Enabled pools of a family whose nodeSelector matches this node and that `keep` accepts, by name.
+    fn pools_where(&self, v6: bool, keep: impl Fn(&IPPool) -> bool) -> Vec<IPPool> {
         let labels = self.node_labels();
         let mut pools: Vec<IPPool> = self
             .inner
@@ -246,8 +246,7 @@ impl Allocator {
             .pools
             .state()
             .iter()
-            .filter(|p| !p.spec.disabled)
-            .filter(|p| p.spec.allowed_uses.contains(&tabby_api::ipam::AllowedUse::Workload))
+            .filter(|p| !p.spec.disabled && keep(p))
             .filter(|p| p.spec.cidr.parse::<IpNet>().is_ok_and(|c| matches!(c, IpNet::V6(_)) == v6))
             .filter(|p| Selector::parse(&p.spec.node_selector).is_ok_and(|s| s.matches(&labels)))
             .map(|p| (**p).clone())
@@ -256,29 +255,21 @@ impl Allocator {
         pools
     }
 
-    /// Enabled IPv4 pools whose nodeSelector matches this node, allowed for tunnel addresses, with the
-    /// tunnel's encapsulation on, by name order.
+    /// The pools a pod's address of a family may come from: workload use.
+    pub fn eligible_pools(&self, v6: bool) -> Vec<IPPool> {
+        self.pools_where(v6, |p| p.spec.allowed_uses.contains(&AllowedUse::Workload))
+    }
+
+    /// The pools a tunnel address may come from: IPv4, tunnel use, the tunnel's encapsulation on.
     pub fn tunnel_pools(&self, purpose: Purpose) -> Vec<IPPool> {
-        let labels = self.node_labels();
-        let mut pools: Vec<IPPool> = self
-            .inner
-            .caches
-            .pools
-            .state()
-            .iter()
-            .filter(|p| !p.spec.disabled)
-            .filter(|p| p.spec.allowed_uses.contains(&tabby_api::ipam::AllowedUse::Tunnel))
-            .filter(|p| match purpose {
-                Purpose::VxlanTunnel => p.spec.vxlan_mode != EncapsulationMode::Never,
-                Purpose::IpipTunnel => p.spec.ipip_mode != EncapsulationMode::Never,
-                Purpose::Pod => false,
-            })
-            .filter(|p| p.spec.cidr.parse::<IpNet>().is_ok_and(|c| matches!(c, IpNet::V4(_))))
-            .filter(|p| Selector::parse(&p.spec.node_selector).is_ok_and(|s| s.matches(&labels)))
-            .map(|p| (**p).clone())
-            .collect();
-        pools.sort_by_key(|p| p.name_any());
-        pools
+        self.pools_where(false, |p| {
+            p.spec.allowed_uses.contains(&AllowedUse::Tunnel)
+                && match purpose {
+                    Purpose::VxlanTunnel => p.spec.vxlan_mode != EncapsulationMode::Never,
+                    Purpose::IpipTunnel => p.spec.ipip_mode != EncapsulationMode::Never,
+                    Purpose::Pod => false,
+                }
+        })
     }
 
     /// Resolves the pools and fixed addresses for a pod from its and its namespace's annotations (for a
