@@ -9,61 +9,14 @@
 mod routing_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use routing_support::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tabby_cni::spec::code;
 
 const PODS_PER_NODE: usize = 24;
 /// 10.250.0.0/27 in /29 blocks: four blocks of eight addresses.
 const POOL_SIZE: usize = 32;
-
-/// The address a CNI ADD granted, or its error code and output.
-type AddOutcome = Result<String, (u64, String)>;
-
-/// CNI ADD of pod `name` on `node` (as the runtime on that node would run it).
-fn cni_add(node: &Node, pod_ns: &str, name: &str) -> AddOutcome {
-    let conf = json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "tabby",
-        "log_file_path": node.dir.join("cni.log"),
-        "log_level": "info",
-        "agent_socket": node.socket(),
-        "agent_timeout_seconds": 30,
-    });
-    let cid = format!("cid-{name}");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.ns.name])
-        .arg(plugin_bin())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", &cid)
-        .env("CNI_NETNS", pod_ns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("plugin starts");
-    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("stdin");
-    let out = child.wait_with_output().expect("plugin runs");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    if out.status.success() {
-        let ip = v["ips"][0]["address"].as_str().expect("address").split('/').next().expect("ip");
-        Ok(ip.to_string())
-    } else {
-        Err((v["code"].as_u64().unwrap_or(0), String::from_utf8_lossy(&out.stdout).into_owned()))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_node_agents_race_for_a_small_pool() {

@@ -439,44 +439,10 @@ impl Lab {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n"
         ));
         let pod_ns = Netns::new(name);
-        let n = self.node(node);
-        let conf = json!({
-            "cniVersion": "1.0.0",
-            "name": "k8s-pod-network",
-            "type": "tabby",
-            "log_file_path": n.dir.join("cni.log"),
-            "log_level": "debug",
-            "agent_socket": n.socket(),
-            "agent_timeout_seconds": 20,
-        });
-        let cid = format!("cid-{name}");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &n.ns.name])
-            .arg(plugin_bin())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", &cid)
-            .env("CNI_NETNS", pod_ns.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"
-                ),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("plugin starts");
-        child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("stdin");
-        let out = child.wait_with_output().expect("plugin runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "CNI ADD {name} on {node}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_str(&stdout).expect("CNI result");
-        let ip = v["ips"][0]["address"].as_str().expect("address").split('/').next().expect("ip").to_string();
+        let ip = match cni_add(self.node(node), &pod_ns.path(), name) {
+            Ok(ip) => ip,
+            Err((_, out)) => panic!("CNI ADD {name} on {node}: {out}"),
+        };
         self.pods.push(Pod { name: name.into(), ns: pod_ns, ip });
         self.pods.len() - 1
     }
@@ -528,6 +494,50 @@ impl Lab {
 }
 
 /// Pings `to` from pod namespace `from`; returns whether every reply came back.
+/// The address a CNI ADD granted, or its error code and output.
+pub type AddOutcome = Result<String, (u64, String)>;
+
+/// CNI ADD of pod `name` (namespace default, netns `pod_ns`) on `node`, as the runtime on that node runs it.
+pub fn cni_add(node: &Node, pod_ns: &str, name: &str) -> AddOutcome {
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "tabby",
+        "log_file_path": node.dir.join("cni.log"),
+        "log_level": "debug",
+        "agent_socket": node.socket(),
+        "agent_timeout_seconds": 30,
+    });
+    let cid = format!("cid-{name}");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.ns.name])
+        .arg(plugin_bin())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &cid)
+        .env("CNI_NETNS", pod_ns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("plugin starts");
+    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("stdin");
+    let out = child.wait_with_output().expect("plugin runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    match v["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()) {
+        Some(ip) if out.status.success() => Ok(ip.to_string()),
+        _ => Err((v["code"].as_u64().unwrap_or(0), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))),
+    }
+}
+
 pub fn ping(from: &Netns, to: &str, count: u32) -> bool {
     from.exec(&["ping", "-c", &count.to_string(), "-W", "1", "-i", "0.2", "-q", to]).status.success()
 }
