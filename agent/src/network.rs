@@ -89,7 +89,14 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    // Cached without managedFields and kubectl's last-applied copy (see ipam::lean_meta): at 10k pods and
+    // 100 nodes that is ~4 MiB of RSS the agent never reads.
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut K| crate::ipam::lean_meta(o.meta_mut())),
+    );
     tokio::spawn(async move {
         stream
             .for_each(|ev| {
