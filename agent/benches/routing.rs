@@ -501,9 +501,12 @@ async fn main() {
             return;
         }
     }
-    println!("== FIB install: GoBGP peer → kernel (session Established → every prefix in the FIB; peak RSS)");
-    header();
-    {
+    // BENCH_ROUTING_ONLY=fib|iperf|scale runs one section.
+    let only = std::env::var("BENCH_ROUTING_ONLY").ok();
+    let wants = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    if wants("fib") {
+        println!("== FIB install: GoBGP peer → kernel (session Established → every prefix in the FIB; peak RSS)");
+        header();
         let Some(mut lab) = Lab::new("bench-routing fib", 1, Underlay::Flat).await else { return };
         lab.apply(&format!(
             "apiVersion: tabby.dev/v1\nkind: BGPPeer\nmetadata: {{name: feed}}\nspec: {{peerIP: {FEED_ADDR}, asNumber: {FEED_AS}}}\n"
@@ -542,20 +545,21 @@ async fn main() {
             }
         }
     }
-    if std::env::var("BENCH_ROUTING_ONLY").is_ok_and(|v| v == "fib") {
-        return;
-    }
-    println!("\n== Pod-to-pod TCP throughput across nodes (iperf3, 5 s, one stream) vs node-to-node");
-    for (name, encap) in [("native (BGP)", "Never"), ("VXLAN", "Always")] {
-        if let Some((native, pods)) = throughput(encap).await {
-            println!(
-                "{name:>14}: node-to-node {native:.2} Gbit/s, pod-to-pod {pods:.2} Gbit/s, ratio {:.3}",
-                pods / native
-            );
+    if wants("iperf") {
+        println!("\n== Pod-to-pod TCP throughput across nodes (iperf3, 5 s, one stream) vs node-to-node");
+        for (name, encap) in [("native (BGP)", "Never"), ("VXLAN", "Always")] {
+            if let Some((native, pods)) = throughput(encap).await {
+                println!(
+                    "{name:>14}: node-to-node {native:.2} Gbit/s, pod-to-pod {pods:.2} Gbit/s, ratio {:.3}",
+                    pods / native
+                );
+            }
         }
     }
-    println!("\n== Agent RSS with 100 nodes and 10k pods in the API");
-    if let Some((hwm, rss)) = scale().await {
-        println!("tabby-agent: RSS {:.1} MiB, peak {:.1} MiB (target < 40 MiB)", mib(rss), mib(hwm));
+    if wants("scale") {
+        println!("\n== Agent RSS with 100 nodes and 10k pods in the API");
+        if let Some((hwm, rss)) = scale().await {
+            println!("tabby-agent: RSS {:.1} MiB, peak {:.1} MiB (target < 40 MiB)", mib(rss), mib(hwm));
+        }
     }
 }
