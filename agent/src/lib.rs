@@ -58,7 +58,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let health_addr = health::serve(&cfg, health.clone(), &metrics).await?;
     tracing::info!(node = %cfg.node, %health_addr, socket = %cfg.socket.display(), mtu, "tabby-agent starting");
 
-    // The socket comes up first so STATUS can say "not ready" while IPAM starts.
+    // The socket comes up first so STATUS can say "not ready" while IPAM and the first network pass start.
     let shared = cniserver::Shared { mtu, state_dir: Some(cfg.state_dir.clone()), metrics, ..Default::default() };
     let listener = cniserver::bind(&cfg.socket)?;
     tokio::spawn(cniserver::serve(listener, shared.clone()));
@@ -72,7 +72,6 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let counted = alloc.clone();
     metrics::set_ipam_source(move || ipam::counts(&counted));
     let _ = shared.allocator.set(alloc.clone());
-    shared.ready.store(true, std::sync::atomic::Ordering::Release);
     health.set("ipam", true, true, "serving");
     tracing::info!(blocks = alloc.blocks().len(), "IPAM ready");
 
@@ -93,6 +92,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         Err(e) => Err(e),
     };
     let net = net.map_err(|e| tracing::error!(error = %e, "the node network did not start")).ok();
+    // Ready for the CNI once the first network pass has written the pod MTU (VXLAN/IPIP overhead included).
+    shared.ready.store(true, std::sync::atomic::Ordering::Release);
     shutdown_signal().await;
     tracing::info!("stopping");
     if let Some(n) = net {

@@ -182,12 +182,14 @@ impl Network {
             health,
         };
         pass.reporter = Reporter::new(client.clone(), &pass.cfg.node, pass.cfg.heartbeat);
+        // The first pass runs before start returns: the MTU file (which the CNI hands to pods), the tunnel
+        // device and the routes exist before the agent reports ready.
+        let started = Instant::now();
+        pass.run(&caches).await;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "first network pass done");
         let task = tokio::spawn(async move {
             let resync = pass.cfg.resync.min(Duration::from_secs(5));
             loop {
-                let started = Instant::now();
-                pass.run(&caches).await;
-                tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "network pass");
                 tokio::select! {
                     _ = changed.notified() => {
                         // Debounce bursts of watch events into one pass.
@@ -195,6 +197,9 @@ impl Network {
                     }
                     _ = tokio::time::sleep(resync) => {}
                 }
+                let started = Instant::now();
+                pass.run(&caches).await;
+                tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "network pass");
             }
         });
         Ok(Network { client, table, task, routes_task })

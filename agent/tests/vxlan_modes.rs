@@ -50,11 +50,11 @@ async fn vxlan_always_pod_to_pod() {
         "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {name: a-pods}\nspec: {cidr: '10.246.0.0/16', blockSize: 26, vxlanMode: Always, allowedUses: [Workload]}\n",
     );
     // No TABBY_MTU: the agent works the pod MTU out (underlay 1500 − 50 for VXLAN) and hands it to the CNI.
+    // Pods are wired as soon as the agents say ready: the first network pass comes before that.
     lab.start_agents(&[("TABBY_BGP", "Disabled")]);
-    let t3 = wait_tunnel_addr(&lab, "node3");
-    wait_tunnel_addr(&lab, "node1");
     lab.add_pod("node1", "a");
     lab.add_pod("node3", "b");
+    let t3 = wait_tunnel_addr(&lab, "node3");
     let b3 = lab.blocks_of("node3");
     let n1 = lab.node("node1");
     n1.wait_routes("vxlan routes", Duration::from_secs(60), |r| {
