@@ -60,24 +60,9 @@ fn jsonpath(lab: &Lab, kind: &str, name: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn wait_for(lab: &Lab, node: &str, what: &str, timeout: Duration, pred: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !pred() {
-        if start.elapsed() > timeout {
-            let st = lab.cp.kubectl(&["get", "nodestatus", node, "-o", "yaml"]);
-            panic!(
-                "{node}: {what} not seen in {timeout:?}\nNodeStatus:\n{}\nagent log:\n{}",
-                String::from_utf8_lossy(&st.stdout),
-                lab.node(node).log_tail()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn wait_tunnel_addr(lab: &Lab, node: &str) -> String {
     let path = "{.metadata.annotations.tabby\\.dev/IPv4IPIPTunnelAddr}";
-    wait_for(lab, node, "the IPIP tunnel address annotation", Duration::from_secs(60), || {
+    lab.wait_for(node, "the IPIP tunnel address annotation", Duration::from_secs(60), || {
         !jsonpath(lab, "node", node, path).is_empty()
     });
     jsonpath(lab, "node", node, path)
@@ -229,13 +214,13 @@ async fn ipip_status_matches_the_kernel() {
     assert!(!b2.is_empty());
 
     // Either way the pod MTU leaves room for the IPIP header.
-    wait_for(&lab, "node1", "status.mtu 1480", Duration::from_secs(60), || {
+    lab.wait_for("node1", "status.mtu 1480", Duration::from_secs(60), || {
         jsonpath(&lab, "nodestatus", "node1", "{.status.mtu}") == "1480"
     });
     let n1 = lab.node("node1");
     assert_eq!(std::fs::read_to_string(n1.dir.join("state/mtu")).unwrap_or_default().trim(), "1480");
     // BGP itself works: the problem, if any, is IPIP alone.
-    wait_for(&lab, "node1", "BGPReady=True", Duration::from_secs(60), || {
+    lab.wait_for("node1", "BGPReady=True", Duration::from_secs(60), || {
         condition(&lab, "node1", "BGPReady", "status") == "True"
     });
 
@@ -243,7 +228,7 @@ async fn ipip_status_matches_the_kernel() {
     match missing {
         Some(why) => {
             eprintln!("{test}: the kernel lacks ipip ({why}); checking the agent reports it");
-            wait_for(&lab, "node1", "RoutesReady=False/IPIPUnavailable", Duration::from_secs(60), || {
+            lab.wait_for("node1", "RoutesReady=False/IPIPUnavailable", Duration::from_secs(60), || {
                 condition(&lab, "node1", "RoutesReady", "reason") == "IPIPUnavailable"
             });
             assert_eq!(condition(&lab, "node1", "RoutesReady", "status"), "False");
@@ -251,7 +236,7 @@ async fn ipip_status_matches_the_kernel() {
             assert!(msg.contains("no ipip module") && msg.contains("modprobe ipip"), "{msg}");
             assert_eq!(condition(&lab, "node1", "Ready", "status"), "False");
             // node2's blocks have been learned (the peer reports received prefixes) ...
-            wait_for(&lab, "node1", "node2's blocks received over BGP", Duration::from_secs(60), || {
+            lab.wait_for("node1", "node2's blocks received over BGP", Duration::from_secs(60), || {
                 let info = jsonpath(&lab, "nodestatus", "node1", "{.status.bgp.peersV4[0].info}");
                 info.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 1)
             });
@@ -272,7 +257,7 @@ async fn ipip_status_matches_the_kernel() {
         }
         None => {
             eprintln!("{test}: the kernel has ipip; checking the agent serves it");
-            wait_for(&lab, "node1", "RoutesReady=True", Duration::from_secs(60), || {
+            lab.wait_for("node1", "RoutesReady=True", Duration::from_secs(60), || {
                 condition(&lab, "node1", "RoutesReady", "status") == "True"
             });
             let t1 = wait_tunnel_addr(&lab, "node1");
@@ -294,7 +279,7 @@ async fn ipip_status_matches_the_kernel() {
     n1.wait_routes("direct routes once IPIP is off", Duration::from_secs(60), |r| {
         b2.iter().all(|b| r.contains(&format!("{b} via {n2addr} dev eth0 proto tabby")))
     });
-    wait_for(&lab, "node1", "RoutesReady=True, MTU 1500, tunnel address released", Duration::from_secs(60), || {
+    lab.wait_for("node1", "RoutesReady=True, MTU 1500, tunnel address released", Duration::from_secs(60), || {
         condition(&lab, "node1", "RoutesReady", "status") == "True"
             && jsonpath(&lab, "nodestatus", "node1", "{.status.mtu}") == "1500"
             && !handles().contains("ipip-tunnel-addr-node1")

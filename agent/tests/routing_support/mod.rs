@@ -468,8 +468,7 @@ impl Lab {
 
     /// Waits until NodeStatus/<node> is Ready=True.
     pub fn wait_node_status_ready(&self, node: &str, timeout: Duration) {
-        let start = Instant::now();
-        loop {
+        self.wait_for(node, "NodeStatus Ready", timeout, || {
             let out = self.cp.kubectl(&[
                 "get",
                 "nodestatus",
@@ -477,14 +476,19 @@ impl Lab {
                 "-o",
                 "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
             ]);
-            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
-                return;
-            }
+            String::from_utf8_lossy(&out.stdout).trim() == "True"
+        });
+    }
+
+    /// Waits until `pred` holds; past `timeout`, fails with `what`, the node's NodeStatus and agent log.
+    pub fn wait_for(&self, node: &str, what: &str, timeout: Duration, pred: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !pred() {
             if start.elapsed() > timeout {
-                let all = self.cp.kubectl(&["get", "nodestatus", node, "-o", "yaml"]);
+                let st = self.cp.kubectl(&["get", "nodestatus", node, "-o", "yaml"]);
                 panic!(
-                    "NodeStatus {node} not Ready in {timeout:?}:\n{}\nagent log:\n{}",
-                    String::from_utf8_lossy(&all.stdout),
+                    "{node}: {what} not seen in {timeout:?}\nNodeStatus:\n{}\nagent log:\n{}",
+                    String::from_utf8_lossy(&st.stdout),
                     self.node(node).log_tail()
                 );
             }
