@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use tabby_api::{agentenv, names};
 
 use crate::routes::kernel::{Kernel, KernelError, link_name};
-use crate::routes::{self, Plan, RT_PROTOS_FILE};
+use crate::routes::{self, RT_PROTOS_FILE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
@@ -78,7 +78,7 @@ pub async fn cleanup(env: &dyn Fn(&str) -> Option<String>) -> Result<Report, Cle
     let names = k.links().await?;
     let all = k.routes(&names).await?;
     rep.routes = all.len();
-    let failed = k.apply(&Plan { put: Vec::new(), del: all }, &names).await;
+    let failed = k.delete(&all, &names).await;
     if let Some((dst, why)) = failed.first() {
         tracing::warn!(%dst, %why, left = failed.len(), "some routes were not removed");
     }

@@ -8,7 +8,7 @@
 pub mod best;
 pub mod codec;
 pub mod config;
-mod hash;
+pub mod hash;
 pub mod message;
 pub mod policy;
 pub mod rib;

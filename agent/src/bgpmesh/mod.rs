@@ -590,7 +590,7 @@ impl Mesh {
                     });
                     Some((dst, t))
                 });
-                table.update(Source::Remote, changes.collect::<Vec<_>>());
+                table.update(Source::Remote, changes);
                 drop(e);
             }
         }));

@@ -12,7 +12,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use super::{KernelRoute, Plan, RTPROT_TABBY, Target};
+use super::{KernelRoute, RTPROT_TABBY, Target};
 
 /// How many route requests are in flight at once (the kernel answers them in order; pipelining hides
 /// the round trips).
@@ -64,12 +64,10 @@ impl Kernel {
         Ok(out)
     }
 
-    /// Applies `plan`; returns the prefixes whose change failed, with the reason.
-    pub async fn apply(&self, plan: &Plan, links: &BTreeMap<u32, String>) -> Vec<(IpNet, String)> {
+    /// Deletes `routes` (cleanup); returns the prefixes whose deletion failed, with the reason.
+    pub async fn delete(&self, routes: &[KernelRoute], links: &BTreeMap<u32, String>) -> Vec<(IpNet, String)> {
         let by_name: BTreeMap<&str, u32> = links.iter().map(|(i, n)| (n.as_str(), *i)).collect();
-        let mut failed = Vec::new();
-        let dels: Vec<(IpNet, Option<RouteMessage>)> = plan
-            .del
+        let dels: Vec<(IpNet, Option<RouteMessage>)> = routes
             .iter()
             .map(|r| {
                 let oif = r.oif.or_else(|| dev_of(&r.target).and_then(|d| by_name.get(d).copied()));
@@ -91,26 +89,7 @@ impl Kernel {
         .buffer_unordered(PIPELINE)
         .collect()
         .await;
-        failed.extend(res.into_iter().filter_map(Result::err));
-        let puts: Vec<(IpNet, Option<RouteMessage>)> = plan
-            .put
-            .iter()
-            .map(|(dst, t)| (*dst, message(*dst, t, dev_of(t).and_then(|d| by_name.get(d).copied()))))
-            .collect();
-        let res: Vec<Result<(), (IpNet, String)>> = futures::stream::iter(puts.into_iter().map(|(dst, msg)| {
-            let h = h.clone();
-            async move {
-                match msg {
-                    Some(m) => h.route().add(m).replace().execute().await.map_err(|e| (dst, e.to_string())),
-                    None => Err((dst, "device missing".to_string())),
-                }
-            }
-        }))
-        .buffer_unordered(PIPELINE)
-        .collect()
-        .await;
-        failed.extend(res.into_iter().filter_map(Result::err));
-        failed
+        res.into_iter().filter_map(Result::err).collect()
     }
 }
 
@@ -202,7 +181,7 @@ pub fn parse(m: &RouteMessage, links: &BTreeMap<u32, String>) -> Option<KernelRo
     } else {
         Target::Dev(oif.and_then(|i| links.get(&i).cloned()).unwrap_or_default())
     };
-    Some(KernelRoute { dst, target, oif })
+    Some(KernelRoute { dst, target: std::sync::Arc::new(target), oif })
 }
 
 fn addr(a: &RouteAddress) -> Option<IpAddr> {

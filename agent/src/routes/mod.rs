@@ -7,12 +7,16 @@
 //! kernel equal to the merge: incrementally for the prefixes that changed, fully on link events and on
 //! a resync timer, and within milliseconds for a Tabby route someone deletes (netlink events).
 //!
-//! Memory: every table maps a prefix to an interned `Arc<Target>` (a handful of distinct targets, one per
-//! next hop or device), so a route costs its key and a pointer in each table it is in. Bulk kernel work
-//! (batched changes, dumps, events) goes through [`fib`]; [`kernel`] keeps the link queries.
+//! Memory: every table maps a packed prefix ([`prefixmap`]) to an interned `Arc<Target>` (a handful of
+//! distinct targets, one per next hop or device), so a learned IPv4 route costs 16 octets in the table
+//! of its source and nothing more: there is no copy of what the kernel holds. An incremental pass puts
+//! each changed prefix that is wanted and deletes whatever Tabby route is at each one that is not; full
+//! passes compare against a kernel dump. Bulk kernel work (batched changes, dumps, events) goes through
+//! [`fib`]; [`kernel`] keeps the link queries.
 
 pub mod fib;
 pub mod kernel;
+pub mod prefixmap;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -21,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use tokio::sync::Notify;
+
+use prefixmap::{PrefixMap, PrefixSet};
 
 /// The route protocol number of every route Tabby installs (shared with the CNI plugin).
 pub const RTPROT_TABBY: u8 = tabby_cni::netlink::RTPROT_TABBY;
@@ -55,7 +61,8 @@ const SOURCES: [Source; 4] = [Source::Local, Source::Blackhole, Source::Tunnel, 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRoute {
     pub dst: IpNet,
-    pub target: Target,
+    /// Shared between the routes of a dump (a full table has a handful of distinct targets).
+    pub target: Arc<Target>,
     /// The interface index the kernel reports (for deletion).
     pub oif: Option<u32>,
 }
@@ -76,11 +83,18 @@ pub struct Plan {
     pub put: Vec<(IpNet, Arc<Target>)>,
     /// Kernel routes to delete.
     pub del: Vec<KernelRoute>,
+    /// Prefixes whose Tabby route, whatever it is, must go (incremental passes: the table keeps no
+    /// copy of what the kernel holds).
+    pub drop: Vec<IpNet>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.del.is_empty()
+        self.put.is_empty() && self.del.is_empty() && self.drop.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.put.len() + self.del.len() + self.drop.len()
     }
 }
 
@@ -88,18 +102,19 @@ impl Plan {
 /// `actual` that is not desired is deleted, except those `keep` protects (remote routes during the
 /// start-up grace, so a restarted agent does not drop traffic before BGP has converged). Routes whose
 /// device does not exist (`has_dev` false) are skipped: the kernel would refuse them.
-pub fn diff(
-    desired: &HashMap<IpNet, Arc<Target>>,
+pub fn diff<'a>(
+    desired: &dyn Fn(&IpNet) -> Option<&'a Arc<Target>>,
+    desired_all: impl Iterator<Item = (IpNet, &'a Arc<Target>)>,
     actual: &[KernelRoute],
     has_dev: &dyn Fn(&str) -> bool,
     keep: &dyn Fn(&KernelRoute) -> bool,
 ) -> Plan {
     let mut plan = Plan::default();
-    let mut seen: HashSet<IpNet> = HashSet::new();
+    let mut seen = PrefixSet::default();
     for r in actual {
-        match desired.get(&r.dst) {
+        match desired(&r.dst) {
             Some(want) if matches(want, &r.target) && !seen.contains(&r.dst) => {
-                seen.insert(r.dst);
+                seen.add(r.dst);
             }
             Some(_) => {
                 // A duplicate or a different route to a desired prefix: replaced below (or, for a
@@ -112,11 +127,10 @@ pub fn diff(
             None => plan.del.push(r.clone()),
         }
     }
-    let mut put: Vec<(IpNet, Arc<Target>)> = desired
-        .iter()
-        .filter(|(dst, _)| !seen.contains(*dst))
+    let mut put: Vec<(IpNet, Arc<Target>)> = desired_all
+        .filter(|(dst, _)| !seen.contains(dst))
         .filter(|(_, t)| installable(t, has_dev))
-        .map(|(d, t)| (*d, t.clone()))
+        .map(|(d, t)| (d, t.clone()))
         .collect();
     put.sort_by_key(|(d, _)| *d);
     plan.put = put;
@@ -143,12 +157,13 @@ pub struct Counts {
 
 #[derive(Default)]
 struct State {
-    sources: [HashMap<IpNet, Arc<Target>>; 4],
+    sources: [PrefixMap<Arc<Target>>; 4],
     /// Prefixes whose desired route changed since the last pass.
-    dirty: HashSet<IpNet>,
+    dirty: PrefixSet,
     full: bool,
-    /// What the last pass left in the kernel (as far as we know).
-    installed: HashMap<IpNet, Arc<Target>>,
+    /// Desired routes the last pass that touched them could not install (failed, or their device is
+    /// missing); every other desired route is in the kernel as far as the passes know.
+    missing: PrefixSet,
     /// The shared copy of every target in use.
     targets: HashSet<Arc<Target>>,
     /// Which sources have been set at least once since the agent started.
@@ -170,14 +185,16 @@ impl State {
         self.sources.iter().find_map(|m| m.get(dst))
     }
 
-    fn merged_all(&self) -> HashMap<IpNet, Arc<Target>> {
-        let mut out = HashMap::with_capacity(self.sources.iter().map(HashMap::len).max().unwrap_or(0));
-        for m in self.sources.iter().rev() {
-            for (k, v) in m {
-                out.insert(*k, v.clone());
-            }
-        }
-        out
+    /// The source whose route to `dst` wins.
+    fn winner(&self, dst: &IpNet) -> Option<Source> {
+        SOURCES.into_iter().find(|s| self.sources[*s as usize].contains(dst))
+    }
+
+    /// Every desired route once: each source's prefixes that no earlier source claims.
+    fn merged_all(&self) -> impl Iterator<Item = (IpNet, &Arc<Target>)> + '_ {
+        SOURCES
+            .into_iter()
+            .flat_map(move |s| self.sources[s as usize].iter().filter(move |(k, _)| self.winner(k) == Some(s)))
     }
 
     /// The shared copy of `t`; targets nobody uses any more are dropped now and then.
@@ -227,7 +244,7 @@ impl RouteTable {
         let mut st = self.lock();
         let old = std::mem::take(&mut st.sources[source as usize]);
         let mut dirty: Vec<IpNet> = Vec::new();
-        let mut new = HashMap::with_capacity(routes.len());
+        let mut new = PrefixMap::default();
         for (k, v) in routes {
             if old.get(&k).is_none_or(|o| **o != v) {
                 dirty.push(k);
@@ -235,8 +252,8 @@ impl RouteTable {
             new.insert(k, st.intern(v));
         }
         for k in old.keys() {
-            if !new.contains_key(k) {
-                dirty.push(*k);
+            if !new.contains(&k) {
+                dirty.push(k);
             }
         }
         drop(old);
@@ -248,7 +265,9 @@ impl RouteTable {
         if !was_seeded && st.seeded() {
             st.full = true;
         }
-        st.dirty.extend(dirty);
+        for k in dirty {
+            st.dirty.add(k);
+        }
         drop(st);
         if changed {
             self.kick.notify_one();
@@ -268,7 +287,7 @@ impl RouteTable {
                 None => st.sources[source as usize].remove(&k).is_some(),
             };
             if differs {
-                st.dirty.insert(k);
+                st.dirty.add(k);
                 changed = true;
             }
         }
@@ -287,9 +306,8 @@ impl RouteTable {
     /// A Tabby route disappeared from the kernel: put it back if it is wanted.
     pub fn deleted(&self, dst: IpNet) {
         let mut st = self.lock();
-        st.installed.remove(&dst);
         if st.merged(&dst).is_some() {
-            st.dirty.insert(dst);
+            st.dirty.add(dst);
             drop(st);
             self.kick.notify_one();
         }
@@ -322,7 +340,7 @@ impl RouteTable {
 
     /// The merged desired table (for tests and status).
     pub fn desired(&self) -> HashMap<IpNet, Target> {
-        self.lock().merged_all().into_iter().map(|(k, v)| (k, Target::clone(&v))).collect()
+        self.lock().merged_all().map(|(k, v)| (k, Target::clone(v))).collect()
     }
 
     fn remote_held(&self) -> bool {
@@ -434,27 +452,32 @@ async fn full_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> R
     let links = Arc::new(k.links().await?);
     let l2 = links.clone();
     let actual = with_fib(fib, move |f| f.dump(&l2)).await?.map_err(PassError::Dump)?;
-    let (desired, hold, seeded) = {
-        let mut st = table.lock();
-        st.dirty.clear();
-        (st.merged_all(), table.remote_held(), st.seeded())
-    };
     let names: HashSet<&str> = links.values().map(String::as_str).collect();
-    let keep = |r: &KernelRoute| !seeded || (hold && matches!(r.target, Target::Via { .. }));
-    let plan = diff(&desired, &actual, &|d| names.contains(d), &keep);
+    let has_dev = |d: &str| names.contains(d);
+    // Diffed under the lock, against the sources themselves: no copy of a 100k-route table.
+    let (plan, seeded, mut missing) = {
+        let mut st = table.lock();
+        st.dirty = PrefixSet::default();
+        let (hold, seeded) = (table.remote_held(), st.seeded());
+        let keep = |r: &KernelRoute| !seeded || (hold && matches!(*r.target, Target::Via { .. }));
+        let plan = diff(&|d| st.merged(d), st.merged_all(), &actual, &has_dev, &keep);
+        let missing: PrefixSet =
+            st.merged_all().filter(|(_, t)| !installable(t, &has_dev)).map(|(k, _)| (k, ())).collect();
+        (plan, seeded, missing)
+    };
     drop(actual);
-    let n = plan.put.len() + plan.del.len();
+    let n = plan.len();
     let failed = if plan.is_empty() {
         Vec::new()
     } else {
         let l2 = links.clone();
         with_fib(fib, move |f| f.apply(&plan, &l2)).await?
     };
-    let mut st = table.lock();
-    st.installed = desired;
     for (dst, _) in &failed {
-        st.installed.remove(dst);
+        missing.add(*dst);
     }
+    let mut st = table.lock();
+    st.missing = missing;
     // Until seeded, kept routes are not known to be right: the full pass that seeding asks for decides.
     st.synced = seeded;
     if !failed.is_empty() {
@@ -467,14 +490,13 @@ async fn full_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> R
 async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> Result<usize, PassError> {
     let mut plan = {
         let mut st = table.lock();
-        let dirty: Vec<IpNet> = st.dirty.drain().collect();
+        // Taken, not drained: a burst of 100k changes must not leave its capacity behind.
+        let dirty = std::mem::take(&mut st.dirty);
         let mut plan = Plan::default();
-        for d in dirty {
-            match (st.merged(&d), st.installed.get(&d)) {
-                (Some(w), Some(h)) if w == h => {}
-                (Some(w), _) => plan.put.push((d, w.clone())),
-                (None, Some(h)) => plan.del.push(KernelRoute { dst: d, target: Target::clone(h), oif: None }),
-                (None, None) => {}
+        for d in dirty.keys() {
+            match st.merged(&d) {
+                Some(w) => plan.put.push((d, w.clone())),
+                None => plan.drop.push(d),
             }
         }
         plan
@@ -482,32 +504,25 @@ async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFi
     if plan.is_empty() {
         return Ok(0);
     }
-    let needs_links = plan
-        .put
-        .iter()
-        .map(|(_, t)| &**t)
-        .chain(plan.del.iter().map(|r| &r.target))
-        .any(|t| !matches!(t, Target::Blackhole | Target::Via { dev: None, .. }));
+    let needs_links = plan.put.iter().any(|(_, t)| !matches!(**t, Target::Blackhole | Target::Via { dev: None, .. }));
     let links = if needs_links { k.links().await? } else { BTreeMap::new() };
     // A pod route whose veth is not there (yet, or any more) is not an error: the link event of its
     // arrival triggers a full pass.
     let names: HashSet<&str> = links.values().map(String::as_str).collect();
-    plan.put.retain(|(_, t)| installable(t, &|d| names.contains(d)));
-    let n = plan.put.len() + plan.del.len();
+    let mut skipped: Vec<IpNet> = Vec::new();
+    plan.put.retain(|(d, t)| installable(t, &|n| names.contains(n)) || (skipped.push(*d), false).1);
+    let n = plan.len();
     let (plan, failed) = with_fib(fib, move |f| {
         let failed = f.apply(&plan, &links);
         (plan, failed)
     })
     .await?;
     let mut st = table.lock();
-    for (d, t) in plan.put {
-        st.installed.insert(d, t);
+    for d in plan.put.iter().map(|(d, _)| d).chain(&plan.drop) {
+        st.missing.remove(d);
     }
-    for r in plan.del {
-        st.installed.remove(&r.dst);
-    }
-    for (d, _) in &failed {
-        st.installed.remove(d);
+    for d in skipped.into_iter().chain(failed.iter().map(|(d, _)| *d)) {
+        st.missing.add(d);
     }
     // Counts are computed when asked (O(routes)); recounting after every small pass made a large feed
     // quadratic.
@@ -518,15 +533,15 @@ async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFi
     Ok(n)
 }
 
+/// Desired routes in the kernel (as far as the passes know), by the source that wins each.
 fn count(st: &State) -> Counts {
     let mut c = Counts::default();
-    for (d, t) in &st.installed {
-        let src = SOURCES.iter().find(|s| st.sources[**s as usize].get(d) == Some(t));
-        match src {
-            Some(Source::Local) => c.local += 1,
-            Some(Source::Blackhole) => c.blackhole += 1,
-            Some(Source::Tunnel | Source::Remote) => c.remote += 1,
-            None => {}
+    for s in SOURCES {
+        let n = st.sources[s as usize].keys().filter(|d| !st.missing.contains(d) && st.winner(d) == Some(s)).count();
+        match s {
+            Source::Local => c.local += n,
+            Source::Blackhole => c.blackhole += n,
+            Source::Tunnel | Source::Remote => c.remote += n,
         }
     }
     c
@@ -544,6 +559,10 @@ mod tests {
         Target::Via { gw: gw.parse().unwrap(), dev: None, onlink: false }
     }
 
+    fn kr(dst: &str, target: Target, oif: u32) -> KernelRoute {
+        KernelRoute { dst: net(dst), target: Arc::new(target), oif: Some(oif) }
+    }
+
     #[test]
     fn diff_adds_missing_replaces_changed_and_deletes_extra() {
         let desired: HashMap<IpNet, Arc<Target>> = [
@@ -557,16 +576,17 @@ mod tests {
         .map(|(k, v)| (k, Arc::new(v)))
         .collect();
         let actual = vec![
-            KernelRoute {
-                dst: net("10.0.1.0/26"),
-                target: Target::Via { gw: "192.168.1.2".parse().unwrap(), dev: Some("eth0".into()), onlink: false },
-                oif: Some(2),
-            },
-            KernelRoute { dst: net("10.0.2.0/26"), target: via("192.168.1.9"), oif: Some(2) },
-            KernelRoute { dst: net("10.0.9.0/26"), target: via("192.168.1.9"), oif: Some(2) },
-            KernelRoute { dst: net("10.0.0.7/32"), target: Target::Dev("tbyold".into()), oif: Some(7) },
+            kr(
+                "10.0.1.0/26",
+                Target::Via { gw: "192.168.1.2".parse().unwrap(), dev: Some("eth0".into()), onlink: false },
+                2,
+            ),
+            kr("10.0.2.0/26", via("192.168.1.9"), 2),
+            kr("10.0.9.0/26", via("192.168.1.9"), 2),
+            kr("10.0.0.7/32", Target::Dev("tbyold".into()), 7),
         ];
-        let plan = diff(&desired, &actual, &|d| d == "tbyaaa", &|_| false);
+        let plan =
+            diff(&|d| desired.get(d), desired.iter().map(|(k, v)| (*k, v)), &actual, &|d| d == "tbyaaa", &|_| false);
         let put: Vec<(IpNet, Target)> = plan.put.iter().map(|(k, v)| (*k, Target::clone(v))).collect();
         assert_eq!(
             put,
@@ -583,12 +603,11 @@ mod tests {
     #[test]
     fn diff_keeps_held_routes_and_is_empty_when_equal() {
         let desired: HashMap<IpNet, Arc<Target>> = [(net("10.0.1.0/26"), Arc::new(via("192.168.1.2")))].into();
-        let actual = vec![
-            KernelRoute { dst: net("10.0.1.0/26"), target: via("192.168.1.2"), oif: Some(2) },
-            KernelRoute { dst: net("10.0.3.0/26"), target: via("192.168.1.4"), oif: Some(2) },
-        ];
-        assert!(diff(&desired, &actual, &|_| true, &|r| matches!(r.target, Target::Via { .. })).is_empty());
-        assert_eq!(diff(&desired, &actual, &|_| true, &|_| false).del.len(), 1);
+        let actual = vec![kr("10.0.1.0/26", via("192.168.1.2"), 2), kr("10.0.3.0/26", via("192.168.1.4"), 2)];
+        let d = || desired.iter().map(|(k, v)| (*k, v));
+        let held = |r: &KernelRoute| matches!(*r.target, Target::Via { .. });
+        assert!(diff(&|k| desired.get(k), d(), &actual, &|_| true, &held).is_empty());
+        assert_eq!(diff(&|k| desired.get(k), d(), &actual, &|_| true, &|_| false).del.len(), 1);
     }
 
     #[test]
@@ -617,9 +636,32 @@ mod tests {
         // Shared targets: one allocation per distinct target.
         t.update(Source::Remote, (0..100u32).map(|i| (net(&format!("10.1.{i}.0/24")), Some(via("192.168.1.2")))));
         let st = t.lock();
-        let a = &st.sources[Source::Remote as usize][&net("10.1.0.0/24")];
-        let b = &st.sources[Source::Remote as usize][&net("10.1.99.0/24")];
+        let a = st.sources[Source::Remote as usize].get(&net("10.1.0.0/24")).unwrap();
+        let b = st.sources[Source::Remote as usize].get(&net("10.1.99.0/24")).unwrap();
         assert!(Arc::ptr_eq(a, b));
+    }
+
+    #[test]
+    fn counts_follow_the_winning_source_and_skip_routes_not_installed() {
+        let t = RouteTable::new();
+        t.set(Source::Local, [(net("10.0.0.5/32"), Target::Dev("tbyaaa".into()))].into());
+        t.set(Source::Blackhole, [(net("10.0.0.0/26"), Target::Blackhole)].into());
+        // The same prefix learned over BGP loses to the blackhole: counted once, as a blackhole.
+        t.set(
+            Source::Remote,
+            [
+                (net("10.0.0.0/26"), via("1.1.1.1")),
+                (net("10.0.1.0/26"), via("1.1.1.1")),
+                (net("10.0.2.0/26"), via("1.1.1.2")),
+            ]
+            .into(),
+        );
+        assert_eq!(t.counts(), Counts { local: 1, blackhole: 1, remote: 2 });
+        t.lock().missing.add(net("10.0.2.0/26"));
+        assert_eq!(t.counts(), Counts { local: 1, blackhole: 1, remote: 1 });
+        let desired = t.desired();
+        assert_eq!(desired.len(), 4);
+        assert_eq!(desired[&net("10.0.0.0/26")], Target::Blackhole);
     }
 
     #[test]
