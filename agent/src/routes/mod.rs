@@ -487,13 +487,23 @@ async fn full_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> R
     Ok(n)
 }
 
+/// Changes one incremental pass takes on (a 64 KiB netlink batch holds ~1,300 of them).
+const CHUNK: usize = 8192;
+
 async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> Result<usize, PassError> {
     let mut plan = {
         let mut st = table.lock();
-        // Taken, not drained: a burst of 100k changes must not leave its capacity behind.
-        let dirty = std::mem::take(&mut st.dirty);
+        // At most CHUNK prefixes a pass, so a burst of 100k changes is never copied into one plan.
+        let some: Vec<IpNet> = st.dirty.keys().take(CHUNK).collect();
+        for d in &some {
+            st.dirty.remove(d);
+        }
+        if st.dirty.is_empty() {
+            // Replaced, not just emptied: the burst's capacity is not kept.
+            st.dirty = PrefixSet::default();
+        }
         let mut plan = Plan::default();
-        for d in dirty.keys() {
+        for d in some {
             match st.merged(&d) {
                 Some(w) => plan.put.push((d, w.clone())),
                 None => plan.drop.push(d),
