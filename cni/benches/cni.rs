@@ -179,6 +179,7 @@ fn main() {
         x
     };
     let (tabby, reference) = measure(&Subject::new("tb", &tabby_make), &Subject::new("rf", &ref_make));
+    let floor = rt.block_on(block_write_floor(&c));
     let leftover = rt.block_on(c.allocations());
     assert!(leftover.is_empty(), "Tabby allocations left after the bench: {leftover:?}");
 
@@ -211,4 +212,59 @@ fn main() {
     if let Some([links, agent]) = breakdown(&log, "timing: links deleted") {
         println!("tabby DEL, p50 from the plugin's start: links deleted {links:.2} ms, agent released {agent:.2} ms");
     }
+    let [empty, full] = floor;
+    println!(
+        "kube-apiserver alone, the write every ADD waits for (IPAMBlock replace, p50 of {FLOOR_WRITES}): \
+         {empty:.2} ms for an empty /26 block, {full:.2} ms with 60 pods allocated in it"
+    );
+}
+
+const FLOOR_WRITES: usize = 100;
+
+/// p50 of kube-apiserver replacing a scratch IPAMBlock outside every pool: empty, then holding 60 pod
+/// allocations with the attributes the agent writes. The floor under a durable ADD, measured in this run.
+async fn block_write_floor(c: &Cluster) -> [f64; 2] {
+    use kube::Api;
+    use kube::api::{DeleteParams, PostParams};
+    use tabby_api::ipam::{AllocationAttribute, IPAMBlock, IPAMBlockSpec};
+    let api: Api<IPAMBlock> = Api::all(c.client());
+    let name = "10-255-255-0-26";
+    let spec = |n: usize| IPAMBlockSpec {
+        cidr: "10.255.255.0/26".into(),
+        affinity: None,
+        allocations: (0..64).map(|i| (i < n).then_some(i as i32)).collect(),
+        unallocated: (n as i32..64).collect(),
+        attributes: (0..n)
+            .map(|i| AllocationAttribute {
+                handle_id: Some(format!("bench.floor{i:04}")),
+                secondary: [("node", "node-a".to_string()), ("type", "pod".into()), ("namespace", "bench".into())]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .chain([("pod".to_string(), format!("pod-{i}"))])
+                    .collect(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut out = [0.0; 2];
+    for (slot, n) in [(0, 0), (1, 60)] {
+        let mut b = IPAMBlock::new(name, spec(n));
+        b = api.create(&PostParams::default(), &b).await.expect("scratch block created");
+        let mut times = Vec::with_capacity(FLOOR_WRITES);
+        for i in 0..FLOOR_WRITES {
+            b.spec.sequence_number = i as i64 + 1;
+            let t = Instant::now();
+            match api.replace(name, &PostParams::default(), &b).await {
+                Ok(now) => {
+                    times.push(t.elapsed().as_secs_f64() * 1000.0);
+                    b = now;
+                }
+                // Someone else (the IPAM garbage collector) wrote it: take theirs, do not count this one.
+                Err(_) => b = api.get(name).await.expect("scratch block read"),
+            }
+        }
+        out[slot] = p50_p99(times).0;
+        api.delete(name, &DeleteParams::default()).await.expect("scratch block deleted");
+    }
+    out
 }
