@@ -521,12 +521,12 @@ impl Mesh {
         if let Ok(mut e) = self.external.write() {
             *e = externals(old).union(&externals(new)).copied().collect();
         }
-        for a in &d.remove {
-            sp.remove_peer(*a).await;
-        }
+        // Concurrently: each ending session may wait (up to 3 s) for its Cease NOTIFICATION to go out.
+        futures::future::join_all(d.remove.iter().map(|a| sp.remove_peer(*a))).await;
+        let changed = futures::future::join_all(d.change.iter().map(|p| sp.update_peer(peer_config(p)))).await;
         let mut restarted = 0;
-        for p in &d.change {
-            match sp.update_peer(peer_config(p)).await {
+        for (p, r) in d.change.iter().zip(changed) {
+            match r {
                 Ok(true) => restarted += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(peer = %p.address, error = %e, "changing a BGP peer"),
