@@ -6,12 +6,19 @@ LAB := $(ROOT)/target/release/tabby-lab
 
 .PHONY: lab lab-down lab-exec lab-node e2e lab-binaries
 
-lab-binaries:
+# The lab and the e2e run Tabby's binaries laid out as in the image: side by side, the CNI plugin linked
+# statically (plugin-static, in mk/cni.mk). The agent's init container installs the plugin found beside it.
+LAB_BIN := $(ROOT)/target/lab-bin
+E2E_BIN := $(ROOT)/target/e2e-bin
+BINARIES := tabby-agent tabby-operator kubectl-tabby
+
+lab-binaries: plugin-static
 	@echo "==> building Tabby (release)"
 	$(CARGO) build --release --workspace --bins --exclude xtask
+	@mkdir -p $(LAB_BIN) && cp -f $(addprefix $(ROOT)/target/release/,$(BINARIES)) $(PLUGIN_STATIC) $(LAB_BIN)/
 
 lab: controlplane lab-binaries ## Start the stack on NODES (default 3) local nodes and install Tabby as README says
-	@$(LAB) up --nodes $(NODES) --state $(LAB_STATE)
+	@$(LAB) up --nodes $(NODES) --state $(LAB_STATE) --bin $(LAB_BIN)
 
 lab-down: ## Stop the lab and remove everything it created
 	@$(LAB) down --state $(LAB_STATE)
@@ -23,6 +30,7 @@ lab-node: ## Run CMD on lab node NODE=node-N
 	@$(LAB) exec-node --state $(LAB_STATE) $(NODE) $(CMD)
 
 # Debug binaries: the same build `make test` already made, so CI compiles nothing twice.
-e2e: controlplane ## The getting-started guide as a test, on a fresh lab (root)
+e2e: controlplane plugin-static ## The getting-started guide as a test, on a fresh lab (root)
 	$(CARGO) build --workspace --bins --exclude xtask
-	$(CARGO) test -p tabby-e2e --test getting_started -- --nocapture
+	@mkdir -p $(E2E_BIN) && cp -f $(addprefix $(ROOT)/target/debug/,$(BINARIES)) $(PLUGIN_STATIC) $(E2E_BIN)/
+	TABBY_BIN_DIR=$(E2E_BIN) $(CARGO) test -p tabby-e2e --test getting_started -- --nocapture

@@ -113,9 +113,10 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The `tabby` plugin binary.
+/// The `tabby` plugin binary: cargo's build of it, or the one `TABBY_CNI_PLUGIN` names (`make bench-cni`
+/// runs the statically linked plugin the image ships).
 pub fn plugin_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tabby"))
+    std::env::var_os("TABBY_CNI_PLUGIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tabby")))
 }
 
 /// The `tabby-agent` binary beside the plugin, (re)built once per test process so it is never stale
@@ -124,7 +125,8 @@ pub fn agent_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let release = plugin_bin().parent().is_some_and(|d| d.ends_with("release"));
+            let built = PathBuf::from(env!("CARGO_BIN_EXE_tabby"));
+            let release = built.parent().is_some_and(|d| d.ends_with("release"));
             let mut cmd = Command::new(env!("CARGO"));
             cmd.args(["build", "--quiet", "-p", "tabby-agent", "--bin", "tabby-agent"]);
             if release {
@@ -132,7 +134,7 @@ pub fn agent_bin() -> PathBuf {
             }
             let st = cmd.status().expect("cargo runs");
             assert!(st.success(), "building tabby-agent failed");
-            let path = plugin_bin().with_file_name("tabby-agent");
+            let path = built.with_file_name("tabby-agent");
             assert!(path.is_file(), "{} is missing after the build", path.display());
             path
         })
