@@ -195,20 +195,16 @@ fn octets(a: IpAddr) -> Vec<u8> {
 }
 
 /// Appends one RTM_NEWROUTE (replace) or RTM_DELROUTE request for a Tabby route of the main table.
-/// A deletion without a target (`t` `None`) names no type, gateway or device, so it removes the Tabby
-/// route at `dst` whatever it is. `None` (nothing appended) when the route needs a device that has no
-/// index, or mixes families.
-pub fn encode(out: &mut Vec<u8>, del: bool, seq: u32, dst: IpNet, t: Option<&Target>, oif: Option<u32>) -> Option<()> {
+/// `None` (nothing appended) when the route needs a device that has no index, or mixes families.
+pub fn encode(out: &mut Vec<u8>, del: bool, seq: u32, dst: IpNet, t: &Target, oif: Option<u32>) -> Option<()> {
     let v6 = dst.addr().is_ipv6();
     let (kind, scope, gw, onlink) = match t {
-        None if del => (0, RT_SCOPE_NOWHERE, None, false),
-        None => return None,
-        Some(Target::Blackhole) => (RTN_BLACKHOLE, RT_SCOPE_UNIVERSE, None, false),
-        Some(Target::Dev(_)) => {
+        Target::Blackhole => (RTN_BLACKHOLE, RT_SCOPE_UNIVERSE, None, false),
+        Target::Dev(_) => {
             oif?;
             (RTN_UNICAST, RT_SCOPE_LINK, None, false)
         }
-        Some(Target::Via { gw, dev, onlink }) => {
+        Target::Via { gw, dev, onlink } => {
             if gw.is_ipv6() != v6 || (dev.is_some() && oif.is_none()) {
                 return None;
             }
@@ -300,10 +296,9 @@ impl Fib {
         let mut out = Vec::with_capacity(BATCH + 256);
         // Requests of the batch being built: (dst, is a deletion), indexed by seq - first.
         let mut sent: Vec<(IpNet, bool)> = Vec::new();
-        let dels = plan.del.iter().map(|r| (true, r.dst, Some(&*r.target), r.oif.or_else(|| oif_of(&r.target))));
-        let drops = plan.drop.iter().map(|d| (true, *d, None, None));
-        let puts = plan.put.iter().map(|(d, t)| (false, *d, Some(&**t), oif_of(t)));
-        for (del, dst, t, oif) in dels.chain(drops).chain(puts) {
+        let dels = plan.del.iter().map(|r| (true, r.dst, &*r.target, r.oif.or_else(|| oif_of(&r.target))));
+        let puts = plan.put.iter().map(|(d, t)| (false, *d, &**t, oif_of(t)));
+        for (del, dst, t, oif) in dels.chain(puts) {
             let seq = self.seq.wrapping_add(sent.len() as u32);
             if encode(&mut out, del, seq, dst, t, oif).is_none() {
                 // A deletion that cannot be expressed has nothing to remove; a route that cannot is an error.
@@ -494,7 +489,7 @@ mod tests {
         ];
         let mut buf = Vec::new();
         for (i, (dst, t, oif)) in cases.iter().enumerate() {
-            encode(&mut buf, false, i as u32, *dst, Some(t), *oif).unwrap();
+            encode(&mut buf, false, i as u32, *dst, t, *oif).unwrap();
         }
         let got: Vec<(u16, u32, KernelRoute)> =
             messages(&buf).map(|(k, _, s, p)| (k, s, decode(p, &links).unwrap())).collect();
@@ -504,21 +499,19 @@ mod tests {
             assert_eq!((r.dst, &*r.target, r.oif), (*dst, t, *oif));
         }
         // Not expressible: a device route without its device, an IPv4 prefix via an IPv6 gateway.
-        assert!(encode(&mut buf, false, 9, net("10.0.0.6/32"), Some(&Target::Dev("gone".into())), None).is_none());
+        assert!(encode(&mut buf, false, 9, net("10.0.0.6/32"), &Target::Dev("gone".into()), None).is_none());
         let v6gw = Target::Via { gw: "fd00::1".parse().unwrap(), dev: None, onlink: false };
-        assert!(encode(&mut buf, false, 9, net("10.0.0.0/24"), Some(&v6gw), None).is_none());
-        // Only a deletion may leave the target out.
-        assert!(encode(&mut buf, false, 9, net("10.0.0.0/24"), None, None).is_none());
+        assert!(encode(&mut buf, false, 9, net("10.0.0.0/24"), &v6gw, None).is_none());
     }
 
     #[test]
     fn events_skip_additions_and_other_protocols() {
         let mut buf = Vec::new();
         let via = Target::Via { gw: "192.168.1.2".parse().unwrap(), dev: None, onlink: false };
-        encode(&mut buf, false, 1, net("10.1.0.0/26"), Some(&via), None).unwrap();
-        encode(&mut buf, true, 2, net("10.1.0.0/26"), None, None).unwrap();
+        encode(&mut buf, false, 1, net("10.1.0.0/26"), &via, None).unwrap();
+        encode(&mut buf, true, 2, net("10.1.0.0/26"), &via, None).unwrap();
         let mut other = Vec::new();
-        encode(&mut other, true, 3, net("10.3.0.0/26"), Some(&via), None).unwrap();
+        encode(&mut other, true, 3, net("10.3.0.0/26"), &via, None).unwrap();
         other[NLMSG_HDR + 5] = 4; // protocol static
         buf.extend_from_slice(&other);
         let evs: Vec<Event> = events(&buf).collect();

@@ -9,9 +9,11 @@
 //!
 //! Memory: every table maps a packed prefix ([`prefixmap`]) to an interned `Arc<Target>` (a handful of
 //! distinct targets, one per next hop or device), so a learned IPv4 route costs 16 octets in the table
-//! of its source and nothing more: there is no copy of what the kernel holds. An incremental pass puts
-//! each changed prefix that is wanted and deletes whatever Tabby route is at each one that is not; full
-//! passes compare against a kernel dump. Bulk kernel work (batched changes, dumps, events) goes through
+//! of its source and nothing more: there is no copy of what the kernel holds. A changed prefix is marked
+//! dirty with the route it had (what the last pass left in the kernel); an incremental pass puts each
+//! dirty prefix that is wanted and deletes exactly that earlier route for one that is not, so a route
+//! someone else put there meanwhile (the CNI plugin's, for a pod) is left alone. Full passes compare
+//! against a kernel dump. Bulk kernel work (batched changes, dumps, events) goes through
 //! [`fib`]; [`kernel`] keeps the link queries.
 
 pub mod fib;
@@ -83,18 +85,15 @@ pub struct Plan {
     pub put: Vec<(IpNet, Arc<Target>)>,
     /// Kernel routes to delete.
     pub del: Vec<KernelRoute>,
-    /// Prefixes whose Tabby route, whatever it is, must go (incremental passes: the table keeps no
-    /// copy of what the kernel holds).
-    pub drop: Vec<IpNet>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.del.is_empty() && self.drop.is_empty()
+        self.put.is_empty() && self.del.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.put.len() + self.del.len() + self.drop.len()
+        self.put.len() + self.del.len()
     }
 }
 
@@ -158,8 +157,9 @@ pub struct Counts {
 #[derive(Default)]
 struct State {
     sources: [PrefixMap<Arc<Target>>; 4],
-    /// Prefixes whose desired route changed since the last pass.
-    dirty: PrefixSet,
+    /// Prefixes whose desired route changed since the last pass, each with the route it had then
+    /// (what the kernel holds as far as the passes know; `None`: none).
+    dirty: PrefixMap<Option<Arc<Target>>>,
     full: bool,
     /// Desired routes the last pass that touched them could not install (failed, or their device is
     /// missing); every other desired route is in the kernel as far as the passes know.
@@ -183,6 +183,24 @@ impl State {
 
     fn merged(&self, dst: &IpNet) -> Option<&Arc<Target>> {
         self.sources.iter().find_map(|m| m.get(dst))
+    }
+
+    /// [`Self::merged`] with the routes of source `slot` taken from `instead`.
+    fn merged_with<'a>(
+        &'a self,
+        dst: &IpNet,
+        slot: usize,
+        instead: &'a PrefixMap<Arc<Target>>,
+    ) -> Option<&'a Arc<Target>> {
+        self.sources.iter().enumerate().find_map(|(i, m)| if i == slot { instead.get(dst) } else { m.get(dst) })
+    }
+
+    /// Marks `dst` for the next pass; `was` is the route it had. A prefix already marked keeps the
+    /// route it had when first marked: that is the one still in the kernel.
+    fn mark(&mut self, dst: IpNet, was: Option<Arc<Target>>) {
+        if !self.dirty.contains(&dst) {
+            self.dirty.insert(dst, was);
+        }
     }
 
     /// The source whose route to `dst` wins.
@@ -242,19 +260,22 @@ impl RouteTable {
     /// Replaces everything `source` wants.
     pub fn set(&self, source: Source, routes: HashMap<IpNet, Target>) {
         let mut st = self.lock();
-        let old = std::mem::take(&mut st.sources[source as usize]);
-        let mut dirty: Vec<IpNet> = Vec::new();
-        let mut new = PrefixMap::default();
-        for (k, v) in routes {
-            if old.get(&k).is_none_or(|o| **o != v) {
-                dirty.push(k);
+        let slot = source as usize;
+        let old = std::mem::take(&mut st.sources[slot]);
+        let mut dirty: Vec<(IpNet, Option<Arc<Target>>)> = Vec::new();
+        for (k, v) in &routes {
+            if old.get(k).is_none_or(|o| **o != *v) {
+                dirty.push((*k, st.merged_with(k, slot, &old).cloned()));
             }
-            new.insert(k, st.intern(v));
         }
         for k in old.keys() {
-            if !new.contains(&k) {
-                dirty.push(k);
+            if !routes.contains_key(&k) {
+                dirty.push((k, st.merged_with(&k, slot, &old).cloned()));
             }
+        }
+        let mut new = PrefixMap::default();
+        for (k, v) in routes {
+            new.insert(k, st.intern(v));
         }
         drop(old);
         st.sources[source as usize] = new;
@@ -265,8 +286,8 @@ impl RouteTable {
         if !was_seeded && st.seeded() {
             st.full = true;
         }
-        for k in dirty {
-            st.dirty.add(k);
+        for (k, was) in dirty {
+            st.mark(k, was);
         }
         drop(st);
         if changed {
@@ -279,6 +300,7 @@ impl RouteTable {
         let mut st = self.lock();
         let mut changed = false;
         for (k, v) in changes {
+            let was = st.merged(&k).cloned();
             let differs = match v {
                 Some(t) => {
                     let t = st.intern(t);
@@ -287,7 +309,7 @@ impl RouteTable {
                 None => st.sources[source as usize].remove(&k).is_some(),
             };
             if differs {
-                st.dirty.add(k);
+                st.mark(k, was);
                 changed = true;
             }
         }
@@ -307,7 +329,7 @@ impl RouteTable {
     pub fn deleted(&self, dst: IpNet) {
         let mut st = self.lock();
         if st.merged(&dst).is_some() {
-            st.dirty.add(dst);
+            st.mark(dst, None);
             drop(st);
             self.kick.notify_one();
         }
@@ -457,7 +479,7 @@ async fn full_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> R
     // Diffed under the lock, against the sources themselves: no copy of a 100k-route table.
     let (plan, seeded, mut missing) = {
         let mut st = table.lock();
-        st.dirty = PrefixSet::default();
+        st.dirty = PrefixMap::default();
         let (hold, seeded) = (table.remote_held(), st.seeded());
         let keep = |r: &KernelRoute| !seeded || (hold && matches!(*r.target, Target::Via { .. }));
         let plan = diff(&|d| st.merged(d), st.merged_all(), &actual, &has_dev, &keep);
@@ -494,19 +516,22 @@ async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFi
     let mut plan = {
         let mut st = table.lock();
         // At most CHUNK prefixes a pass, so a burst of 100k changes is never copied into one plan.
-        let some: Vec<IpNet> = st.dirty.keys().take(CHUNK).collect();
-        for d in &some {
+        let some: Vec<(IpNet, Option<Arc<Target>>)> =
+            st.dirty.iter().take(CHUNK).map(|(k, was)| (k, was.clone())).collect();
+        for (d, _) in &some {
             st.dirty.remove(d);
         }
         if st.dirty.is_empty() {
             // Replaced, not just emptied: the burst's capacity is not kept.
-            st.dirty = PrefixSet::default();
+            st.dirty = PrefixMap::default();
         }
         let mut plan = Plan::default();
-        for d in some {
-            match st.merged(&d) {
-                Some(w) => plan.put.push((d, w.clone())),
-                None => plan.drop.push(d),
+        for (d, was) in some {
+            match (st.merged(&d), was) {
+                (Some(w), _) => plan.put.push((d, w.clone())),
+                // Exactly the route it had: one someone else put there meanwhile stays.
+                (None, Some(was)) => plan.del.push(KernelRoute { dst: d, target: was, oif: None }),
+                (None, None) => {}
             }
         }
         plan
@@ -514,7 +539,12 @@ async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFi
     if plan.is_empty() {
         return Ok(0);
     }
-    let needs_links = plan.put.iter().any(|(_, t)| !matches!(**t, Target::Blackhole | Target::Via { dev: None, .. }));
+    let needs_links = plan
+        .put
+        .iter()
+        .map(|(_, t)| t)
+        .chain(plan.del.iter().map(|r| &r.target))
+        .any(|t| !matches!(**t, Target::Blackhole | Target::Via { dev: None, .. }));
     let links = if needs_links { k.links().await? } else { BTreeMap::new() };
     // A pod route whose veth is not there (yet, or any more) is not an error: the link event of its
     // arrival triggers a full pass.
@@ -528,7 +558,7 @@ async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFi
     })
     .await?;
     let mut st = table.lock();
-    for d in plan.put.iter().map(|(d, _)| d).chain(&plan.drop) {
+    for d in plan.put.iter().map(|(d, _)| d).chain(plan.del.iter().map(|r| &r.dst)) {
         st.missing.remove(d);
     }
     for d in skipped.into_iter().chain(failed.iter().map(|(d, _)| *d)) {
@@ -624,11 +654,20 @@ mod tests {
     fn table_merges_sources_with_local_first_and_tracks_dirty() {
         let t = RouteTable::new();
         t.set(Source::Remote, [(net("10.0.0.0/26"), via("1.1.1.1"))].into());
+        // Nothing was in the kernel for it yet.
+        assert_eq!(t.lock().dirty.get(&net("10.0.0.0/26")), Some(&None));
+        t.lock().dirty = PrefixMap::default(); // as a pass would, having put it
         t.set(Source::Blackhole, [(net("10.0.0.0/26"), Target::Blackhole)].into());
         assert_eq!(t.desired().get(&net("10.0.0.0/26")), Some(&Target::Blackhole));
         t.update(Source::Blackhole, [(net("10.0.0.0/26"), None)]);
         assert_eq!(t.desired().get(&net("10.0.0.0/26")), Some(&via("1.1.1.1")));
-        assert!(t.lock().dirty.contains(&net("10.0.0.0/26")));
+        // Marked with the route it had when first marked: what the kernel still holds.
+        let was =
+            |t: &RouteTable| t.lock().dirty.get(&net("10.0.0.0/26")).cloned().flatten().map(|a| Target::clone(&a));
+        assert_eq!(was(&t), Some(via("1.1.1.1")));
+        t.lock().dirty = PrefixMap::default();
+        t.update(Source::Remote, [(net("10.0.0.0/26"), None)]);
+        assert_eq!(was(&t), Some(via("1.1.1.1")), "a withdrawal deletes exactly the route it had");
     }
 
     #[test]

@@ -116,7 +116,9 @@ pub fn sh(args: &[&str]) -> String {
 /// The `tabby` plugin binary: cargo's build of it, or the one `TABBY_CNI_PLUGIN` names (`make bench-cni`
 /// runs the statically linked plugin the image ships).
 pub fn plugin_bin() -> PathBuf {
-    std::env::var_os("TABBY_CNI_PLUGIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tabby")))
+    std::env::var_os("TABBY_CNI_PLUGIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tabby")))
 }
 
 /// The `tabby-agent` binary beside the plugin, (re)built once per test process so it is never stale
