@@ -454,25 +454,14 @@ fn mib(kib: u64) -> f64 {
 /// by the agent's FIB writer (the same 64 KiB batches), with no BGP, no listener and nothing else running
 /// there. Neither receiver can install faster than this.
 fn kernel_alone(n: u32) -> std::time::Duration {
-    use std::os::fd::AsRawFd;
     use std::sync::Arc;
     use tabby_agent::routes::{Plan, Target, fib::Fib};
     let ns = Netns::new("floor");
-    for args in [
-        &["link", "add", "f0", "type", "veth", "peer", "name", "f1"][..],
-        &["link", "set", "f0", "up"],
-        &["link", "set", "f1", "up"],
-        &["addr", "add", "192.168.0.1/24", "dev", "f0"],
-    ] {
-        let mut a = vec!["ip", "-n", ns.name.as_str()];
-        a.extend_from_slice(args);
-        sh(&a);
-    }
-    let path = format!("/var/run/netns/{}", ns.name);
-    let took = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("namespace file");
-        // SAFETY: setns on this thread only, with a descriptor that stays open for the call.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+    ns.ip(&["link", "add", "f0", "type", "veth", "peer", "name", "f1"]);
+    ns.ip(&["link", "set", "f0", "up"]);
+    ns.ip(&["link", "set", "f1", "up"]);
+    ns.ip(&["addr", "add", "192.168.0.1/24", "dev", "f0"]);
+    ns.run(move || {
         let mut fib = Fib::open().expect("netlink socket");
         let via = Arc::new(Target::Via { gw: "192.168.0.2".parse().expect("address"), dev: None, onlink: false });
         let put = (0..n)
@@ -488,10 +477,6 @@ fn kernel_alone(n: u32) -> std::time::Duration {
         assert!(failed.is_empty(), "kernel refused {} routes, first {:?}", failed.len(), failed.first());
         took
     })
-    .join()
-    .expect("floor thread");
-    drop(ns);
-    took
 }
 
 fn header() {

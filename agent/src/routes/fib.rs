@@ -390,10 +390,7 @@ impl Fib {
                         }
                         RTM_NEWROUTE => {
                             if let Some((dst, t, oif)) = decode_parts(p, links) {
-                                let target = match targets.get(&t) {
-                                    Some(a) => a.clone(),
-                                    None => targets.entry(t.clone()).or_insert_with(|| Arc::new(t)).clone(),
-                                };
+                                let target = targets.entry(t).or_insert_with_key(|t| Arc::new(t.clone())).clone();
                                 routes.push(KernelRoute { dst, target, oif });
                             }
                         }
