@@ -309,7 +309,9 @@ impl Speaker {
         rx.await.unwrap_or_default()
     }
 
-    /// Best-path changes from now on (the import hook for kernel programming).
+    /// Best paths as they change (the import hook for kernel programming). The first batch holds
+    /// every best path the speaker already has (if any), so a subscriber never misses a route learned
+    /// before it subscribed; every later batch holds changes.
     pub async fn subscribe(&self) -> mpsc::UnboundedReceiver<Vec<RibEvent>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = self.cmd.send(Cmd::Subscribe(tx)).await;
@@ -425,7 +427,19 @@ impl RibTask {
                     .collect();
                 let _ = tx.send(v);
             }
-            Cmd::Subscribe(tx) => self.subs.push(tx),
+            Cmd::Subscribe(tx) => {
+                // What was learned before this command arrived (sessions start with the speaker, so
+                // that can be anything): the current best paths first, then each change. Done in
+                // this task, so no change falls between the two.
+                let now: Vec<RibEvent> = Family::ALL
+                    .iter()
+                    .flat_map(|f| self.rib.iter_best(*f))
+                    .map(|(prefix, p)| RibEvent { prefix, best: Some((p.peer, p.attrs.clone())) })
+                    .collect();
+                if now.is_empty() || tx.send(now).is_ok() {
+                    self.subs.push(tx);
+                }
+            }
         }
     }
 
@@ -596,6 +610,7 @@ impl RibTask {
                 }
             }
         }
+        tracing::debug!(peer = %info.address, changed = changed.len(), "UPDATE received");
         self.propagate(&changed);
         self.publish_counts(&[peer]);
     }
@@ -706,6 +721,7 @@ impl RibTask {
             }
         }
         if !buf.is_empty() {
+            tracing::debug!(peer = %to_info.address, withdrawn = withdrawals.len(), octets = buf.len(), "UPDATE sent");
             let _ = up.out.send(buf);
         }
     }

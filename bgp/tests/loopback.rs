@@ -186,6 +186,32 @@ async fn graceful_restart_helper_keeps_routes_until_end_of_rib() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_subscriber_first_gets_every_best_path_then_changes() {
+    let a = listener(1, 65001, "127.0.0.51", vec![passive("127.0.0.52", 65002)], |_| {}).await;
+    let b = listener(2, 65002, "127.0.0.52", vec![active(a.listen_addr().unwrap(), "127.0.0.52", 65001)], |_| {}).await;
+    a.originate(pfx("10.51.0.0/16"), None).await;
+    a.originate(pfx("fd51::/48"), None).await;
+    b.originate(pfx("10.52.0.0/16"), None).await;
+    wait_for("routes", 10, async || route(&b, "10.51.0.0/16").await.is_some()).await;
+    // Subscribed after the routes arrived: they come as the first batch, learned and local alike.
+    let mut rx = b.subscribe().await;
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("first batch").expect("open");
+    let mut got: Vec<(String, Option<IpAddr>)> =
+        first.iter().map(|e| (e.prefix.to_string(), e.best.as_ref().map(|(_, a)| a.next_hop))).collect();
+    got.sort();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], ("10.51.0.0/16".to_string(), Some(ip("127.0.0.51"))));
+    assert_eq!(got[1].0, "10.52.0.0/16");
+    assert!(first.iter().all(|e| e.best.is_some()));
+    // Then changes only.
+    a.withdraw(pfx("10.51.0.0/16")).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("change").expect("open");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].prefix, pfx("10.51.0.0/16"));
+    assert!(next[0].best.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sides_active_collision_leaves_one_stable_session() {
     // Both speakers listen on the same port of their own address and both connect.
     let port = 20_000 + (std::process::id() % 20_000) as u16;

@@ -238,7 +238,7 @@ impl Node {
             .env("TABBY_IP_AUTODETECTION_METHOD", "interface=eth0")
             .env("TABBY_LOG_SEVERITY", "debug")
             .env("TABBY_BGP_HOLD_TIME", "9")
-            .env("RUST_LOG", "tabby_agent=debug,tabby_bgp=info,warn")
+            .env("RUST_LOG", "tabby_agent=debug,tabby_bgp=debug,warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -323,6 +323,18 @@ pub struct Lab {
     pub cp: ControlPlane,
     pub dir: tempfile::TempDir,
     port: u16,
+}
+
+impl Drop for Lab {
+    /// A failing test shows what every agent logged, not just the node whose check failed: a route
+    /// missing on one node is often a message another node never sent.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!("---- agent log of {} ----\n{}", n.name, n.log_tail());
+            }
+        }
+    }
 }
 
 impl Lab {
