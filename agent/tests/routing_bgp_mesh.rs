@@ -214,3 +214,47 @@ async fn routing_bgp_mesh_fourth_node_joins_without_resetting_sessions() {
 fn ping_ok(from: &Netns, to: &str) -> bool {
     ping(from, to, 2)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_bgp_mesh_dual_stack_pods_reach_each_other_over_ipv6() {
+    let _g = serial();
+    let test = "routing_bgp_mesh_dual_stack_pods_reach_each_other_over_ipv6";
+    let Some(mut lab) = Lab::new(test, 2, Underlay::Flat).await else { return };
+    lab.ipv6();
+    lab.pool("10.246.0.0/16", "Never", false);
+    lab.pool_v6("fd00:10:246::/112");
+    lab.start_agents(&[("TABBY_BGP", "Enabled"), ("TABBY_IP6_AUTODETECTION_METHOD", "first-found")]);
+    lab.add_pod("node1", "client6");
+    lab.add_pod("node2", "server6");
+    let v6_blocks =
+        |node: &str| -> Vec<String> { lab.blocks_of(node).into_iter().filter(|b| b.contains(':')).collect() };
+    let (b1, b2) = (v6_blocks("node1"), v6_blocks("node2"));
+    assert!(!b1.is_empty() && !b2.is_empty(), "IPv6 blocks: {b1:?} {b2:?}");
+
+    // One session per node pair carries both families: the IPv6 blocks go via the other node's IPv6
+    // address, the own ones are blackholed.
+    for (me, theirs, via, own) in [("node1", &b2, "fd50::2", &b1), ("node2", &b1, "fd50::1", &b2)] {
+        lab.node(me).wait_routes6("IPv6 routes to the other node's blocks", Duration::from_secs(60), |r| {
+            theirs.iter().all(|b| r.contains(&format!("{b} via {via} dev eth0 proto tabby")))
+                && own
+                    .iter()
+                    .all(|b| r.lines().any(|l| l.starts_with(&format!("blackhole {b} ")) && l.contains("proto tabby")))
+        });
+    }
+    let ns = lab.cp.kubectl_ok(&["get", "nodestatus", "node1", "-o", "jsonpath={.status.addressV6}"]);
+    assert_eq!(ns, "fd50::1/64");
+
+    let (client, server) = (lab.pod("client6"), lab.pod("server6"));
+    let (c6, s6) = (client.ip6.clone().expect("client IPv6"), server.ip6.clone().expect("server IPv6"));
+    assert!(
+        ping(&client.ns, &s6, 3),
+        "ping {c6} → {s6} failed\nnode1:\n{}\nnode2:\n{}",
+        lab.node("node1").routes6(),
+        lab.node("node2").routes6()
+    );
+    // The flat network over IPv6 too: the server sees the client pod's own address.
+    let seen = seen_source(&server.ns, &client.ns, &s6, 7071);
+    assert_eq!(seen.to_string(), c6);
+    // IPv4 still works beside it.
+    assert!(ping(&client.ns, &server.ip, 3), "ping {} → {} failed", client.ip, server.ip);
+}

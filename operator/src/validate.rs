@@ -80,8 +80,16 @@ pub fn installation(spec: &InstallationSpec, existing_pools: &[IPPool]) -> Vec<F
         }
         let encapsulation = pool.encapsulation.unwrap_or(Encapsulation::None);
         let ipip = matches!(encapsulation, Encapsulation::Ipip | Encapsulation::IpipCrossSubnet);
+        let vxlan = matches!(encapsulation, Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet);
         if ipip && v6 {
-            err(at("encapsulation"), "IPIP is IPv4 only; use VXLAN or None for an IPv6 pool".into());
+            err(at("encapsulation"), "IPIP is IPv4 only; use None (routes over BGP) for an IPv6 pool".into());
+        }
+        // The agent's VXLAN device carries IPv4 only: an IPv6 pool in VXLAN would get no routes.
+        if vxlan && v6 {
+            err(
+                at("encapsulation"),
+                "VXLAN carries IPv4 pools only; use None (routes over BGP) for an IPv6 pool".into(),
+            );
         }
         if bgp == EnabledDisabled::Disabled && (ipip || encapsulation == Encapsulation::None) {
             err(
@@ -198,6 +206,11 @@ mod tests {
                 "spec.network.ipPools[0].encapsulation",
             ),
             (
+                "vxlan on ipv6",
+                json!({"network": {"ipPools": [{"cidr": "fd00::/48", "encapsulation": "VXLANCrossSubnet"}]}}),
+                "spec.network.ipPools[0].encapsulation",
+            ),
+            (
                 "ipip without bgp",
                 json!({"network": {"bgp": "Disabled", "ipPools": [{"cidr": "10.0.0.0/16", "encapsulation": "IPIPCrossSubnet"}]}}),
                 "spec.network.ipPools[0].encapsulation",
@@ -254,7 +267,8 @@ mod tests {
             json!({}),
             json!({"network": {"ipPools": []}}),
             json!({"network": {"ipPools": [{"name": "pods", "cidr": "10.0.0.0/16", "natOutgoing": "Disabled"}]}}),
-            json!({"network": {"bgp": "Disabled", "mtu": 1450, "ipPools": [{"cidr": "10.0.0.0/16", "encapsulation": "VXLAN"}, {"cidr": "fd00::/48", "encapsulation": "VXLANCrossSubnet"}]}}),
+            json!({"network": {"bgp": "Disabled", "mtu": 1450, "ipPools": [{"cidr": "10.0.0.0/16", "encapsulation": "VXLAN"}]}}),
+            json!({"network": {"ipPools": [{"cidr": "10.0.0.0/16", "encapsulation": "VXLAN"}, {"cidr": "fd00::/48", "encapsulation": "None"}]}}),
             json!({"nodeUpdateStrategy": {"rollingUpdate": {"maxUnavailable": "25%"}}}),
         ] {
             assert_eq!(check(spec.clone(), &existing), vec![], "{spec}");

@@ -11,7 +11,7 @@
 //! come up, so no traffic is dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ pub struct PlannedPeer {
     pub kind: PeerType,
     /// A router outside the cluster (BGPPeer peerIP): it gets only what this node originates.
     pub external: bool,
+    /// This node's IPv6 address: the next hop of the IPv6 routes sent in this session (IPv6 blocks
+    /// travel in the same session as IPv4 ones, RFC 4760; without an address none are sent).
+    pub next_hop_v6: Option<Ipv6Addr>,
 }
 
 /// The speaker this node should run.
@@ -137,6 +140,13 @@ fn v4(n: &Node) -> Option<Ipv4Addr> {
     }
 }
 
+fn v6(n: &Node) -> Option<Ipv6Addr> {
+    match node::node_address(n, true)?.addr() {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => None,
+    }
+}
+
 /// A Go-style duration as seconds for a BGP timer (at most 65535).
 fn timer_secs(s: &Option<String>) -> Option<u16> {
     s.as_deref().and_then(parse_duration_secs).map(|v| v.min(u64::from(u16::MAX)) as u16)
@@ -160,6 +170,7 @@ pub fn plan(
 ) -> Option<SpeakerPlan> {
     let my = nodes.iter().find(|n| name(n) == me)?;
     let my_addr = v4(my)?;
+    let next_hop_v6 = v6(my);
     let asn = node_asn(my, cfg.as_number);
     let cluster_id = rr_cluster(my);
     let mesh_restart = timer_secs(&cfg.node_mesh_max_restart_time);
@@ -185,6 +196,7 @@ pub fn plan(
             ttl_security: None,
             kind: if rr_client { PeerType::RouteReflectorClient } else { kind },
             external: false,
+            next_hop_v6,
         })
     };
     // Full mesh: every other node, except that route reflectors leave it.
@@ -229,6 +241,7 @@ pub fn plan(
                                 kind
                             },
                             external: true,
+                            next_hop_v6,
                         },
                     );
                 }
@@ -348,6 +361,7 @@ fn peer_config(p: &PlannedPeer) -> PeerConfig {
     c.restart_time = p.restart_time;
     c.next_hop_self = p.next_hop_self;
     c.ttl_security = p.ttl_security;
+    c.next_hop_v6 = p.next_hop_v6;
     c
 }
 
@@ -747,6 +761,21 @@ mod tests {
         let off = BGPConfigurationSpec { node_to_node_mesh_enabled: false, ..Default::default() };
         assert!(plan("b", &nodes, &off, &[], &no_secret).unwrap().peers.is_empty());
         assert!(plan("zz", &nodes, &cfg, &[], &no_secret).is_none());
+        // No IPv6 address on this node: no IPv6 routes go out.
+        assert!(p.peers.iter().all(|p| p.next_hop_v6.is_none()));
+    }
+
+    #[test]
+    fn a_dual_stack_node_sends_its_ipv6_blocks_with_its_ipv6_address_as_next_hop() {
+        let nodes = vec![
+            node("a", "192.168.1.1", &[(node::ANNOTATION_V6, "fd50::1/64")]),
+            node("b", "192.168.1.2", &[(node::ANNOTATION_V6, "fd50::2/64")]),
+        ];
+        let p = plan("a", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        assert_eq!(p.peers.len(), 1, "one session per node pair, carrying both families");
+        assert_eq!(p.peers[0].address, "192.168.1.2".parse::<IpAddr>().unwrap());
+        assert_eq!(p.peers[0].next_hop_v6, Some("fd50::1".parse().unwrap()));
+        assert_eq!(peer_config(&p.peers[0]).next_hop_v6, Some("fd50::1".parse().unwrap()));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -277,6 +277,26 @@ impl Node {
         self.ns.ip(&["route"])
     }
 
+    /// `ip -6 route` of the node.
+    pub fn routes6(&self) -> String {
+        self.ns.ip(&["-6", "route"])
+    }
+
+    /// Waits until `pred(ip -6 route)` holds.
+    pub fn wait_routes6(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        loop {
+            let r = self.routes6();
+            if pred(&r) {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!("{}: {what} not seen in {timeout:?}; IPv6 routes:\n{r}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `pred(ip route)` holds.
     pub fn wait_routes(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Duration {
         let start = Instant::now();
@@ -303,7 +323,10 @@ impl Drop for Node {
 pub struct Pod {
     pub name: String,
     pub ns: Netns,
+    /// The pod's first address (IPv4 where the pod has one).
     pub ip: String,
+    /// The pod's IPv6 address, on a dual-stack network.
+    pub ip6: Option<String>,
 }
 
 /// Underlay layout.
@@ -428,6 +451,22 @@ impl Lab {
         self.cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
     }
 
+    /// Makes the node network dual-stack: each node's eth0 gets `fd50::<n>/64` next to its IPv4
+    /// address, and forwards IPv6 (as kubeadm requires of dual-stack nodes).
+    pub fn ipv6(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            n.ns.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+            n.ns.ip(&["-6", "addr", "add", &format!("fd50::{}/64", i + 1), "dev", "eth0", "nodad"]);
+        }
+    }
+
+    /// An IPv6 pool (blocks of /122, Calico's IPv6 default) next to the IPv4 one.
+    pub fn pool_v6(&self, cidr: &str) {
+        self.apply(&format!(
+            "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {{name: pool-v6}}\nspec: {{cidr: '{cidr}', blockSize: 122}}\n"
+        ));
+    }
+
     pub fn pool(&self, cidr: &str, vxlan: &str, nat: bool) {
         self.apply(&format!(
             "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {{name: pool}}\nspec: {{cidr: '{cidr}', blockSize: 26, vxlanMode: {vxlan}, natOutgoing: {nat}}}\n"
@@ -451,11 +490,12 @@ impl Lab {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n"
         ));
         let pod_ns = Netns::new(name);
-        let ip = match cni_add(self.node(node), &pod_ns.path(), name) {
-            Ok(ip) => ip,
+        let ips = match cni_add_all(self.node(node), &pod_ns.path(), name) {
+            Ok(ips) => ips,
             Err((_, out)) => panic!("CNI ADD {name} on {node}: {out}"),
         };
-        self.pods.push(Pod { name: name.into(), ns: pod_ns, ip });
+        let ip6 = ips.iter().find(|ip| ip.contains(':')).cloned();
+        self.pods.push(Pod { name: name.into(), ns: pod_ns, ip: ips[0].clone(), ip6 });
         self.pods.len() - 1
     }
 
@@ -515,6 +555,11 @@ pub type AddOutcome = Result<String, (u64, String)>;
 
 /// CNI ADD of pod `name` (namespace default, netns `pod_ns`) on `node`, as the runtime on that node runs it.
 pub fn cni_add(node: &Node, pod_ns: &str, name: &str) -> AddOutcome {
+    cni_add_all(node, pod_ns, name).map(|ips| ips[0].clone())
+}
+
+/// [`cni_add`] with every address the ADD granted, in the order of the result.
+pub fn cni_add_all(node: &Node, pod_ns: &str, name: &str) -> Result<Vec<String>, (u64, String)> {
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -548,9 +593,16 @@ pub fn cni_add(node: &Node, pod_ns: &str, name: &str) -> AddOutcome {
     let out = child.wait_with_output().expect("plugin runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let v: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    match v["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()) {
-        Some(ip) if out.status.success() => Ok(ip.to_string()),
-        _ => Err((v["code"].as_u64().unwrap_or(0), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))),
+    let ips: Vec<String> = v["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str().and_then(|a| a.split('/').next()).map(str::to_string))
+        .collect();
+    if out.status.success() && !ips.is_empty() {
+        Ok(ips)
+    } else {
+        Err((v["code"].as_u64().unwrap_or(0), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr))))
     }
 }
 
@@ -562,9 +614,11 @@ pub fn ping(from: &Netns, to: &str, count: u32) -> bool {
 pub fn seen_source(server: &Netns, client: &Netns, ip: &str, port: u16) -> IpAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     let spath = server.path();
+    let v6 = ip.contains(':');
     let t = std::thread::spawn(move || {
         NetNs::open_checked(&spath).expect("netns").enter().expect("setns");
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind server");
+        let any: IpAddr = if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+        let l = TcpListener::bind((any, port)).expect("bind server");
         let _ = tx.send(());
         let (_s, peer) = l.accept().expect("accept");
         peer.ip()
