@@ -100,7 +100,9 @@ async fn metrics_match_the_node() {
     assert_eq!((local, blackhole), (2.0, 1.0), "two pods and one block on node1");
     assert!(remote >= 1.0, "node2's block is learned over BGP");
 
-    // BGP peers by state: what NodeStatus reports (one mesh session, established).
+    // BGP peers by state: what NodeStatus reports (one mesh session, established; Ready says the
+    // status was written with it up).
+    lab.wait_node_status_ready("node1", Duration::from_secs(60));
     let ns: Value = serde_json::from_str(&lab.cp.kubectl_ok(&["get", "nodestatus", "node1", "-o", "json"])).unwrap();
     let peers = ns["status"]["bgp"]["peersV4"].as_array().cloned().unwrap_or_default();
     assert_eq!(peers.len(), 1, "{ns}");
