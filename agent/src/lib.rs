@@ -17,6 +17,7 @@ pub mod metrics;
 // Issue 7: the node's network (routes, BGP, VXLAN, NAT, status, cleanup).
 pub mod bgpmesh;
 pub mod cleanup;
+pub mod forwarding;
 pub mod ipip;
 pub mod nat;
 pub mod network;

@@ -33,7 +33,7 @@ use crate::node::{self, Method};
 use crate::routes::kernel::Kernel;
 use crate::routes::{RouteTable, Source, Target};
 use crate::status::{Facts, Reporter};
-use crate::{ipip, nat, vxlan};
+use crate::{forwarding, ipip, nat, vxlan};
 
 /// Seconds between full passes (default 30).
 pub const ENV_RESYNC: &str = "TABBY_ROUTE_RESYNC_SECONDS";
@@ -176,6 +176,7 @@ impl Network {
             nat_last: None,
             vteps: BTreeSet::new(),
             ipip_problem: None,
+            forwarding_problem: None,
             addr_v4: None,
             addr_v6: None,
             mtu: 0,
@@ -282,6 +283,8 @@ struct Pass {
     vteps: BTreeSet<vxlan::Vtep>,
     /// Why IPIP pools cannot be served on this node (reported as RoutesReady=False).
     ipip_problem: Option<String>,
+    /// A node-wide forwarding switch that is off (see [`forwarding`]).
+    forwarding_problem: Option<String>,
     addr_v4: Option<IpNet>,
     addr_v6: Option<IpNet>,
     mtu: u32,
@@ -378,6 +381,16 @@ impl Pass {
             self.ipip_problem = ipip_problem;
         }
         self.mesh.set_encap(ipip::Encap::new(&pools, self.addr_v4)).await;
+        let v6_pods = pools.iter().any(|p| !p.spec.disabled && p.spec.cidr.contains(':'));
+        let forwarding_problem = forwarding::check(v6_pods);
+        if forwarding_problem != self.forwarding_problem {
+            match &forwarding_problem {
+                Some(p) => tracing::error!(problem = %p, "this node does not forward pod traffic"),
+                None if self.forwarding_problem.is_some() => tracing::info!("forwarding is on again"),
+                None => {}
+            }
+            self.forwarding_problem = forwarding_problem;
+        }
         crate::metrics::reconcile_done("ipip", ipip_started.elapsed(), self.ipip_problem.is_none());
         if let Some(n) = &my_node {
             self.publish(n, &ann).await;
@@ -453,8 +466,12 @@ impl Pass {
             address_v4: self.addr_v4.map(|a| a.to_string()),
             address_v6: self.addr_v6.map(|a| a.to_string()),
             ipam_ready,
-            routes_ready: self.table.synced() && self.ipip_problem.is_none(),
-            routes_problem: self.ipip_problem.clone().map(|m| (ipip::REASON_UNAVAILABLE.to_string(), m)),
+            routes_ready: self.table.synced() && self.ipip_problem.is_none() && self.forwarding_problem.is_none(),
+            routes_problem: self
+                .ipip_problem
+                .clone()
+                .map(|m| (ipip::REASON_UNAVAILABLE.to_string(), m))
+                .or_else(|| self.forwarding_problem.clone().map(|m| (forwarding::REASON.to_string(), m))),
             bgp: if self.cfg.bgp { self.mesh.status() } else { None },
             bgp_ready: !self.cfg.bgp || self.mesh.ready(),
             blocks: owned,
@@ -473,6 +490,8 @@ impl Pass {
             "network programmed".to_string()
         } else if let Some(p) = &self.ipip_problem {
             format!("IPIP unavailable: {p}")
+        } else if let Some(p) = &self.forwarding_problem {
+            format!("forwarding disabled: {p}")
         } else if facts.address_v4.is_none() {
             "no node address detected".to_string()
         } else {

@@ -257,4 +257,23 @@ async fn routing_bgp_mesh_dual_stack_pods_reach_each_other_over_ipv6() {
     assert_eq!(seen.to_string(), c6);
     // IPv4 still works beside it.
     assert!(ping(&client.ns, &server.ip, 3), "ping {} → {} failed", client.ip, server.ip);
+
+    // A node that stops forwarding IPv6 says so (the agent does not flip the switch itself).
+    lab.wait_node_status_ready("node1", Duration::from_secs(60));
+    let routes_ready = |lab: &Lab| {
+        lab.cp.kubectl_ok(&[
+            "get",
+            "nodestatus",
+            "node1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"RoutesReady\")].reason}: {.status.conditions[?(@.type==\"RoutesReady\")].message}",
+        ])
+    };
+    lab.node("node1").ns.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"]);
+    lab.wait_for("node1", "RoutesReady=False, ForwardingDisabled", Duration::from_secs(30), || {
+        routes_ready(&lab).starts_with("ForwardingDisabled: net.ipv6.conf.all.forwarding = 0")
+    });
+    lab.node("node1").ns.ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    lab.wait_node_status_ready("node1", Duration::from_secs(30));
+    assert!(routes_ready(&lab).starts_with("Programmed"), "{}", routes_ready(&lab));
 }
