@@ -381,6 +381,8 @@ impl Pass {
             self.ipip_problem = ipip_problem;
         }
         self.mesh.set_encap(ipip::Encap::new(&pools, self.addr_v4)).await;
+        crate::metrics::reconcile_done("ipip", ipip_started.elapsed(), self.ipip_problem.is_none());
+        // Whether the node forwards what arrives for its pods (reported, never changed: see forwarding).
         let v6_pods = pools.iter().any(|p| !p.spec.disabled && p.spec.cidr.contains(':'));
         let forwarding_problem = forwarding::check(v6_pods);
         if forwarding_problem != self.forwarding_problem {
@@ -391,7 +393,6 @@ impl Pass {
             }
             self.forwarding_problem = forwarding_problem;
         }
-        crate::metrics::reconcile_done("ipip", ipip_started.elapsed(), self.ipip_problem.is_none());
         if let Some(n) = &my_node {
             self.publish(n, &ann).await;
         }
