@@ -222,7 +222,7 @@ async fn routing_bgp_mesh_dual_stack_pods_reach_each_other_over_ipv6() {
     let Some(mut lab) = Lab::new(test, 2, Underlay::Flat).await else { return };
     lab.ipv6();
     lab.pool("10.246.0.0/16", "Never", false);
-    lab.pool_v6("fd00:10:246::/112");
+    lab.pool_v6("fd00:10:246::/112", "Never");
     lab.start_agents(&[("TABBY_BGP", "Enabled"), ("TABBY_IP6_AUTODETECTION_METHOD", "first-found")]);
     lab.add_pod("node1", "client6");
     lab.add_pod("node2", "server6");

@@ -113,3 +113,43 @@ async fn vxlan_cross_subnet_direct_inside_tunnel_across() {
     assert!(ping(&a.ns, &b.ip, 3), "across the router, tunnelled\n{}", n1.routes());
     assert_eq!(seen_source(&b.ns, &a.ns, &b.ip, 7072).to_string(), a.ip);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_dual_stack_ipv6_rides_the_ipv4_tunnel() {
+    let _g = serial();
+    let Some(mut lab) = Lab::new("vxlan_dual_stack_ipv6_rides_the_ipv4_tunnel", 2, Underlay::Flat).await else {
+        return;
+    };
+    // IPv6 forwarding on the nodes; their IPv6 addresses are not needed (nor detected): the underlay is IPv4.
+    lab.ipv6();
+    lab.pool("10.247.0.0/16", "Always", false);
+    lab.pool_v6("fd00:10:247::/112", "Always");
+    lab.start_agents(&[("TABBY_BGP", "Disabled")]);
+    lab.add_pod("node1", "a6");
+    lab.add_pod("node2", "b6");
+    wait_tunnel_addr(&lab, "node2");
+    let mac2 = lab.cp.kubectl_ok(&[
+        "get",
+        "node",
+        "node2",
+        "-o",
+        "jsonpath={.metadata.annotations.tabby\\.dev/VXLANTunnelMACAddr}",
+    ]);
+    let m: Vec<u8> = mac2.split(':').map(|x| u8::from_str_radix(x, 16).expect("MAC")).collect();
+    // The link-local address node2's MAC implies (modified EUI-64).
+    let ll: std::net::Ipv6Addr =
+        [0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 2, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]].into();
+    let b2: Vec<String> = lab.blocks_of("node2").into_iter().filter(|b| b.contains(':')).collect();
+    assert!(!b2.is_empty(), "node2 has an IPv6 block");
+    let n1 = lab.node("node1");
+    n1.wait_routes6("IPv6 routes through the tunnel", Duration::from_secs(60), |r| {
+        b2.iter().all(|b| r.contains(&format!("{b} via {ll} dev vxlan.tabby proto tabby")))
+    });
+    let neigh = n1.ns.ip(&["-6", "neigh", "show", "dev", "vxlan.tabby"]);
+    assert!(neigh.contains(&format!("{ll} lladdr {mac2} PERMANENT")), "{neigh}");
+    let (a, b) = (lab.pod("a6"), lab.pod("b6"));
+    let (a6, b6) = (a.ip6.clone().expect("a's IPv6"), b.ip6.clone().expect("b's IPv6"));
+    assert!(ping(&a.ns, &b6, 3), "ping {a6} → {b6} over VXLAN failed\n{}", n1.routes6());
+    assert_eq!(seen_source(&b.ns, &a.ns, &b6, 7073).to_string(), a6, "pod addresses kept over IPv6 too");
+    assert!(ping(&a.ns, &b.ip, 3), "IPv4 beside it");
+}

@@ -82,13 +82,17 @@ pub fn installation(spec: &InstallationSpec, existing_pools: &[IPPool]) -> Vec<F
         let ipip = matches!(encapsulation, Encapsulation::Ipip | Encapsulation::IpipCrossSubnet);
         let vxlan = matches!(encapsulation, Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet);
         if ipip && v6 {
-            err(at("encapsulation"), "IPIP is IPv4 only; use None (routes over BGP) for an IPv6 pool".into());
+            err(at("encapsulation"), "IPIP is IPv4 only; use VXLAN or None for an IPv6 pool".into());
         }
-        // The agent's VXLAN device carries IPv4 only: an IPv6 pool in VXLAN would get no routes.
-        if vxlan && v6 {
+        // IPv6 rides the IPv4 tunnel, whose address comes from an IPv4 VXLAN pool.
+        let v4_vxlan = pools.iter().any(|p| {
+            p.cidr.parse::<IpNet>().is_ok_and(|n| n.addr().is_ipv4())
+                && matches!(p.encapsulation, Some(Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet))
+        });
+        if vxlan && v6 && !v4_vxlan {
             err(
                 at("encapsulation"),
-                "VXLAN carries IPv4 pools only; use None (routes over BGP) for an IPv6 pool".into(),
+                "VXLAN for an IPv6 pool needs an IPv4 pool in VXLAN too: the tunnel runs over IPv4".into(),
             );
         }
         if bgp == EnabledDisabled::Disabled && (ipip || encapsulation == Encapsulation::None) {
@@ -206,8 +210,13 @@ mod tests {
                 "spec.network.ipPools[0].encapsulation",
             ),
             (
-                "vxlan on ipv6",
-                json!({"network": {"ipPools": [{"cidr": "fd00::/48", "encapsulation": "VXLANCrossSubnet"}]}}),
+                "vxlan on ipv6 without an ipv4 vxlan pool",
+                json!({"network": {"ipPools": [{"cidr": "10.0.0.0/16", "encapsulation": "None"}, {"cidr": "fd00::/48", "encapsulation": "VXLANCrossSubnet"}]}}),
+                "spec.network.ipPools[1].encapsulation",
+            ),
+            (
+                "ipv6 alone in vxlan",
+                json!({"network": {"ipPools": [{"cidr": "fd00::/48", "encapsulation": "VXLAN"}]}}),
                 "spec.network.ipPools[0].encapsulation",
             ),
             (
@@ -269,6 +278,7 @@ mod tests {
             json!({"network": {"ipPools": [{"name": "pods", "cidr": "10.0.0.0/16", "natOutgoing": "Disabled"}]}}),
             json!({"network": {"bgp": "Disabled", "mtu": 1450, "ipPools": [{"cidr": "10.0.0.0/16", "encapsulation": "VXLAN"}]}}),
             json!({"network": {"ipPools": [{"cidr": "10.0.0.0/16", "encapsulation": "VXLAN"}, {"cidr": "fd00::/48", "encapsulation": "None"}]}}),
+            json!({"network": {"bgp": "Disabled", "ipPools": [{"cidr": "10.0.0.0/16", "encapsulation": "VXLAN"}, {"cidr": "fd00::/48", "encapsulation": "VXLANCrossSubnet"}]}}),
             json!({"nodeUpdateStrategy": {"rollingUpdate": {"maxUnavailable": "25%"}}}),
         ] {
             assert_eq!(check(spec.clone(), &existing), vec![], "{spec}");

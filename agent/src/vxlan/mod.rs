@@ -3,9 +3,14 @@
 //! and per remote node a route to each of its blocks via its tunnel address (onlink), a permanent
 //! neighbour entry (tunnel address → VTEP MAC) and a permanent FDB entry (VTEP MAC → node address).
 //! CrossSubnet pools route directly to nodes of the same subnet and tunnel to the others.
+//!
+//! IPv6 pools ride the same device over the IPv4 underlay: a remote node's IPv6 blocks are routed via
+//! the link-local address its VTEP MAC implies (EUI-64), with a permanent neighbour entry for it, so
+//! no IPv6 tunnel address or second device is needed. CrossSubnet routes them directly to a node of the
+//! same subnet that publishes an IPv6 address.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -53,6 +58,13 @@ pub fn format_mac(m: &[u8]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// The IPv6 link-local address of a device with MAC `m` (modified EUI-64, RFC 4291 appendix A): the
+/// next hop of IPv6 blocks through the tunnel.
+pub fn link_local(m: &[u8; 6]) -> Ipv6Addr {
+    let b = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]];
+    Ipv6Addr::from(b)
+}
+
 fn vtep_of(n: &Node) -> Option<Vtep> {
     Some(Vtep {
         node: n.metadata.name.clone()?,
@@ -88,20 +100,27 @@ pub fn desired(me: &str, my_addr: Option<IpNet>, nodes: &[Node], blocks: &[IPAMB
         }
         let Ok(cidr) = b.spec.cidr.parse::<IpNet>() else { continue };
         let mode = pool_mode(pools, &cidr);
-        if mode == EncapsulationMode::Never || cidr.addr().is_ipv6() {
+        if mode == EncapsulationMode::Never {
             continue;
         }
+        let v6 = cidr.addr().is_ipv6();
         let Some(n) = by_node.get(owner) else { continue };
-        let node_ip = node::node_address(n, false).map(|a| a.addr());
-        let same_subnet = node_ip.is_some_and(|ip| crate::ipip::same_subnet(my_addr, ip));
+        // Subnets are the IPv4 underlay's, where the tunnel runs.
+        let node_v4 = node::node_address(n, false).map(|a| a.addr());
+        let same_subnet = node_v4.is_some_and(|ip| crate::ipip::same_subnet(my_addr, ip));
         if mode == EncapsulationMode::CrossSubnet && same_subnet {
-            if let Some(ip) = node_ip {
+            let direct = if v6 { node::node_address(n, true).map(|a| a.addr()) } else { node_v4 };
+            if let Some(ip) = direct {
                 d.routes.insert(cidr, Target::Via { gw: ip, dev: None, onlink: false });
+                continue;
             }
-            continue;
+            // Only an IPv6 block of a neighbour with no IPv6 address of its own gets here: it goes
+            // through the tunnel.
         }
         if let Some(v) = vtep_of(n) {
-            d.routes.insert(cidr, Target::Via { gw: IpAddr::V4(v.tunnel_ip), dev: Some(DEVICE.into()), onlink: true });
+            let gw = if v6 { IpAddr::V6(link_local(&v.mac)) } else { IpAddr::V4(v.tunnel_ip) };
+            // A link-local next hop is on the device by definition; the IPv4 tunnel address is made so.
+            d.routes.insert(cidr, Target::Via { gw, dev: Some(DEVICE.into()), onlink: !v6 });
             d.vteps.insert(v);
         }
     }
@@ -169,6 +188,13 @@ pub async fn program_vteps(k: &Kernel, want: &BTreeSet<Vtep>, had: &BTreeSet<Vte
             rtnetlink::packet_route::neighbour::NeighbourAddress::Inet(v.tunnel_ip),
         ));
         let _ = k.handle.neighbours().del(n).execute().await;
+        let mut n6 = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
+        n6.header.ifindex = idx;
+        n6.header.family = rtnetlink::packet_route::AddressFamily::Inet6;
+        n6.attributes.push(rtnetlink::packet_route::neighbour::NeighbourAttribute::Destination(
+            rtnetlink::packet_route::neighbour::NeighbourAddress::Inet6(link_local(&v.mac)),
+        ));
+        let _ = k.handle.neighbours().del(n6).execute().await;
         let mut f = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
         f.header.ifindex = idx;
         f.header.family = rtnetlink::packet_route::AddressFamily::Bridge;
@@ -185,6 +211,19 @@ pub async fn program_vteps(k: &Kernel, want: &BTreeSet<Vtep>, had: &BTreeSet<Vte
             .replace()
             .execute()
             .await?;
+        // For IPv6 blocks (harmless without them; skipped where the device has IPv6 turned off).
+        if let Err(e) = k
+            .handle
+            .neighbours()
+            .add(idx, IpAddr::V6(link_local(&v.mac)))
+            .link_layer_address(&v.mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+        {
+            tracing::debug!(error = %e, node = %v.node, "IPv6 neighbour on vxlan.tabby");
+        }
         k.handle
             .neighbours()
             .add_bridge(idx, &v.mac)
@@ -271,6 +310,40 @@ mod tests {
         assert_eq!(d.vteps.iter().map(|v| v.node.as_str()).collect::<Vec<_>>(), vec!["c"]);
         let d = desired("a", my, &nodes, &blocks, &[pool("10.0.0.0/16", EncapsulationMode::Never)]);
         assert!(d.routes.is_empty() && d.vteps.is_empty());
+    }
+
+    #[test]
+    fn ipv6_blocks_go_via_the_vtep_link_local_address_or_directly_to_a_neighbour_with_ipv6() {
+        let mut b = node("b", "192.168.1.2/24", "10.0.0.65", "66:00:00:00:00:02");
+        b.metadata.annotations.as_mut().unwrap().insert(node::ANNOTATION_V6.into(), "fd50::2/64".into());
+        let nodes = vec![b, node("c", "192.168.2.3/24", "10.0.0.129", "66:00:00:00:00:03")];
+        let blocks = vec![block("fd00:10::40/122", "b"), block("fd00:10::80/122", "c")];
+        let my: Option<IpNet> = Some("192.168.1.1/24".parse().unwrap());
+        let v6pool = |m| pool("fd00:10::/112", m);
+        let d = desired("a", my, &nodes, &blocks, &[v6pool(EncapsulationMode::Always)]);
+        assert_eq!(
+            d.routes[&"fd00:10::40/122".parse::<IpNet>().unwrap()],
+            Target::Via { gw: "fe80::6400:ff:fe00:2".parse().unwrap(), dev: Some(DEVICE.into()), onlink: false }
+        );
+        assert_eq!(d.vteps.len(), 2);
+        let d = desired("a", my, &nodes, &blocks, &[v6pool(EncapsulationMode::CrossSubnet)]);
+        assert_eq!(
+            d.routes[&"fd00:10::40/122".parse::<IpNet>().unwrap()],
+            Target::Via { gw: "fd50::2".parse().unwrap(), dev: None, onlink: false },
+            "same subnet and an IPv6 address: direct"
+        );
+        assert_eq!(
+            d.routes[&"fd00:10::80/122".parse::<IpNet>().unwrap()],
+            Target::Via { gw: "fe80::6400:ff:fe00:3".parse().unwrap(), dev: Some(DEVICE.into()), onlink: false },
+            "another subnet: through the tunnel"
+        );
+        // Same subnet without an IPv6 address of its own: through the tunnel too.
+        let nodes = vec![node("b", "192.168.1.2/24", "10.0.0.65", "66:00:00:00:00:02")];
+        let d = desired("a", my, &nodes, &blocks[..1], &[v6pool(EncapsulationMode::CrossSubnet)]);
+        assert_eq!(
+            d.routes[&"fd00:10::40/122".parse::<IpNet>().unwrap()],
+            Target::Via { gw: "fe80::6400:ff:fe00:2".parse().unwrap(), dev: Some(DEVICE.into()), onlink: false }
+        );
     }
 
     #[test]

@@ -461,9 +461,9 @@ impl Lab {
     }
 
     /// An IPv6 pool (blocks of /122, Calico's IPv6 default) next to the IPv4 one.
-    pub fn pool_v6(&self, cidr: &str) {
+    pub fn pool_v6(&self, cidr: &str, vxlan: &str) {
         self.apply(&format!(
-            "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {{name: pool-v6}}\nspec: {{cidr: '{cidr}', blockSize: 122}}\n"
+            "apiVersion: tabby.dev/v1\nkind: IPPool\nmetadata: {{name: pool-v6}}\nspec: {{cidr: '{cidr}', blockSize: 122, vxlanMode: {vxlan}}}\n"
         ));
     }
 
