@@ -283,25 +283,25 @@ impl Node {
     }
 
     /// Waits until `pred(ip -6 route)` holds.
-    pub fn wait_routes6(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
-        let start = Instant::now();
-        loop {
-            let r = self.routes6();
-            if pred(&r) {
-                return;
-            }
-            if start.elapsed() > timeout {
-                panic!("{}: {what} not seen in {timeout:?}; IPv6 routes:\n{r}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn wait_routes6(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Duration {
+        self.wait_table(what, timeout, Self::routes6, pred)
     }
 
     /// Waits until `pred(ip route)` holds.
     pub fn wait_routes(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Duration {
+        self.wait_table(what, timeout, Self::routes, pred)
+    }
+
+    fn wait_table(
+        &self,
+        what: &str,
+        timeout: Duration,
+        read: fn(&Self) -> String,
+        pred: impl Fn(&str) -> bool,
+    ) -> Duration {
         let start = Instant::now();
         loop {
-            let r = self.routes();
+            let r = read(self);
             if pred(&r) {
                 return start.elapsed();
             }
