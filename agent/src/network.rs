@@ -402,8 +402,8 @@ impl Pass {
         self.table.set(Source::Blackhole, blackholes(&me, &blocks));
         let vx = vxlan::desired(&me, self.addr_v4, &nodes, &blocks, &pools);
         self.table.set(Source::Tunnel, vx.routes);
-        if vxlan_on && vx.vteps != self.vteps {
-            match vxlan::program_vteps(&self.kernel, &vx.vteps, &self.vteps).await {
+        if vxlan_on {
+            match vxlan::program_vteps(&self.kernel, &vx.vteps).await {
                 Ok(()) => self.vteps = vx.vteps,
                 Err(e) => {
                     vxlan_ok = false;

@@ -75,6 +75,14 @@ async fn vxlan_always_pod_to_pod() {
     let fdb = n1.ns.exec(&["bridge", "fdb", "show", "dev", "vxlan.tabby"]);
     let fdb = String::from_utf8_lossy(&fdb.stdout);
     assert!(fdb.contains(&format!("{mac3} dst {} self permanent", lab.node("node3").addr)), "{fdb}");
+    // Deleted entries come back with the next network pass (diffed against the kernel, not remembered).
+    n1.ns.ip(&["neigh", "del", &t3, "dev", "vxlan.tabby"]);
+    n1.ns.ok(&["bridge", "fdb", "del", &mac3, "dev", "vxlan.tabby", "dst", &lab.node("node3").addr]);
+    lab.wait_for("node1", "neighbour and FDB entries repaired", Duration::from_secs(20), || {
+        let neigh = n1.ns.ip(&["neigh", "show", "dev", "vxlan.tabby"]);
+        let fdb = n1.ns.ok(&["bridge", "fdb", "show", "dev", "vxlan.tabby"]);
+        neigh.contains(&format!("{t3} lladdr {mac3} PERMANENT")) && fdb.contains(&format!("{mac3} dst"))
+    });
     let (a, b) = (lab.pod("a"), lab.pod("b"));
     assert!(t3.starts_with("10.245."), "the tunnel address comes from the pool allowed for tunnels: {t3}");
     let blocks = lab.cp.kubectl_ok(&["get", "ipamblocks", "-o", "json"]);

@@ -176,63 +176,124 @@ pub async fn ensure_device(k: &Kernel, local: Ipv4Addr, tunnel: Ipv4Addr, mtu: u
     Ok(mac.unwrap_or_default())
 }
 
-/// Programs the neighbour and FDB entries of `want`, removing those of `had` that are gone.
-pub async fn program_vteps(k: &Kernel, want: &BTreeSet<Vtep>, had: &BTreeSet<Vtep>) -> Result<(), KernelError> {
+/// One permanent entry on `vxlan.tabby`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Entry {
+    /// Neighbour: a remote tunnel address (or, for IPv6, the link-local address of the remote VTEP
+    /// MAC) → that MAC.
+    Neigh(IpAddr, [u8; 6]),
+    /// Forwarding database: a remote VTEP MAC → the remote node's address.
+    Fdb([u8; 6], IpAddr),
+}
+
+/// The entries `vteps` need (IPv6 neighbours only where the device has IPv6).
+pub fn entries(vteps: &BTreeSet<Vtep>, ipv6: bool) -> BTreeSet<Entry> {
+    let mut out = BTreeSet::new();
+    for v in vteps {
+        out.insert(Entry::Neigh(IpAddr::V4(v.tunnel_ip), v.mac));
+        if ipv6 {
+            out.insert(Entry::Neigh(IpAddr::V6(link_local(&v.mac)), v.mac));
+        }
+        out.insert(Entry::Fdb(v.mac, v.node_ip));
+    }
+    out
+}
+
+fn mac_of(b: &[u8]) -> Option<[u8; 6]> {
+    b.try_into().ok()
+}
+
+/// The permanent neighbour and FDB entries the kernel holds on the device `idx`.
+async fn kernel_entries(k: &Kernel, idx: u32) -> Result<BTreeSet<Entry>, KernelError> {
+    use rtnetlink::packet_route::AddressFamily;
+    use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    let mut out = BTreeSet::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6, AddressFamily::Bridge] {
+        let msgs: Vec<_> = k.handle.neighbours().get().set_address_family(family).execute().try_collect().await?;
+        for m in msgs.iter().filter(|m| m.header.ifindex == idx && m.header.state == NeighbourState::Permanent) {
+            let mut ip = None;
+            let mut mac = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(IpAddr::V4(*a)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => ip = Some(IpAddr::V6(*a)),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = mac_of(l),
+                    _ => {}
+                }
+            }
+            match (family, ip, mac) {
+                (AddressFamily::Bridge, Some(ip), Some(mac)) => out.insert(Entry::Fdb(mac, ip)),
+                (AddressFamily::Bridge, _, _) => false,
+                (_, Some(ip), Some(mac)) => out.insert(Entry::Neigh(ip, mac)),
+                _ => false,
+            };
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `vxlan.tabby` has IPv6 (it does unless IPv6 is off on the node or the device).
+fn device_has_ipv6() -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{DEVICE}/disable_ipv6")).is_ok_and(|v| v.trim() == "0")
+}
+
+/// Brings the device's neighbour and FDB entries to what `want` needs: diffed against the kernel on
+/// every pass, so an entry someone deleted comes back and one left by an earlier run goes.
+pub async fn program_vteps(k: &Kernel, want: &BTreeSet<Vtep>) -> Result<(), KernelError> {
+    use rtnetlink::packet_route::AddressFamily;
+    use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
     let links: Vec<_> = k.handle.link().get().match_name(DEVICE.to_string()).execute().try_collect().await?;
     let Some(idx) = links.first().map(|l| l.header.index) else { return Ok(()) };
-    for v in had.difference(want) {
-        let mut n = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
-        n.header.ifindex = idx;
-        n.header.family = rtnetlink::packet_route::AddressFamily::Inet;
-        n.attributes.push(rtnetlink::packet_route::neighbour::NeighbourAttribute::Destination(
-            rtnetlink::packet_route::neighbour::NeighbourAddress::Inet(v.tunnel_ip),
-        ));
-        let _ = k.handle.neighbours().del(n).execute().await;
-        let mut n6 = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
-        n6.header.ifindex = idx;
-        n6.header.family = rtnetlink::packet_route::AddressFamily::Inet6;
-        n6.attributes.push(rtnetlink::packet_route::neighbour::NeighbourAttribute::Destination(
-            rtnetlink::packet_route::neighbour::NeighbourAddress::Inet6(link_local(&v.mac)),
-        ));
-        let _ = k.handle.neighbours().del(n6).execute().await;
-        let mut f = rtnetlink::packet_route::neighbour::NeighbourMessage::default();
-        f.header.ifindex = idx;
-        f.header.family = rtnetlink::packet_route::AddressFamily::Bridge;
-        f.header.flags = NeighbourFlags::Own;
-        f.attributes.push(rtnetlink::packet_route::neighbour::NeighbourAttribute::LinkLayerAddress(v.mac.to_vec()));
-        let _ = k.handle.neighbours().del(f).execute().await;
-    }
-    for v in want {
-        k.handle
-            .neighbours()
-            .add(idx, IpAddr::V4(v.tunnel_ip))
-            .link_layer_address(&v.mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await?;
-        // For IPv6 blocks (harmless without them; skipped where the device has IPv6 turned off).
-        if let Err(e) = k
-            .handle
-            .neighbours()
-            .add(idx, IpAddr::V6(link_local(&v.mac)))
-            .link_layer_address(&v.mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-        {
-            tracing::debug!(error = %e, node = %v.node, "IPv6 neighbour on vxlan.tabby");
+    let want = entries(want, device_has_ipv6());
+    let have = kernel_entries(k, idx).await?;
+    for e in have.difference(&want) {
+        let mut m = NeighbourMessage::default();
+        m.header.ifindex = idx;
+        match e {
+            Entry::Neigh(ip, _) => {
+                let (family, dst) = match ip {
+                    IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(*a)),
+                    IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(*a)),
+                };
+                m.header.family = family;
+                m.attributes.push(NeighbourAttribute::Destination(dst));
+            }
+            Entry::Fdb(mac, ip) => {
+                m.header.family = AddressFamily::Bridge;
+                m.header.flags = NeighbourFlags::Own;
+                m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+                m.attributes.push(NeighbourAttribute::Destination(match ip {
+                    IpAddr::V4(a) => NeighbourAddress::Inet(*a),
+                    IpAddr::V6(a) => NeighbourAddress::Inet6(*a),
+                }));
+            }
         }
-        k.handle
-            .neighbours()
-            .add_bridge(idx, &v.mac)
-            .destination(v.node_ip)
-            .flags(NeighbourFlags::Own)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await?;
+        k.handle.neighbours().del(m).execute().await?;
+    }
+    for e in want.difference(&have) {
+        match e {
+            Entry::Neigh(ip, mac) => {
+                k.handle
+                    .neighbours()
+                    .add(idx, *ip)
+                    .link_layer_address(mac)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await?
+            }
+            Entry::Fdb(mac, ip) => {
+                k.handle
+                    .neighbours()
+                    .add_bridge(idx, mac)
+                    .destination(*ip)
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await?
+            }
+        }
     }
     Ok(())
 }
@@ -344,6 +405,23 @@ mod tests {
             d.routes[&"fd00:10::40/122".parse::<IpNet>().unwrap()],
             Target::Via { gw: "fe80::6400:ff:fe00:2".parse().unwrap(), dev: Some(DEVICE.into()), onlink: false }
         );
+    }
+
+    #[test]
+    fn each_vtep_needs_a_neighbour_per_family_and_an_fdb_entry() {
+        let v = Vtep {
+            node: "b".into(),
+            node_ip: "192.168.1.2".parse().unwrap(),
+            tunnel_ip: "10.0.0.65".parse().unwrap(),
+            mac: parse_mac("66:00:00:00:00:02").unwrap(),
+        };
+        let want: BTreeSet<Vtep> = [v.clone()].into();
+        let e = entries(&want, true);
+        assert_eq!(e.len(), 3);
+        assert!(e.contains(&Entry::Neigh("10.0.0.65".parse().unwrap(), v.mac)));
+        assert!(e.contains(&Entry::Neigh("fe80::6400:ff:fe00:2".parse().unwrap(), v.mac)));
+        assert!(e.contains(&Entry::Fdb(v.mac, "192.168.1.2".parse().unwrap())));
+        assert_eq!(entries(&want, false).len(), 2, "no IPv6 neighbour where the device has no IPv6");
     }
 
     #[test]
