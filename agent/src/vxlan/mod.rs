@@ -268,7 +268,10 @@ pub async fn program_vteps(k: &Kernel, want: &BTreeSet<Vtep>) -> Result<(), Kern
                 }));
             }
         }
-        k.handle.neighbours().del(m).execute().await?;
+        // Best effort: one that vanished meanwhile (or will not go) must not keep the wanted ones out.
+        if let Err(err) = k.handle.neighbours().del(m).execute().await {
+            tracing::debug!(error = %err, entry = ?e, "removing a stale vxlan.tabby entry");
+        }
     }
     for e in want.difference(&have) {
         match e {
