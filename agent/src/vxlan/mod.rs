@@ -209,7 +209,12 @@ async fn kernel_entries(k: &Kernel, idx: u32) -> Result<BTreeSet<Entry>, KernelE
     use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
     let mut out = BTreeSet::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6, AddressFamily::Bridge] {
-        let msgs: Vec<_> = k.handle.neighbours().get().set_address_family(family).execute().try_collect().await?;
+        let mut req = k.handle.neighbours().get().set_address_family(family);
+        if family != AddressFamily::Bridge {
+            // The kernel filters IP neighbour dumps by device (a node's table holds one entry per pod).
+            req.message_mut().attributes.push(NeighbourAttribute::IfIndex(idx));
+        }
+        let msgs: Vec<_> = req.execute().try_collect().await?;
         for m in msgs.iter().filter(|m| m.header.ifindex == idx && m.header.state == NeighbourState::Permanent) {
             let mut ip = None;
             let mut mac = None;
