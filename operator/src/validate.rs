@@ -41,6 +41,10 @@ pub fn installation(spec: &InstallationSpec, existing_pools: &[IPPool]) -> Vec<F
     }
 
     let pools = computed::pools(spec);
+    let v4_vxlan = pools.iter().any(|p| {
+        p.cidr.parse::<IpNet>().is_ok_and(|n| n.addr().is_ipv4())
+            && matches!(p.encapsulation, Some(Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet))
+    });
     let mut parsed: Vec<(usize, IpNet)> = Vec::new();
     for (i, pool) in pools.iter().enumerate() {
         let at = |f: &str| format!("spec.network.ipPools[{i}].{f}");
@@ -85,10 +89,6 @@ pub fn installation(spec: &InstallationSpec, existing_pools: &[IPPool]) -> Vec<F
             err(at("encapsulation"), "IPIP is IPv4 only; use VXLAN or None for an IPv6 pool".into());
         }
         // IPv6 rides the IPv4 tunnel, whose address comes from an IPv4 VXLAN pool.
-        let v4_vxlan = pools.iter().any(|p| {
-            p.cidr.parse::<IpNet>().is_ok_and(|n| n.addr().is_ipv4())
-                && matches!(p.encapsulation, Some(Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet))
-        });
         if vxlan && v6 && !v4_vxlan {
             err(
                 at("encapsulation"),
