@@ -160,7 +160,22 @@ async fn converge(inst: &Installation, ctx: &Context) -> Result<Action, Error> {
     if invalid.is_empty() {
         let rendered =
             render::render(&effective, &Facts { default_image: ctx.settings.default_image.clone(), managed_pools });
+        for object in &rendered.create_if_absent {
+            match apply::create_if_absent(client, object).await {
+                Ok(Outcome::Created) => {
+                    let target = apply::Target::of(object)?;
+                    ctx.metrics.wrote(&target.resource.kind);
+                    written.push(format!("created {}", target.describe()));
+                }
+                Ok(_) => {}
+                Err(e) => observed.apply_error = Some(e.to_string()),
+            }
+        }
+        // A failed step stops the rest: the DaemonSet (last) never starts agents without their configuration.
         for object in &rendered.objects {
+            if observed.apply_error.is_some() {
+                break;
+            }
             match apply::apply(client, object).await {
                 Ok(Outcome::Unchanged) => {}
                 Ok(outcome) => {
@@ -176,13 +191,6 @@ async fn converge(inst: &Installation, ctx: &Context) -> Result<Action, Error> {
                     observed.apply_error = Some(e.to_string());
                     break;
                 }
-            }
-        }
-        for object in &rendered.create_if_absent {
-            if let Ok(Outcome::Created) = apply::create_if_absent(client, object).await {
-                let target = apply::Target::of(object)?;
-                ctx.metrics.wrote(&target.resource.kind);
-                written.push(format!("created {}", target.describe()));
             }
         }
     }

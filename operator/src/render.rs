@@ -39,9 +39,10 @@ pub struct Facts {
 /// Everything the operator applies for one Installation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rendered {
-    /// Applied with server-side apply, in this order.
+    /// Applied with server-side apply, in this order; the DaemonSet comes last.
     pub objects: Vec<Value>,
-    /// Created when absent and never changed afterwards (the user owns them).
+    /// Created when absent and never changed afterwards (the user owns them); before `objects`, so the
+    /// agents find them when they start.
     pub create_if_absent: Vec<Value>,
 }
 
@@ -51,8 +52,9 @@ pub fn render(spec: &InstallationSpec, facts: &Facts) -> Rendered {
     let mut objects = vec![namespace()];
     objects.extend(agent_rbac());
     objects.push(config_map(&conflist));
-    objects.push(daemonset(spec, facts, &conflist));
     objects.extend(ip_pools(spec, facts));
+    // Last, so every agent starts with its pools, RBAC and CNI configuration already in place.
+    objects.push(daemonset(spec, facts, &conflist));
     Rendered { objects, create_if_absent: vec![singleton("IPAMConfig"), singleton("BGPConfiguration")] }
 }
 

@@ -10,6 +10,8 @@ use tabby_operator::render::{Facts, render};
 fn check(case: &str, spec: serde_json::Value, facts: Facts) {
     let spec: InstallationSpec = serde_json::from_value(spec).unwrap();
     let rendered = render(&effective(&spec, &ClusterDefaults::default()), &facts);
+    // Agents start only once everything they read exists: the DaemonSet is applied last.
+    assert_eq!(rendered.objects.last().map(|o| o["kind"].clone()), Some(json!("DaemonSet")), "{case}");
     let mut text = String::new();
     for object in rendered.objects.iter().chain(&rendered.create_if_absent) {
         text.push_str("---\n");
