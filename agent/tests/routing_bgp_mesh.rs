@@ -100,10 +100,9 @@ async fn routing_bgp_mesh_three_nodes_pod_to_pod() {
 fn peers_of(lab: &Lab, node: &str) -> Vec<(String, String, String)> {
     let out = lab.cp.kubectl(&["get", "nodestatus", node, "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mut peers: Vec<(String, String, String)> = v["status"]["bgp"]["peersV4"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let mut peers: Vec<(String, String, String)> = ["peersV4", "peersV6"]
+        .iter()
+        .flat_map(|f| v["status"]["bgp"][f].as_array().cloned().unwrap_or_default())
         .map(|p| {
             let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
             (s("peerIP"), s("state"), s("since"))
@@ -231,8 +230,17 @@ async fn routing_bgp_mesh_dual_stack_pods_reach_each_other_over_ipv6() {
     let (b1, b2) = (v6_blocks("node1"), v6_blocks("node2"));
     assert!(!b1.is_empty() && !b2.is_empty(), "IPv6 blocks: {b1:?} {b2:?}");
 
-    // One session per node pair carries both families: the IPv6 blocks go via the other node's IPv6
-    // address, the own ones are blackholed.
+    // As in Calico, each pair of nodes has two sessions: IPv4 routes between their IPv4 addresses, IPv6
+    // routes between their IPv6 addresses. NodeStatus lists the second under peersV6.
+    for (me, other) in [("node1", "node2"), ("node2", "node1")] {
+        let peers: Vec<String> = wait_established(&lab, me, 2).into_iter().map(|(ip, _, _)| ip).collect();
+        let other6 = if other == "node1" { "fd50::1" } else { "fd50::2" };
+        assert_eq!(peers, vec![lab.node(other).addr.clone(), other6.to_string()], "{me}'s sessions");
+    }
+    let v6_sessions =
+        lab.node("node1").ns.ok(&["ss", "-tnH", "state", "established", "( sport = :179 or dport = :179 )"]);
+    assert!(v6_sessions.contains("[fd50::1]:") && v6_sessions.contains("[fd50::2]:"), "{v6_sessions}");
+    // The IPv6 blocks go via the other node's IPv6 address, the own ones are blackholed.
     for (me, theirs, via, own) in [("node1", &b2, "fd50::2", &b1), ("node2", &b1, "fd50::1", &b2)] {
         lab.node(me).wait_routes6("IPv6 routes to the other node's blocks", Duration::from_secs(60), |r| {
             theirs.iter().all(|b| r.contains(&format!("{b} via {via} dev eth0 proto tabby")))

@@ -5,7 +5,7 @@
 //! `peers`. Output lines start with `peer`, `best`, `count`, `route` or `end`.
 //!
 //! ```json
-//! {"router_id": "10.0.0.1", "asn": 65001, "listen": "10.0.0.1:179",
+//! {"router_id": "10.0.0.1", "asn": 65001, "listen": ["10.0.0.1:179", "[fd00::1]:179"],
 //!  "cluster_id": null, "graceful_restart": {"restart_time": 120, "restarting": false},
 //!  "peers": [{"address": "10.0.0.2", "asn": 65002, "password": "secret",
 //!             "keepalive_time": 10, "restart_time": 60}],
@@ -25,7 +25,9 @@ use tokio::io::AsyncBufReadExt;
 struct Config {
     router_id: Ipv4Addr,
     asn: u32,
-    listen: Option<SocketAddr>,
+    /// One address or a list (one listening socket each).
+    #[serde(default)]
+    listen: Listen,
     #[serde(default = "default_hold")]
     hold_time: u16,
     #[serde(default = "default_retry")]
@@ -41,6 +43,15 @@ struct Config {
     /// Print `count` lines this often (0: never).
     #[serde(default)]
     count_interval_ms: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Listen {
+    #[default]
+    None,
+    One(SocketAddr),
+    Many(Vec<SocketAddr>),
 }
 
 #[derive(Deserialize)]
@@ -128,7 +139,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: speaker CONFIG.json")?;
     let c: Config = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     let mut cfg = SpeakerConfig::new(c.router_id, c.asn);
-    cfg.listen = c.listen;
+    cfg.listen = match c.listen {
+        Listen::None => Vec::new(),
+        Listen::One(a) => vec![a],
+        Listen::Many(v) => v,
+    };
     cfg.hold_time = c.hold_time;
     cfg.connect_retry = Duration::from_secs(c.connect_retry);
     cfg.cluster_id = c.cluster_id;

@@ -30,8 +30,9 @@ pub struct SpeakerConfig {
     pub router_id: Ipv4Addr,
     /// Local AS (4-octet).
     pub asn: u32,
-    /// Address to accept connections on; `None` for no listener.
-    pub listen: Option<SocketAddr>,
+    /// Addresses to accept connections on, one listening socket each (empty: no listener). An IPv6
+    /// socket takes IPv6 connections only, so `0.0.0.0:179` and `[::]:179` can be listened on together.
+    pub listen: Vec<SocketAddr>,
     /// Hold time proposed in OPEN (0 or at least 3).
     pub hold_time: u16,
     /// ConnectRetryTime.
@@ -50,7 +51,7 @@ impl SpeakerConfig {
         SpeakerConfig {
             router_id,
             asn,
-            listen: None,
+            listen: Vec::new(),
             hold_time: 90,
             connect_retry: Duration::from_secs(5),
             cluster_id: None,

@@ -109,9 +109,15 @@ pub async fn connect(peer: SocketAddr, local: Option<IpAddr>, opts: &SockOpts) -
     Ok(s)
 }
 
-/// Binds a listening socket; MD5 keys for peers are added with [`set_md5`] on it.
+/// Binds a listening socket; MD5 keys for peers are added with [`set_md5`] on it. An IPv6 socket
+/// is IPv6-only: IPv4 peers reach the IPv4 socket, where their MD5 keys and TTL checks are set in
+/// their own family (no v4-mapped addresses).
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if addr.is_ipv6() {
+        let on: libc::c_int = 1;
+        setsockopt(&sock, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &on)?;
+    }
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(128)

@@ -91,8 +91,8 @@ pub struct Speaker {
     rib: mpsc::Sender<RibMsg>,
     status: StatusMap,
     counts: Arc<[AtomicUsize; 2]>,
-    local_addr: Option<std::net::SocketAddr>,
-    listener: Option<Arc<TcpListener>>,
+    /// Listening sockets with the addresses they are bound to, in the order configured.
+    listeners: Vec<(std::net::SocketAddr, Arc<TcpListener>)>,
     incoming: Incoming,
     /// Running sessions by peer address. Only the handle's (serialised) peer operations change it.
     sessions: tokio::sync::Mutex<BTreeMap<IpAddr, SessionHandle>>,
@@ -125,13 +125,11 @@ impl Speaker {
         let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(64);
         let mut tasks = Vec::new();
         let incoming: Incoming = Arc::default();
-        let mut listener = None;
-        let mut local_addr = None;
-        if let Some(addr) = cfg.listen {
-            let l = Arc::new(socket::listen(addr)?);
-            local_addr = Some(l.local_addr()?);
-            tasks.push(tokio::spawn(accept_loop(l.clone(), incoming.clone())));
-            listener = Some(l);
+        let mut listeners = Vec::new();
+        for addr in &cfg.listen {
+            let l = Arc::new(socket::listen(*addr)?);
+            listeners.push((l.local_addr()?, l.clone()));
+            tasks.push(tokio::spawn(accept_loop(l, incoming.clone())));
         }
         let mut rib = Rib::new();
         rib.set_source(
@@ -155,8 +153,7 @@ impl Speaker {
             rib: rib_tx,
             status,
             counts,
-            local_addr,
-            listener,
+            listeners,
             incoming,
             sessions: tokio::sync::Mutex::new(BTreeMap::new()),
             next_id: AtomicU32::new(1),
@@ -216,15 +213,14 @@ impl Speaker {
         if sessions.contains_key(&cfg.address) {
             return Err(PeerError::Exists(cfg.address));
         }
-        if let Some(l) = &self.listener {
+        for l in self.listeners_for(cfg.address) {
             if cfg.password.is_some() {
                 socket::set_md5(&**l, cfg.address, cfg.password.as_deref())
                     .map_err(|e| PeerError::Socket(cfg.address, e))?;
             }
             if cfg.ttl_security.is_some() {
                 // GTSM peers check the TTL of our SYN-ACK too.
-                socket::set_ttl_max(&**l, self.local_addr.is_some_and(|a| a.is_ipv6()))
-                    .map_err(|e| PeerError::Socket(cfg.address, e))?;
+                socket::set_ttl_max(&**l, cfg.address.is_ipv6()).map_err(|e| PeerError::Socket(cfg.address, e))?;
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -264,10 +260,10 @@ impl Speaker {
         if tokio::time::timeout(Duration::from_secs(3), task).await.is_err() {
             abort.abort();
         }
-        if cfg.password.is_some()
-            && let Some(l) = &self.listener
-        {
-            let _ = socket::set_md5(&**l, cfg.address, None);
+        if cfg.password.is_some() {
+            for l in self.listeners_for(cfg.address) {
+                let _ = socket::set_md5(&**l, cfg.address, None);
+            }
         }
         if let Ok(mut st) = self.status.lock() {
             st.remove(&id);
@@ -275,9 +271,19 @@ impl Speaker {
         let _ = self.rib.send(RibMsg::Remove { peer: id }).await;
     }
 
-    /// Address the listener is bound to.
+    /// The listening sockets a connection from `peer` can arrive on (those of its address family).
+    fn listeners_for(&self, peer: IpAddr) -> impl Iterator<Item = &Arc<TcpListener>> {
+        self.listeners.iter().filter(move |(a, _)| a.is_ipv6() == peer.is_ipv6()).map(|(_, l)| l)
+    }
+
+    /// Address the first listener is bound to.
     pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
-        self.local_addr
+        self.listeners.first().map(|(a, _)| *a)
+    }
+
+    /// Addresses every listener is bound to, in the order configured.
+    pub fn listen_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners.iter().map(|(a, _)| *a).collect()
     }
 
     /// State of every configured peer, in the order they were added.

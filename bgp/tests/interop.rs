@@ -95,6 +95,68 @@ fn bird_routes_both_ways_four_octet_as_md5_and_withdrawals() {
     });
 }
 
+/// BIRD opens both sessions itself, one over IPv4 and one over IPv6, each with an MD5 key: our IPv4 and
+/// IPv6 listeners share port 179, and each carries its peers' keys in its own family.
+#[test]
+fn bird_connects_to_our_ipv4_and_ipv6_listeners_with_md5() {
+    if !lab_available("bird_dual_listeners", &["bird", "birdc"]) {
+        return;
+    }
+    let t = Netns::new("t");
+    let b = Netns::new("b");
+    link(&t, &["10.77.2.1/24", "fd77:2::1/64"], &b, &["10.77.2.2/24", "fd77:2::2/64"]);
+    let bird = Bird::start(
+        &b,
+        &format!(
+            r#"router id 10.77.2.2;
+log stderr all;
+protocol device {{ scan time 1; }}
+protocol static s4 {{ ipv4; route 10.202.0.0/24 blackhole; }}
+protocol static s6 {{ ipv6; route fd20:2::/48 blackhole; }}
+protocol bgp v4 {{
+  local 10.77.2.2 as 65002; neighbor 10.77.2.1 as {TABBY_AS};
+  hold time 9; connect retry time 1; error wait time 1, 2; password "k4";
+  ipv4 {{ import all; export all; }};
+}}
+protocol bgp v6 {{
+  local fd77:2::2 as 65002; neighbor fd77:2::1 as {TABBY_AS};
+  hold time 9; connect retry time 1; error wait time 1, 2; password "k6";
+  ipv6 {{ import all; export all; }};
+}}
+"#
+        ),
+    );
+    // Passive towards both: every session BIRD has was accepted by one of our listeners.
+    let tabby = Tabby::start(
+        &t,
+        &format!(
+            r#"{{"router_id": "10.77.2.1", "asn": {TABBY_AS}, "listen": ["10.77.2.1:179", "[fd77:2::1]:179"],
+                "hold_time": 9, "connect_retry": 1,
+                "peers": [{{"address": "10.77.2.2", "asn": 65002, "passive": true, "password": "k4", "families": ["ipv4"]}},
+                          {{"address": "fd77:2::2", "asn": 65002, "passive": true, "password": "k6", "families": ["ipv6"]}}],
+                "originate": ["10.100.2.0/24", "fd10:2::/48"]}}"#
+        ),
+    );
+    wait_until_diag(
+        "both sessions Established",
+        30,
+        || bird.established("v4") && bird.established("v6"),
+        || format!("{}\n{}", bird.log(), tabby.output()),
+    );
+    assert!(tabby.established("10.77.2.2") && tabby.established("fd77:2::2"));
+    wait_until("our routes at BIRD", 20, || {
+        !bird.route("10.100.2.0/24").is_empty() && !bird.route("fd10:2::/48").is_empty()
+    });
+    assert!(bird.route("fd10:2::/48").contains("fd77:2::1"), "IPv6 next hop: {}", bird.route("fd10:2::/48"));
+    wait_until("BIRD routes at Tabby", 20, || {
+        tabby.route("10.202.0.0/24").is_some() && tabby.route("fd20:2::/48").is_some()
+    });
+    assert!(tabby.route("fd20:2::/48").unwrap().contains("from=fd77:2::2"));
+    // Our side of both connections is port 179: BIRD connected to each listener.
+    let ss = t.exec(&["ss", "-tn", "state", "established", "sport", "= :179"]).1;
+    assert!(ss.contains("10.77.2.1:179") && ss.contains("[fd77:2::1]:179"), "both accepted on our listeners:\n{ss}");
+}
+
 #[test]
 fn bird_md5_wrong_key_does_not_connect() {
     if !lab_available("bird_md5_wrong_key", &["bird", "birdc"]) {

@@ -43,7 +43,7 @@ async fn listener(
     tweak: impl FnOnce(&mut SpeakerConfig),
 ) -> Speaker {
     let mut c = SpeakerConfig::new(Ipv4Addr::new(1, 1, 1, id), asn);
-    c.listen = Some(SocketAddr::new(ip(addr), 0));
+    c.listen = vec![SocketAddr::new(ip(addr), 0)];
     c.connect_retry = Duration::from_secs(1);
     c.hold_time = 9;
     c.peers = peers;
@@ -217,7 +217,7 @@ async fn both_sides_active_collision_leaves_one_stable_session() {
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let mk = |id: u8, me: &str, other: &str| {
         let mut c = SpeakerConfig::new(Ipv4Addr::new(1, 1, 1, id), 65000 + u32::from(id));
-        c.listen = Some(SocketAddr::new(ip(me), port));
+        c.listen = vec![SocketAddr::new(ip(me), port)];
         c.connect_retry = Duration::from_millis(300);
         let mut p = PeerConfig::new(ip(other), 65000 + u32::from(3 - id));
         p.port = port;

@@ -51,7 +51,7 @@ async fn speaker(n: u8) -> (Speaker, SocketAddr, IpAddr) {
     let me: IpAddr = format!("127.0.{n}.1").parse().unwrap();
     let peer: IpAddr = format!("127.0.{n}.2").parse().unwrap();
     let mut c = SpeakerConfig::new(Ipv4Addr::new(1, 1, 1, 1), 65001);
-    c.listen = Some(SocketAddr::new(me, 0));
+    c.listen = vec![SocketAddr::new(me, 0)];
     let mut p = PeerConfig::new(peer, u32::from(PEER_AS));
     p.passive = true;
     p.families = vec![Family::Ipv4Unicast];

@@ -6,7 +6,7 @@
 //! A change of the peer set is applied to the running speaker peer by peer ([`peer_diff`]): a new Node
 //! adds one session, a deleted one removes one, a changed BGPPeer (password, timers) restarts only its
 //! session; every other session stays Established. Only a change of the speaker itself (AS number,
-//! router ID, listen port, cluster ID, mesh restart time) restarts it, with the graceful-restart
+//! router ID, IPv6 address, listen port, cluster ID, mesh restart time) restarts it, with the graceful-restart
 //! Restart State bit set: peers keep our routes (and the kernel keeps theirs) while the new sessions
 //! come up, so no traffic is dropped.
 
@@ -51,8 +51,12 @@ pub struct PlannedPeer {
     pub kind: PeerType,
     /// A router outside the cluster (BGPPeer peerIP): it gets only what this node originates.
     pub external: bool,
-    /// This node's IPv6 address: the next hop of the IPv6 routes sent in this session (IPv6 blocks
-    /// travel in the same session as IPv4 ones, RFC 4760; without an address none are sent).
+    /// Address families the session carries.
+    pub families: Vec<Family>,
+    /// Address outgoing connections start from (this node's IPv6 address for IPv6 node sessions).
+    pub local_address: Option<IpAddr>,
+    /// This node's IPv6 address as the next hop of IPv6 routes sent in an IPv4 session (RFC 4760), for
+    /// a peer node that publishes no IPv6 address of its own; `None` sends none.
     pub next_hop_v6: Option<Ipv6Addr>,
 }
 
@@ -64,6 +68,8 @@ pub struct SpeakerPlan {
     pub listen_port: u16,
     pub cluster_id: Option<Ipv4Addr>,
     pub max_restart_time: u16,
+    /// This node's IPv6 address: the speaker then listens on IPv6 too.
+    pub ipv6: Option<Ipv6Addr>,
     pub peers: Vec<PlannedPeer>,
 }
 
@@ -170,24 +176,25 @@ pub fn plan(
 ) -> Option<SpeakerPlan> {
     let my = nodes.iter().find(|n| name(n) == me)?;
     let my_addr = v4(my)?;
-    let next_hop_v6 = v6(my);
+    let my_v6 = v6(my);
     let asn = node_asn(my, cfg.as_number);
     let cluster_id = rr_cluster(my);
     let mesh_restart = timer_secs(&cfg.node_mesh_max_restart_time);
     let max_restart = mesh_restart.unwrap_or(120);
     let mesh_password = cfg.node_mesh_password.as_ref().and_then(|p| secret(&p.secret_key_ref));
     let mut out: BTreeMap<IpAddr, PlannedPeer> = BTreeMap::new();
-    let node_peer = |other: &Node, kind: PeerType, password: Option<String>, t: Timers, nhs: bool| {
-        let addr = v4(other)?;
+    // The sessions with another node, as Calico has them: between the IPv4 addresses for IPv4 routes and,
+    // when both nodes publish one, between the IPv6 addresses for IPv6 routes. With only one side dual
+    // stack, IPv6 routes ride the IPv4 session (MP-BGP) with this node's IPv6 address as next hop.
+    let node_peers = |other: &Node, kind: PeerType, password: Option<String>, t: Timers, nhs: bool| {
         let other_asn = node_asn(other, cfg.as_number);
         let rr_client = cluster_id.is_some() && rr_cluster(other).is_none() && other_asn == asn;
-        Some(PlannedPeer {
-            address: IpAddr::V4(addr),
+        let session = |address: IpAddr, passive: bool, families: Vec<Family>| PlannedPeer {
+            address,
             asn: other_asn,
             port: cfg.listen_port,
-            // The side with the greater address listens; the other connects.
-            passive: my_addr > addr,
-            password,
+            passive,
+            password: password.clone(),
             rr_client,
             hold_time: None,
             keepalive_time: t.keepalive,
@@ -196,14 +203,35 @@ pub fn plan(
             ttl_security: None,
             kind: if rr_client { PeerType::RouteReflectorClient } else { kind },
             external: false,
-            next_hop_v6,
-        })
+            families,
+            local_address: None,
+            next_hop_v6: None,
+        };
+        let mut out = Vec::new();
+        // The side with the greater address listens; the other connects.
+        match (v4(other), my_v6.zip(v6(other))) {
+            (v4_other, Some((mine, theirs))) => {
+                if let Some(a) = v4_other {
+                    out.push(session(IpAddr::V4(a), my_addr > a, vec![Family::Ipv4Unicast]));
+                }
+                out.push(PlannedPeer {
+                    local_address: Some(IpAddr::V6(mine)),
+                    ..session(IpAddr::V6(theirs), mine > theirs, vec![Family::Ipv6Unicast])
+                });
+            }
+            (Some(a), None) => out.push(PlannedPeer {
+                next_hop_v6: my_v6,
+                ..session(IpAddr::V4(a), my_addr > a, vec![Family::Ipv4Unicast, Family::Ipv6Unicast])
+            }),
+            (None, None) => {}
+        }
+        out
     };
     // Full mesh: every other node, except that route reflectors leave it.
     if cfg.node_to_node_mesh_enabled && cluster_id.is_none() {
         for n in nodes.iter().filter(|n| name(n) != me && rr_cluster(n).is_none()) {
             let t = Timers { keepalive: None, restart: mesh_restart };
-            if let Some(p) = node_peer(n, PeerType::NodeMesh, mesh_password.clone(), t, false) {
+            for p in node_peers(n, PeerType::NodeMesh, mesh_password.clone(), t, false) {
                 out.insert(p.address, p);
             }
         }
@@ -219,6 +247,7 @@ pub fn plan(
             if let Some(ip) = &s.peer_ip {
                 if let Some((addr, port)) = parse_peer_ip(ip)
                     && addr != IpAddr::V4(my_addr)
+                    && Some(addr) != my_v6.map(IpAddr::V6)
                 {
                     let peer_asn = s.as_number.unwrap_or(asn);
                     out.insert(
@@ -241,15 +270,15 @@ pub fn plan(
                                 kind
                             },
                             external: true,
-                            next_hop_v6,
+                            families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+                            local_address: None,
+                            next_hop_v6: my_v6,
                         },
                     );
                 }
             } else {
-                for n in nodes.iter().filter(|n| name(n) != me) {
-                    if sel_matches(&s.peer_selector, n) == Some(true)
-                        && let Some(p) = node_peer(n, kind, password.clone(), timers, nhs)
-                    {
+                for n in nodes.iter().filter(|n| name(n) != me && sel_matches(&s.peer_selector, n) == Some(true)) {
+                    for p in node_peers(n, kind, password.clone(), timers, nhs) {
                         out.insert(p.address, p);
                     }
                 }
@@ -258,7 +287,7 @@ pub fn plan(
         // The reverse direction: nodes this BGPPeer makes peer with us.
         if s.peer_ip.is_none() && sel_matches(&s.peer_selector, my) == Some(true) {
             for n in nodes.iter().filter(|n| name(n) != me && applies_to(bp, n)) {
-                if let Some(p) = node_peer(n, kind, password.clone(), timers, nhs) {
+                for p in node_peers(n, kind, password.clone(), timers, nhs) {
                     out.entry(p.address).or_insert(p);
                 }
             }
@@ -270,6 +299,7 @@ pub fn plan(
         listen_port: cfg.listen_port,
         cluster_id,
         max_restart_time: max_restart,
+        ipv6: my_v6,
         peers: out.into_values().collect(),
     })
 }
@@ -283,8 +313,8 @@ struct Timers {
 
 /// Whether two plans describe the same speaker, so that only their peers differ.
 fn same_speaker(a: &SpeakerPlan, b: &SpeakerPlan) -> bool {
-    (a.asn, a.router_id, a.listen_port, a.cluster_id, a.max_restart_time)
-        == (b.asn, b.router_id, b.listen_port, b.cluster_id, b.max_restart_time)
+    (a.asn, a.router_id, a.listen_port, a.cluster_id, a.max_restart_time, a.ipv6)
+        == (b.asn, b.router_id, b.listen_port, b.cluster_id, b.max_restart_time, b.ipv6)
 }
 
 /// How to get from one peer set to another without touching the peers that did not change.
@@ -361,6 +391,8 @@ fn peer_config(p: &PlannedPeer) -> PeerConfig {
     c.restart_time = p.restart_time;
     c.next_hop_self = p.next_hop_self;
     c.ttl_security = p.ttl_security;
+    c.families = p.families.clone();
+    c.local_address = p.local_address;
     c.next_hop_v6 = p.next_hop_v6;
     c
 }
@@ -391,7 +423,8 @@ pub fn hold_time_from_env() -> u16 {
 /// The running speaker and what it originates.
 pub struct Mesh {
     table: RouteTable,
-    own_addr: Option<IpAddr>,
+    /// This node's session addresses: a learned route with one of them as next hop is our own.
+    own_addrs: Vec<IpAddr>,
     speaker: Option<Arc<Speaker>>,
     plan: Option<SpeakerPlan>,
     originated: BTreeSet<IpNet>,
@@ -412,7 +445,7 @@ impl Mesh {
     pub fn new(table: RouteTable) -> Mesh {
         Mesh {
             table,
-            own_addr: None,
+            own_addrs: Vec::new(),
             speaker: None,
             plan: None,
             originated: BTreeSet::new(),
@@ -516,7 +549,7 @@ impl Mesh {
 
     fn learned(&self, prefix: Prefix, next_hop: Option<IpAddr>) -> Option<(IpNet, Target)> {
         let nh = next_hop?;
-        if Some(nh) == self.own_addr || nh.is_unspecified() {
+        if self.own_addrs.contains(&nh) || nh.is_unspecified() {
             return None;
         }
         let dst = IpNet::new(prefix.addr(), prefix.len()).ok()?;
@@ -559,7 +592,11 @@ impl Mesh {
 
     async fn start(&mut self, p: &SpeakerPlan) -> std::io::Result<()> {
         let mut cfg = SpeakerConfig::new(p.router_id, p.asn);
-        cfg.listen = Some(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p.listen_port));
+        cfg.listen = vec![std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p.listen_port)];
+        if p.ipv6.is_some() {
+            // IPv6 node sessions and IPv6 BGPPeers connect here.
+            cfg.listen.push(std::net::SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), p.listen_port));
+        }
         cfg.cluster_id = p.cluster_id;
         cfg.hold_time = self.hold_time;
         cfg.connect_retry = Duration::from_secs(2);
@@ -587,10 +624,10 @@ impl Mesh {
             }
         };
         let sp = Arc::new(sp);
-        self.own_addr = Some(IpAddr::V4(p.router_id));
+        self.own_addrs = std::iter::once(IpAddr::V4(p.router_id)).chain(p.ipv6.map(IpAddr::V6)).collect();
         let mut rx = sp.subscribe().await;
         let table = self.table.clone();
-        let own = self.own_addr;
+        let own = self.own_addrs.clone();
         let encap = self.encap.clone();
         self.sub = Some(tokio::spawn(async move {
             while let Some(events) = rx.recv().await {
@@ -600,7 +637,7 @@ impl Mesh {
                     let dst = IpNet::new(ev.prefix.addr(), ev.prefix.len()).ok()?;
                     let t = ev.best.and_then(|(peer, attrs)| {
                         let nh = attrs.next_hop;
-                        (peer != 0 && Some(nh) != own && !nh.is_unspecified()).then(|| e.route(dst, nh))
+                        (peer != 0 && !own.contains(&nh) && !nh.is_unspecified()).then(|| e.route(dst, nh))
                     });
                     Some((dst, t))
                 });
@@ -616,7 +653,10 @@ impl Mesh {
         self.converging_since = Some(Instant::now());
         self.restarted_speaker = self.restarted;
         if self.restarted {
-            tracing::info!(peers = p.peers.len(), "BGP speaker restarted for a new AS, router ID, port or cluster ID");
+            tracing::info!(
+                peers = p.peers.len(),
+                "BGP speaker restarted for a new AS, router ID, IPv6 address, port or cluster ID"
+            );
         }
         self.restarted = true;
         Ok(())
@@ -766,16 +806,68 @@ mod tests {
     }
 
     #[test]
-    fn a_dual_stack_node_sends_its_ipv6_blocks_with_its_ipv6_address_as_next_hop() {
+    fn dual_stack_nodes_peer_over_ipv4_and_ipv6_each_family_in_its_own_session() {
+        let v6 = |a: &'static str| (node::ANNOTATION_V6, a);
         let nodes = vec![
-            node("a", "192.168.1.1", &[(node::ANNOTATION_V6, "fd50::1/64")]),
-            node("b", "192.168.1.2", &[(node::ANNOTATION_V6, "fd50::2/64")]),
+            node("a", "192.168.1.1", &[v6("fd50::9/64")]),
+            node("b", "192.168.1.2", &[v6("fd50::2/64")]),
+            node("c", "192.168.1.3", &[]),
         ];
         let p = plan("a", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
-        assert_eq!(p.peers.len(), 1, "one session per node pair, carrying both families");
-        assert_eq!(p.peers[0].address, "192.168.1.2".parse::<IpAddr>().unwrap());
-        assert_eq!(p.peers[0].next_hop_v6, Some("fd50::1".parse().unwrap()));
-        assert_eq!(peer_config(&p.peers[0]).next_hop_v6, Some("fd50::1".parse().unwrap()));
+        assert_eq!(p.ipv6, Some("fd50::9".parse().unwrap()));
+        let got: Vec<(String, bool, Vec<Family>, Option<String>)> = p
+            .peers
+            .iter()
+            .map(|x| (x.address.to_string(), x.passive, x.families.clone(), x.next_hop_v6.map(|a| a.to_string())))
+            .collect();
+        use Family::{Ipv4Unicast as V4, Ipv6Unicast as V6};
+        assert_eq!(
+            got,
+            vec![
+                // b publishes an IPv6 address: IPv4 routes between the IPv4 addresses...
+                ("192.168.1.2".into(), false, vec![V4], None),
+                // ...c does not: its session carries both, ours with our IPv6 address as next hop.
+                ("192.168.1.3".into(), false, vec![V4, V6], Some("fd50::9".into())),
+                // ...and IPv6 routes between the IPv6 addresses, where fd50::9 > fd50::2 listens.
+                ("fd50::2".into(), true, vec![V6], None),
+            ]
+        );
+        let c6 = peer_config(&p.peers[2]);
+        assert_eq!((c6.families, c6.local_address), (vec![V6], Some("fd50::9".parse().unwrap())));
+        // b's view of the same pair is the mirror image, so both sides negotiate the same families.
+        let b = plan("b", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        let to_a: Vec<_> = b
+            .peers
+            .iter()
+            .filter(|x| ["192.168.1.1", "fd50::9"].contains(&x.address.to_string().as_str()))
+            .map(|x| (x.address.to_string(), x.passive, x.families.clone()))
+            .collect();
+        assert_eq!(to_a, vec![("192.168.1.1".into(), true, vec![V4]), ("fd50::9".into(), false, vec![V6])]);
+        // c has no IPv6 address: one session with a, carrying both families, no IPv6 next hop of its own.
+        let c = plan("c", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        assert!(c.ipv6.is_none());
+        assert!(c.peers.iter().all(|x| x.families == vec![V4, V6] && x.next_hop_v6.is_none() && x.address.is_ipv4()));
+    }
+
+    #[test]
+    fn a_node_with_only_an_ipv6_address_gets_an_ipv6_session() {
+        let mut only6 = node("b", "192.168.1.2", &[(node::ANNOTATION_V6, "fd50::2/64")]);
+        only6.metadata.annotations.as_mut().unwrap().remove(node::ANNOTATION_V4);
+        let nodes = vec![node("a", "192.168.1.1", &[(node::ANNOTATION_V6, "fd50::1/64")]), only6];
+        let p = plan("a", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        let got: Vec<_> = p.peers.iter().map(|x| (x.address.to_string(), x.families.clone())).collect();
+        assert_eq!(got, vec![("fd50::2".to_string(), vec![Family::Ipv6Unicast])]);
+    }
+
+    #[test]
+    fn gaining_an_ipv6_address_restarts_the_speaker_to_listen_on_ipv6() {
+        let single = vec![node("a", "192.168.1.1", &[]), node("b", "192.168.1.2", &[])];
+        let dual =
+            vec![node("a", "192.168.1.1", &[(node::ANNOTATION_V6, "fd50::1/64")]), node("b", "192.168.1.2", &[])];
+        let cfg = BGPConfigurationSpec::default();
+        let (old, new) =
+            (plan("a", &single, &cfg, &[], &no_secret).unwrap(), plan("a", &dual, &cfg, &[], &no_secret).unwrap());
+        assert!(!same_speaker(&old, &new));
     }
 
     #[test]
