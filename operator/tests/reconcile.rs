@@ -102,7 +102,9 @@ async fn installs_everything_and_becomes_ready_then_rolls_edits() {
     assert_eq!(inst["status"]["computed"]["network"]["bgp"], "Enabled");
     assert!(inst["spec"].get("cni").is_none(), "defaults stay out of the spec");
 
-    // Edits roll the DaemonSet and show Progressing, then Ready again.
+    // Edits roll the DaemonSet and show Progressing, then Ready again. The kubelet pauses meanwhile, so
+    // the rollout cannot finish before the test has seen Progressing.
+    kubelet.abort();
     let hash_before = ds["spec"]["template"]["metadata"]["annotations"]["tabby.dev/cni-config-hash"].clone();
     cp.kubectl_ok(&["patch", "installation", "default", "--type=merge", "-p",
         r#"{"spec":{"network":{"mtu":1400,"ipPools":[{"name":"default-ipv4-ippool","cidr":"192.168.0.0/16","blockSize":26,"encapsulation":"None","natOutgoing":"Disabled","nodeSelector":"all()"}]},"agentDaemonSet":{"env":[{"name":"TABBY_EXTRA","value":"yes"}]}}}"#]);
@@ -124,6 +126,7 @@ async fn installs_everything_and_becomes_ready_then_rolls_edits() {
         tabbystatus_condition(&cp, "Progressing").filter(|(s, _, _)| s == "True")
     })
     .await;
+    let kubelet = fake_kubelet(cp.client());
     available(&cp).await;
     let inst = get_json(&cp, &["installation", "default"]).unwrap();
     assert_eq!(inst["status"]["mtu"], 1400);
