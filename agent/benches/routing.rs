@@ -11,7 +11,8 @@
 //!    count), which is cheap at any size, unlike formatting `/proc/net/route`.
 //! 2. Throughput: pod-to-pod TCP (iperf3) across nodes as a ratio to node-to-node on the same underlay,
 //!    native routing (BGP) and VXLAN.
-//! 3. Scale: agent RSS with 100 nodes and 10k pods (IPAM blocks full of allocations) in the API.
+//! 3. Scale: agent RSS with 100 nodes and 10k pods (IPAM blocks full of allocations, one IPAMHandle per
+//!    pod) in the API; the agent holds the IPAM GC lease, so a cluster-wide GC pass is in the peak.
 //!
 //! Needs root, gobgpd, bird, iperf3 and the control plane (`make controlplane`).
 
@@ -427,18 +428,39 @@ async fn scale() -> Option<(u64, u64)> {
             attrs.join(", ")
         );
     }
+    // One IPAMHandle per pod, as the CNI ADDs leave them (the IPAM garbage collector reads them all).
+    for b in 0..blocks {
+        let cidr = format!("{}/26", std::net::Ipv4Addr::from(0x0a00_0000u32 + 4 * 64 + b * 64));
+        for o in 0..per_block.min(pods_total - b * per_block) {
+            docs += &format!(
+                "---\napiVersion: tabby.dev/v1\nkind: IPAMHandle\nmetadata: {{name: k8s-pod-network.c{b}x{o}}}\nspec: {{handleID: k8s-pod-network.c{b}x{o}, block: {{\"{cidr}\": 1}}}}\n"
+            );
+        }
+    }
     lab.apply(&docs);
-    // The pods themselves (the agent's IPAM watches the ones of its node).
+    // The pods themselves, named as the allocations say (the agent's IPAM watches the ones of its node;
+    // the garbage collector finds every allocation's pod, so it releases nothing).
     let mut pods = String::new();
-    for p in 0..pods_total {
-        pods += &format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{p}, namespace: default}}\nspec: {{nodeName: node{}, containers: [{{name: c, image: pause}}]}}\n",
-            p % 100 + 1
-        );
+    for b in 0..blocks {
+        for o in 0..per_block.min(pods_total - b * per_block) {
+            pods += &format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{b}x{o}, namespace: default}}\nspec: {{nodeName: node{}, containers: [{{name: c, image: pause}}]}}\n",
+                b % 100 + 1
+            );
+        }
     }
     lab.apply(&pods);
-    lab.start_agents(&[("TABBY_BGP", "Enabled")]);
-    std::thread::sleep(Duration::from_secs(20));
+    // As in a cluster: the garbage collector on, and this agent holds its lease (the only one).
+    lab.start_agents(&[("TABBY_BGP", "Enabled"), ("TABBY_IPAM_GC", "Enabled")]);
+    let log = lab.node("node1").log();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("IPAM garbage collection pass done") {
+        assert!(started.elapsed() < Duration::from_secs(120), "no GC pass within 120 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Then the settling time the agent had before (20 s from its start), and a few seconds more so any
+    // late work counts.
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(started.elapsed()) + Duration::from_secs(5));
     let pid = lab.node("node1").agent.as_ref().map(|c| c.id()).unwrap_or(0);
     let r = peak_rss_kib(pid);
     let routes = lab.node("node1").routes().lines().count();

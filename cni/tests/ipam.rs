@@ -284,6 +284,29 @@ async fn leader_elected_gc_releases_leaks_and_deleted_nodes() {
     b.kill9();
     c.cp.kubectl_ok(&["delete", "node", "node-b"]);
 
+    // Enough objects that a pass lists each kind over several pages: pods listed before `alive`, handles
+    // no block refers to, and empty blocks of the deleted node.
+    let mut docs = String::new();
+    for i in 0..120 {
+        docs += &format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a-{i:03}, namespace: default}}\nspec: {{nodeName: node-a, containers: [{{name: c, image: pause}}]}}\n"
+        );
+    }
+    for i in 0..250 {
+        docs += &format!(
+            "---\napiVersion: tabby.dev/v1\nkind: IPAMHandle\nmetadata: {{name: orphan-{i:03}}}\nspec: {{handleID: orphan-{i:03}}}\n"
+        );
+    }
+    for i in 0..25 {
+        let unallocated: Vec<String> = (0..64).map(|o| o.to_string()).collect();
+        docs += &format!(
+            "---\napiVersion: tabby.dev/v1\nkind: IPAMBlock\nmetadata: {{name: 10-250-{i}-0-26}}\nspec: {{cidr: 10.250.{i}.0/26, affinity: 'host:node-b', allocations: [{}], unallocated: [{}]}}\n",
+            vec!["null"; 64].join(", "),
+            unallocated.join(", ")
+        );
+    }
+    c.apply(&docs);
+
     // node-a: one allocation for a live pod, one for a pod that does not exist. Zero grace, 1 s passes.
     let a =
         Agent::start(&c, "node-a", &[("TABBY_IPAM_LEAK_GRACE_SECONDS", "0"), ("TABBY_IPAM_GC_INTERVAL_SECONDS", "1")]);
@@ -322,6 +345,18 @@ async fn leader_elected_gc_releases_leaks_and_deleted_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // One pass saw every page: the orphan handles and the empty blocks went together, in the pass after
+    // the one that first saw them (a pass that read only a first page would take several).
+    let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+    let most = |field: &str| {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v[field].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(most("handles_deleted") >= 250, "one pass deletes every orphan handle:\n{}", a.log_tail());
+    assert!(most("blocks_deleted") >= 25, "one pass deletes every empty block of node-b:\n{}", a.log_tail());
     let lease = c.cp.kubectl_ok(&[
         "get",
         "lease",
