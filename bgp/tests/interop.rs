@@ -140,10 +140,14 @@ protocol bgp v6 {{
     wait_until_diag(
         "both sessions Established",
         30,
-        || bird.established("v4") && bird.established("v6"),
+        || {
+            bird.established("v4")
+                && bird.established("v6")
+                && tabby.established("10.77.2.2")
+                && tabby.established("fd77:2::2")
+        },
         || format!("{}\n{}", bird.log(), tabby.output()),
     );
-    assert!(tabby.established("10.77.2.2") && tabby.established("fd77:2::2"));
     wait_until("our routes at BIRD", 20, || {
         !bird.route("10.100.2.0/24").is_empty() && !bird.route("fd10:2::/48").is_empty()
     });
