@@ -406,6 +406,9 @@ async fn scale() -> Option<(u64, u64)> {
     let pods_total = 10_000u32;
     let per_block = 64u32;
     let blocks = pods_total.div_ceil(per_block);
+    // Each block with its pods (named as the allocations say, so the garbage collector finds every one
+    // and releases nothing) and one IPAMHandle per pod, as the CNI ADDs leave them.
+    let mut pods = String::new();
     for b in 0..blocks {
         let node = format!("node{}", b % 100 + 1);
         let base = 0x0a00_0000u32 + 4 * 64 + b * 64; // after node1's own first blocks
@@ -427,28 +430,17 @@ async fn scale() -> Option<(u64, u64)> {
             unalloc.join(", "),
             attrs.join(", ")
         );
-    }
-    // One IPAMHandle per pod, as the CNI ADDs leave them (the IPAM garbage collector reads them all).
-    for b in 0..blocks {
-        let cidr = format!("{}/26", std::net::Ipv4Addr::from(0x0a00_0000u32 + 4 * 64 + b * 64));
-        for o in 0..per_block.min(pods_total - b * per_block) {
+        for o in 0..n {
             docs += &format!(
-                "---\napiVersion: tabby.dev/v1\nkind: IPAMHandle\nmetadata: {{name: k8s-pod-network.c{b}x{o}}}\nspec: {{handleID: k8s-pod-network.c{b}x{o}, block: {{\"{cidr}\": 1}}}}\n"
+                "---\napiVersion: tabby.dev/v1\nkind: IPAMHandle\nmetadata: {{name: k8s-pod-network.c{b}x{o}}}\nspec: {{handleID: k8s-pod-network.c{b}x{o}, block: {{\"{ip}/26\": 1}}}}\n"
+            );
+            pods += &format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{b}x{o}, namespace: default}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: pause}}]}}\n"
             );
         }
     }
     lab.apply(&docs);
-    // The pods themselves, named as the allocations say (the agent's IPAM watches the ones of its node;
-    // the garbage collector finds every allocation's pod, so it releases nothing).
-    let mut pods = String::new();
-    for b in 0..blocks {
-        for o in 0..per_block.min(pods_total - b * per_block) {
-            pods += &format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{b}x{o}, namespace: default}}\nspec: {{nodeName: node{}, containers: [{{name: c, image: pause}}]}}\n",
-                b % 100 + 1
-            );
-        }
-    }
+    // The agent's IPAM watches the pods of its node.
     lab.apply(&pods);
     // As in a cluster: the garbage collector on, and this agent holds its lease (the only one).
     lab.start_agents(&[("TABBY_BGP", "Enabled"), ("TABBY_IPAM_GC", "Enabled")]);
