@@ -25,7 +25,7 @@ export TABBY_HELM := $(HELM)
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-deps: ## Install every system package and tool the build and tests need (Debian, as root)
+deps: ## Install every system package and tool the build, the tests and the lab need (Debian, as root)
 	@echo "==> apt packages"
 	@if [ "$$(id -u)" = 0 ]; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
@@ -34,7 +34,7 @@ deps: ## Install every system package and tool the build and tests need (Debian,
 	@echo "==> Rust toolchain components"
 	@command -v rustup >/dev/null && rustup component add rustfmt clippy >/dev/null 2>&1 || true
 	@command -v go >/dev/null || { echo "Go is required (https://go.dev/dl) to build the test control plane"; exit 1; }
-	@$(MAKE) --no-print-directory controlplane helm
+	@$(MAKE) --no-print-directory controlplane helm node-software
 
 build: ## Build every binary (release)
 	$(CARGO) build --release --workspace --bins --exclude xtask
@@ -61,7 +61,7 @@ image: ## Build the container image (needs a Docker or Podman engine)
 	if [ -z "$$engine" ]; then echo "no docker or podman here"; exit 1; fi; \
 	$$engine build -t $(IMAGE) .
 
-controlplane: $(CONTROLPLANE) ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl from upstream modules (cached)
+controlplane: $(CONTROLPLANE) ## Build etcd, kube-apiserver, controller-manager, scheduler, kubectl, kubelet, kube-proxy from upstream modules (cached)
 
 # Rebuilt only when the module or main.go change. Prints progress: packages compiled / packages needed.
 $(CONTROLPLANE): $(CP_DIR)/go.mod $(CP_DIR)/go.sum $(CP_DIR)/main.go
@@ -78,7 +78,7 @@ $(CONTROLPLANE): $(CP_DIR)/go.mod $(CP_DIR)/go.sum $(CP_DIR)/main.go
 	    if [ $$((n % 150)) = 0 ]; then echo "    $$n/$$total packages ($$(( $$(date +%s) - start ))s)"; fi; \
 	  done
 	@mv $@.tmp $@
-	@for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sf controlplane $(CP_BIN)/$$c; done
+	@for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do ln -sf controlplane $(CP_BIN)/$$c; done
 	@echo "==> control plane ready: $(CP_BIN)"
 
 helm: $(HELM) ## Build helm from its Go module (cached)
