@@ -351,6 +351,10 @@ fn daemonset(spec: &InstallationSpec, facts: &Facts, conflist: &str) -> Value {
         pod_spec["imagePullSecrets"] = json!(pull_secrets);
     }
     let l = labels(AGENT);
+    // The pods also carry `k8s-app=tabby-node`, the label Calico users select calico-node's pods by
+    // (`kubectl logs -n calico-system -l k8s-app=calico-node`). The selector stays as it was: it is immutable.
+    let mut pod_labels = l.clone();
+    pod_labels["k8s-app"] = json!(AGENT);
     json!({
         "apiVersion": "apps/v1", "kind": "DaemonSet",
         "metadata": {"name": AGENT, "namespace": SYSTEM_NAMESPACE, "labels": l},
@@ -358,7 +362,7 @@ fn daemonset(spec: &InstallationSpec, facts: &Facts, conflist: &str) -> Value {
             "selector": {"matchLabels": {"app.kubernetes.io/name": AGENT}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": max_unavailable}},
             "template": {
-                "metadata": {"labels": l, "annotations": {CNI_CONFIG_HASH_ANNOTATION: hash}},
+                "metadata": {"labels": pod_labels, "annotations": {CNI_CONFIG_HASH_ANNOTATION: hash}},
                 "spec": pod_spec
             }
         }

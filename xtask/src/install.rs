@@ -65,6 +65,13 @@ pub fn example_installation() -> Value {
     })
 }
 
+/// The operator pod's labels: the common ones and `name`, as Tigera's operator pod has.
+pub fn pod_labels() -> Value {
+    let mut l = labels();
+    l["name"] = json!("tabby-operator");
+    l
+}
+
 pub fn labels() -> Value {
     json!({
         "app.kubernetes.io/name": "tabby-operator",
@@ -152,7 +159,8 @@ pub fn operator_deployment(p: &DeploymentParams<'_>) -> Value {
             "replicas": p.replicas,
             "selector": {"matchLabels": {"app.kubernetes.io/name": "tabby-operator"}},
             "template": {
-                "metadata": {"labels": labels()},
+                // `name=tabby-operator` is what Calico users type (`kubectl wait … -l name=tigera-operator`).
+                "metadata": {"labels": pod_labels()},
                 "spec": {
                     "serviceAccountName": "tabby-operator",
                     "hostNetwork": true,
