@@ -1,8 +1,12 @@
 //! `cargo xtask manifests [--check]`: writes (or, with `--check`, compares) every generated install file:
 //! `crds/*.yaml`, `operator.yaml`, `custom-resources.yaml` and the Helm chart `charts/tabby-operator`.
 //! These files are never edited by hand.
+//!
+//! `cargo xtask images [...]`: builds the lab's container images without a registry or an engine
+//! (see [`images`]).
 
 mod chart;
+mod images;
 mod install;
 
 use std::path::{Path, PathBuf};
@@ -25,19 +29,35 @@ pub enum Error {
 const USAGE: &str = "usage: cargo xtask manifests [--check]
 
   manifests          regenerate crds/, operator.yaml, custom-resources.yaml and charts/tabby-operator
-  manifests --check  exit 1 when a committed file differs from what the Rust types generate";
+  manifests --check  exit 1 when a committed file differs from what the Rust types generate
+  images [...]       build the lab's container images (OCI layout archives and images.json); see below
+
+";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository").to_path_buf();
+    if args.first().map(String::as_str) == Some("images") {
+        return match images::run(&root, &args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ images::ImageError::Usage(_)) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let check = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["manifests"] => false,
         ["manifests", "--check"] => true,
         _ => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}{}", images::USAGE);
             return ExitCode::from(2);
         }
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the repository").to_path_buf();
     match run(&root, check) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
