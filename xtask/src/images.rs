@@ -152,7 +152,8 @@ pub enum Item {
         path: &'static str,
         package: &'static str,
     },
-    /// A built program copied to `to`, with its shared-library closure when it is dynamically linked.
+    /// A built program copied into the directory `to`, with its shared-library closure when it is
+    /// dynamically linked.
     Built {
         dir: BinDir,
         file: &'static str,
@@ -260,13 +261,7 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
     let tabby = {
         let mut items = vec![Item::MergedUsr];
         for file in ["tabby-operator", "tabby-agent", "tabby", "kubectl-tabby"] {
-            let to = match file {
-                "tabby-operator" => "/usr/local/bin/tabby-operator",
-                "tabby-agent" => "/usr/local/bin/tabby-agent",
-                "tabby" => "/usr/local/bin/tabby",
-                _ => "/usr/local/bin/kubectl-tabby",
-            };
-            items.push(Item::Built { dir: BinDir::Tabby, file, to });
+            items.push(Item::Built { dir: BinDir::Tabby, file, to: "/usr/local/bin" });
         }
         items.extend([
             host("/usr/sbin/nft", "nftables"),
@@ -291,7 +286,7 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
     let pause = ImageSpec {
         name: "pause",
         refs: strings(&["registry.k8s.io/pause:3.10.2"]),
-        items: vec![Item::Built { dir: BinDir::Node, file: "pause", to: "/pause" }],
+        items: vec![Item::Built { dir: BinDir::Node, file: "pause", to: "/" }],
         run: RunConfig {
             entrypoint: strings(&["/pause"]),
             user: Some("65535:65535".into()),
@@ -302,10 +297,7 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
     let coredns = ImageSpec {
         name: "coredns",
         refs: strings(&["registry.k8s.io/coredns/coredns:v1.14.6"]),
-        items: vec![
-            Item::Built { dir: BinDir::Node, file: "coredns", to: "/coredns" },
-            data(CA_BUNDLE, "ca-certificates"),
-        ],
+        items: vec![Item::Built { dir: BinDir::Node, file: "coredns", to: "/" }, data(CA_BUNDLE, "ca-certificates")],
         run: RunConfig {
             entrypoint: strings(&["/coredns"]),
             user: Some("65532:65532".into()),
@@ -318,10 +310,10 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
     let agnhost = {
         let mut items = tools_base(&[ROOT, NOBODY, NONROOT]);
         items.extend([
-            Item::Built { dir: BinDir::Node, file: "agnhost", to: "/agnhost" },
+            Item::Built { dir: BinDir::Node, file: "agnhost", to: "/" },
             // The entrypoint tests run the image with this name as the entrypoint (a hard link upstream).
             Item::Symlink { path: "/agnhost-2", target: "agnhost" },
-            Item::Built { dir: BinDir::Node, file: "coredns", to: "/coredns" },
+            Item::Built { dir: BinDir::Node, file: "coredns", to: "/" },
             host("/usr/bin/dig", "bind9-dnsutils"),
             host("/usr/bin/nslookup", "bind9-dnsutils"),
             host("/usr/bin/curl", "curl"),
@@ -465,7 +457,8 @@ impl Host for RealHost {
             .map_err(|e| ImageError::Command { command: command.clone(), detail: e.to_string() })?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if stdout.contains("not a dynamic executable") || stderr.contains("not a dynamic executable") {
+        let is_static = |s: &str| s.contains("not a dynamic executable") || s.contains("statically linked");
+        if is_static(&stdout) || is_static(&stderr) {
             return Ok(Vec::new());
         }
         if !output.status.success() {
@@ -711,7 +704,8 @@ impl<H: Host> Assembler<'_, H> {
                     .host
                     .read(&source)
                     .map_err(|e| missing_or(ImageError::Io(source.clone(), e), &|| dir.hint().to_string()))?;
-                self.insert(to, tar::Node::File { data, mode: EXEC_MODE })?;
+                let to = format!("{}/{file}", to.trim_end_matches('/'));
+                self.insert(&to, tar::Node::File { data, mode: EXEC_MODE })?;
                 self.copy_libraries(&source)?;
             }
             Item::Symlink { path, target } => self.insert(path, tar::Node::Symlink { target: target.to_string() })?,
@@ -888,12 +882,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<(), ImageError> {
         let written = write_image(BufWriter::new(file), spec, &layer, arch).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
         println!(
-            "{:<9} {:<58} {:>10}  {}  {:.1}s",
+            "{:<9} {:>10}  {}  {:>5.1}s  {}",
             spec.name,
-            spec.refs.join(","),
             human(written.size),
             written.manifest_digest,
-            start.elapsed().as_secs_f64()
+            start.elapsed().as_secs_f64(),
+            spec.refs.join(" ")
         );
         built.push(manifest_entry(spec, &written));
     }
@@ -1105,7 +1099,7 @@ mod tests {
         // A file that disappears between the check and the build is reported the same way.
         let err = assemble(&spec(vec![host_item("/usr/bin/socat")]), &inputs(), &FakeHost::debian()).unwrap_err();
         assert!(err.to_string().contains("/usr/bin/socat (from the Debian package pkg"), "{err}");
-        let built = Item::Built { dir: BinDir::Tabby, file: "tabby-agent", to: "/usr/local/bin/tabby-agent" };
+        let built = Item::Built { dir: BinDir::Tabby, file: "tabby-agent", to: "/usr/local/bin" };
         let err = assemble(&spec(vec![built]), &inputs(), &FakeHost::debian()).unwrap_err();
         assert!(err.to_string().contains("/tb/tabby-agent (build Tabby's binaries: make lab-binaries"), "{err}");
     }
