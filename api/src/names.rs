@@ -37,3 +37,6 @@ pub const STATE_DIR: &str = "/var/lib/tabby";
 pub const RUN_DIR: &str = "/var/run/tabby";
 /// Agent log directory on a node (the CNI plugin's log).
 pub const LOG_DIR: &str = "/var/log/tabby";
+/// Where iproute2 reads route protocol names on a node: the agent writes `tabby.conf` there, so `ip route`
+/// on the node shows `proto tabby` for Tabby's routes.
+pub const RT_PROTOS_DIR: &str = "/etc/iproute2/rt_protos.d";

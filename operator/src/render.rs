@@ -11,8 +11,8 @@ use tabby_api::installation::{
     EnabledDisabled, Encapsulation, InstallationIPPool, LogSeverity, NodeAddressAutodetection, ProbeTimings,
 };
 use tabby_api::names::{
-    CNI_CONFLIST_FILE, LOG_DIR, MANAGED_BY_LABEL, NODE_DAEMONSET, OPERATOR_FIELD_MANAGER, RUN_DIR, STATE_DIR,
-    SYSTEM_NAMESPACE,
+    CNI_CONFLIST_FILE, LOG_DIR, MANAGED_BY_LABEL, NODE_DAEMONSET, OPERATOR_FIELD_MANAGER, RT_PROTOS_DIR, RUN_DIR,
+    STATE_DIR, SYSTEM_NAMESPACE,
 };
 use tabby_api::{IPPool, InstallationSpec};
 
@@ -333,6 +333,7 @@ fn daemonset(spec: &InstallationSpec, facts: &Facts, conflist: &str) -> Value {
                 {"name": "var-run-tabby", "mountPath": RUN_DIR},
                 {"name": "var-lib-tabby", "mountPath": STATE_DIR},
                 {"name": "var-log-tabby", "mountPath": LOG_DIR},
+                {"name": "iproute2-protos", "mountPath": RT_PROTOS_DIR},
                 {"name": "cni-bin-dir", "mountPath": env::CONTAINER_CNI_BIN_DIR},
                 {"name": "cni-net-dir", "mountPath": env::CONTAINER_CNI_CONF_DIR},
             ]
@@ -343,6 +344,7 @@ fn daemonset(spec: &InstallationSpec, facts: &Facts, conflist: &str) -> Value {
             host_path("var-run-tabby", RUN_DIR, "DirectoryOrCreate"),
             host_path("var-lib-tabby", STATE_DIR, "DirectoryOrCreate"),
             host_path("var-log-tabby", LOG_DIR, "DirectoryOrCreate"),
+            host_path("iproute2-protos", RT_PROTOS_DIR, "DirectoryOrCreate"),
             host_path("cni-bin-dir", &bin_dir, "DirectoryOrCreate"),
             host_path("cni-net-dir", &conf_dir, "DirectoryOrCreate"),
         ]
