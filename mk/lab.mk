@@ -1,15 +1,18 @@
-# The lab: the whole stack on a local multi-node cluster (network namespaces, a real control plane, a node
-# runner standing in for the kubelet). Needs root. See docs/lab.md.
+# The lab: a real Kubernetes cluster on this machine (per node: containerd, kubelet and kube-proxy in network
+# and mount namespaces; the control plane on node-0), Tabby installed from its image. Needs root. docs/lab.md.
 NODES ?= 3
 LAB_STATE := $(ROOT)/.cache/lab
 LAB := $(ROOT)/target/release/tabby-lab
+IMAGES_DIR ?= $(ROOT)/target/images
+NODE_BIN ?= $(CACHE)/node/bin
 
-.PHONY: lab lab-down lab-exec lab-node e2e lab-binaries
+.PHONY: lab lab-down lab-exec lab-node e2e lab-binaries e2e-images
 
-# The lab and the e2e run Tabby's binaries laid out as in the image: side by side, the CNI plugin linked
-# statically (plugin-static, in mk/cni.mk). The agent's init container installs the plugin found beside it.
+# Tabby's binaries laid out as in the image: side by side, the CNI plugin linked statically (plugin-static,
+# in mk/cni.mk). The image builder (make images) takes them from here; `kubectl tabby` on this machine too.
 LAB_BIN := $(ROOT)/target/lab-bin
 E2E_BIN := $(ROOT)/target/e2e-bin
+E2E_IMAGES := $(ROOT)/target/e2e-images
 BINARIES := tabby-agent tabby-operator kubectl-tabby
 
 lab-binaries: plugin-static
@@ -17,20 +20,27 @@ lab-binaries: plugin-static
 	$(CARGO) build --release --workspace --bins --exclude xtask
 	@mkdir -p $(LAB_BIN) && cp -f $(addprefix $(ROOT)/target/release/,$(BINARIES)) $(PLUGIN_STATIC) $(LAB_BIN)/
 
-lab: controlplane lab-binaries ## Start the stack on NODES (default 3) local nodes and install Tabby as README says
-	@$(LAB) up --nodes $(NODES) --state $(LAB_STATE) --bin $(LAB_BIN)
+lab: controlplane node-software images ## Start a NODES-node (default 3) cluster here and install Tabby as README says (root)
+	@$(LAB) up --nodes $(NODES) --state $(LAB_STATE) --bin $(LAB_BIN) --images $(IMAGES_DIR) --node-bin $(NODE_BIN)
 
 lab-down: ## Stop the lab and remove everything it created
 	@$(LAB) down --state $(LAB_STATE)
 
-lab-exec: ## Run CMD in pod POD=namespace/name's network namespace
-	@$(LAB) exec-pod --state $(LAB_STATE) $(POD) $(CMD)
+# The command travels in the environment (make exports command-line variables), so any quoting in CMD is kept.
+lab-exec: ## kubectl exec into POD=namespace/name and run CMD='…' there with sh -c
+	@$(LAB) exec --state $(LAB_STATE) "$(POD)" "$$CMD"
 
-lab-node: ## Run CMD on lab node NODE=node-N
-	@$(LAB) exec-node --state $(LAB_STATE) $(NODE) $(CMD)
+lab-node: ## A shell on lab node NODE=node-N (its namespaces); with CMD='…', run it there with sh -c
+	@if [ -n "$${CMD:-}" ]; then $(LAB) node --state $(LAB_STATE) "$(NODE)" "$$CMD"; else $(LAB) node --state $(LAB_STATE) "$(NODE)"; fi
 
-# Debug binaries: the same build `make test` already made, so CI compiles nothing twice.
-e2e: controlplane plugin-static ## The getting-started guide as a test, on a fresh lab (root)
+# The e2e runs the debug build `make test` already made (CI compiles nothing twice), stripped as a release
+# image would be, in its own image set.
+e2e-images: controlplane node-software plugin-static
 	$(CARGO) build --workspace --bins --exclude xtask
 	@mkdir -p $(E2E_BIN) && cp -f $(addprefix $(ROOT)/target/debug/,$(BINARIES)) $(PLUGIN_STATIC) $(E2E_BIN)/
-	TABBY_BIN_DIR=$(E2E_BIN) $(CARGO) test -p tabby-e2e --test getting_started -- --nocapture
+	@strip $(addprefix $(E2E_BIN)/,$(BINARIES))
+	$(CARGO) xtask images --tabby-bin $(E2E_BIN) --node-bin $(NODE_BIN) --out $(E2E_IMAGES)
+
+e2e: e2e-images ## The getting-started guide, verbatim, on a fresh lab with real nodes (root)
+	TABBY_BIN_DIR=$(E2E_BIN) TABBY_IMAGES=$(E2E_IMAGES) TABBY_NODE_BIN=$(NODE_BIN) \
+	  $(CARGO) test -p tabby-e2e --test getting_started -- --nocapture

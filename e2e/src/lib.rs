@@ -20,23 +20,39 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-/// Which components to run beside etcd and kube-apiserver.
-#[derive(Clone, Copy, Debug, Default)]
+/// Which components to run beside etcd and kube-apiserver, and how.
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// kube-controller-manager: DaemonSet, Deployment, namespace and garbage-collection controllers.
     pub controller_manager: bool,
     /// kube-scheduler: binds pods to nodes.
     pub scheduler: bool,
-    /// Address kube-apiserver listens on and advertises (default 127.0.0.1). The lab uses its node
-    /// network's gateway, so processes in the lab's node namespaces reach the API server too.
+    /// Address kube-apiserver listens on and advertises (default 127.0.0.1). The lab uses its control-plane
+    /// node's address, so the lab's nodes reach the API server and the API server reaches their pods.
     pub address: Option<std::net::Ipv4Addr>,
+    /// Network namespace (a name under /run/netns) every component runs in; `None`: this machine's.
+    pub netns: Option<String>,
+    /// Users of the static token file besides the admin: lines `token,user,uid,"group1,group2"`.
+    pub tokens: Vec<String>,
+    /// kube-apiserver flags (`--name=value`) that replace the default of the same name, or add to them.
+    pub apiserver_flags: Vec<String>,
+    /// kube-controller-manager flags, the same way.
+    pub controller_manager_flags: Vec<String>,
 }
 
 impl Options {
     /// etcd, kube-apiserver, kube-controller-manager and kube-scheduler.
     pub fn full() -> Self {
-        Options { controller_manager: true, scheduler: true, address: None }
+        Options { controller_manager: true, scheduler: true, ..Default::default() }
     }
+}
+
+/// `base` with every flag that `overrides` names replaced by the override, then the new flags of `overrides`.
+/// A flag's name is what precedes `=` (`--authorization-mode=Node,RBAC` names `--authorization-mode`).
+pub fn merge_flags(base: &[String], overrides: &[String]) -> Vec<String> {
+    let name = |f: &String| f.split('=').next().unwrap_or_default().to_string();
+    let replaced: Vec<String> = overrides.iter().map(name).collect();
+    base.iter().filter(|f| !replaced.contains(&name(f))).chain(overrides).cloned().collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +79,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 /// A running control plane. Everything it started goes away when it is dropped.
 pub struct ControlPlane {
     processes: Vec<(&'static str, Child)>,
+    netns: Option<String>,
     dir: Option<tempfile::TempDir>,
     /// The kubeconfig of the cluster admin (a static token in group system:masters).
     pub kubeconfig: PathBuf,
@@ -132,6 +149,7 @@ impl ControlPlane {
 
     /// etcd, kube-apiserver and the components `options` asks for.
     pub async fn start_with(options: Options) -> Result<Self, Error> {
+        let netns = options.netns.clone();
         let binary = binary();
         if !binary.is_file() {
             return Err(Error::NotBuilt(binary));
@@ -145,6 +163,7 @@ impl ControlPlane {
         }
         let mut cp = ControlPlane {
             processes: Vec::new(),
+            netns,
             kubeconfig: root.join("kubeconfig"),
             kubectl: bin.join("kubectl"),
             server: String::new(),
@@ -180,13 +199,14 @@ impl ControlPlane {
         let port = free_port()?;
         let address = options.address.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         cp.server = format!("https://{address}:{port}");
-        fs::write(root.join("tokens.csv"), format!("{},admin,admin,\"system:masters\"\n", cp.token))
-            .map_err(io("writing tokens.csv"))?;
+        let mut tokens = format!("{},admin,admin,\"system:masters\"\n", cp.token);
+        for line in &options.tokens {
+            tokens.push_str(line);
+            tokens.push('\n');
+        }
+        fs::write(root.join("tokens.csv"), tokens).map_err(io("writing tokens.csv"))?;
         let pki = root.join("pki");
-        cp.spawn(
-            "kube-apiserver",
-            &bin,
-            &root,
+        let apiserver = merge_flags(
             &[
                 format!("--etcd-servers={etcd_url}"),
                 format!("--bind-address={address}"),
@@ -204,7 +224,9 @@ impl ControlPlane {
                 // A loopback address cannot back the `kubernetes` Service's endpoints; nothing here needs them.
                 "--endpoint-reconciler-type=none".into(),
             ],
-        )?;
+            &options.apiserver_flags,
+        );
+        cp.spawn("kube-apiserver", &bin, &root, &apiserver)?;
         // The apiserver writes a self-signed certificate chain (serving cert, then its CA) at start-up.
         let chain = pki.join("apiserver.crt");
         cp.wait("kube-apiserver", Duration::from_secs(60), || {
@@ -230,10 +252,7 @@ impl ControlPlane {
 
         let kubeconfig_arg = format!("--kubeconfig={}", cp.kubeconfig.display());
         if options.controller_manager {
-            cp.spawn(
-                "kube-controller-manager",
-                &bin,
-                &root,
+            let flags = merge_flags(
                 &[
                     kubeconfig_arg.clone(),
                     "--leader-elect=false".into(),
@@ -243,11 +262,14 @@ impl ControlPlane {
                     format!("--root-ca-file={}", root.join("ca.crt").display()),
                     "--use-service-account-credentials=false".into(),
                     "--concurrent-daemonset-syncs=2".into(),
-                    // No kubelet heartbeats here (test code or the lab's node runner plays the kubelet): without
-                    // this, nodes turn NotReady after the grace period and their pods are marked unready.
+                    // No kubelet heartbeats in tests without nodes: without this, nodes that test code registers
+                    // turn NotReady after the grace period and their pods are marked unready. The lab, whose
+                    // kubelets heartbeat, turns it back on.
                     "--controllers=*,-node-lifecycle-controller".into(),
                 ],
-            )?;
+                &options.controller_manager_flags,
+            );
+            cp.spawn("kube-controller-manager", &bin, &root, &flags)?;
         }
         if options.scheduler {
             cp.spawn(
@@ -315,7 +337,16 @@ current-context: tabby-test
 
     fn spawn(&mut self, component: &'static str, bin: &Path, root: &Path, args: &[String]) -> Result<(), Error> {
         let log = fs::File::create(root.join(format!("{component}.log"))).map_err(io("creating a log file"))?;
-        let child = Command::new(bin.join(component))
+        // In a network namespace: nsenter execs the component, so the child is the component itself.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{netns}")).arg("--").arg(bin.join(component));
+                c
+            }
+            None => Command::new(bin.join(component)),
+        };
+        let child = command
             .args(args)
             .current_dir(root)
             .stdin(Stdio::null())
@@ -425,5 +456,28 @@ current-context: tabby-test
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_flags;
+
+    #[test]
+    fn overrides_replace_flags_of_the_same_name_and_new_ones_are_added() {
+        let base: Vec<String> =
+            ["--authorization-mode=RBAC", "--secure-port=6443", "--profiling=false"].map(String::from).into();
+        let overrides: Vec<String> =
+            ["--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction"].map(String::from).into();
+        assert_eq!(
+            merge_flags(&base, &overrides),
+            [
+                "--secure-port=6443",
+                "--profiling=false",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction"
+            ]
+        );
+        assert_eq!(merge_flags(&base, &[]), base);
     }
 }
