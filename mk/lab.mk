@@ -6,7 +6,7 @@ LAB := $(ROOT)/target/release/tabby-lab
 IMAGES_DIR ?= $(ROOT)/target/images
 NODE_BIN ?= $(CACHE)/node/bin
 
-.PHONY: lab lab-down lab-exec lab-node e2e lab-binaries e2e-images
+.PHONY: lab lab-down lab-exec lab-node e2e lab-binaries e2e-images bench-podstart
 
 # Tabby's binaries laid out as in the image: side by side, the CNI plugin linked statically (plugin-static,
 # in mk/cni.mk). The image builder (make images) takes them from here; `kubectl tabby` on this machine too.
@@ -44,3 +44,6 @@ e2e-images: controlplane node-software plugin-static
 e2e: e2e-images ## The getting-started guide, verbatim, on a fresh lab with real nodes (root)
 	TABBY_BIN_DIR=$(E2E_BIN) TABBY_IMAGES=$(E2E_IMAGES) TABBY_NODE_BIN=$(NODE_BIN) \
 	  $(CARGO) test -p tabby-e2e --test getting_started -- --nocapture
+
+bench-podstart: controlplane node-software images ## Pod creation → Ready p50/p99, 30 pods on 3 real nodes: Tabby vs ptp + host-local (root)
+	TABBY_BIN_DIR=$(LAB_BIN) TABBY_IMAGES=$(IMAGES_DIR) TABBY_NODE_BIN=$(NODE_BIN) $(CARGO) bench -p tabby-e2e --bench podstart

@@ -33,8 +33,12 @@ pub struct LabConfig {
     pub node_bin: PathBuf,
 }
 
+/// Whether `pid` runs (a zombie does not: it has exited and waits for its parent).
 fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 fn read_pid(state: &Path) -> Option<u32> {
@@ -95,7 +99,10 @@ pub fn start_cluster(cfg: &LabConfig, self_exe: &Path, start: Instant) -> Result
     let log_path = cfg.state.join("lab.log");
     let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     step(start, &format!("starting the lab: {} nodes (log: {})", cfg.nodes, log_path.display()));
-    Command::new("setsid")
+    // setsid --fork: the lab runs in its own session and is nobody's child here (a test that starts it leaves
+    // no zombie behind when it stops).
+    let status = Command::new("setsid")
+        .arg("--fork")
         .arg(self_exe)
         .arg("serve")
         .args(["--nodes", &cfg.nodes.to_string()])
@@ -110,8 +117,11 @@ pub fn start_cluster(cfg: &LabConfig, self_exe: &Path, start: Instant) -> Result
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
-        .spawn()
+        .status()
         .map_err(|e| format!("starting the lab: {e}"))?;
+    if !status.success() {
+        return Err(format!("starting the lab: setsid {status}"));
+    }
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut echoed = 0;
     loop {
