@@ -147,7 +147,8 @@ pub enum Item {
         path: &'static str,
         package: &'static str,
     },
-    /// A data file of this machine (a directory: its files), copied as is.
+    /// A data file of this machine, copied as is (named one by one: a directory may hold this machine's
+    /// own configuration, as /etc/iproute2/rt_protos.d does).
     HostData {
         path: &'static str,
         package: &'static str,
@@ -255,6 +256,23 @@ fn shell_and_runners() -> Vec<Item> {
     ]
 }
 
+/// The name tables of iproute2 (protocol, table, realm names in `ip route`): the package's files, not
+/// the `.d` directories, where this machine keeps its own (FRR's, Tabby's protocol names).
+fn iproute2_tables() -> Vec<Item> {
+    const TABLES: &[&str] = &[
+        "/etc/iproute2/bpf_pinning",
+        "/etc/iproute2/ematch_map",
+        "/etc/iproute2/group",
+        "/etc/iproute2/nl_protos",
+        "/etc/iproute2/rt_dsfield",
+        "/etc/iproute2/rt_protos",
+        "/etc/iproute2/rt_realms",
+        "/etc/iproute2/rt_scopes",
+        "/etc/iproute2/rt_tables",
+    ];
+    TABLES.iter().map(|path| data(path, "iproute2")).collect()
+}
+
 /// Every image, `version` being the workspace's (`0.1.0`).
 pub fn specs(version: &str) -> Vec<ImageSpec> {
     let env = vec![PATH_ENV.to_string()];
@@ -320,7 +338,9 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
             host("/usr/bin/nc", "netcat-openbsd"),
             host("/usr/bin/ip", "iproute2"),
             host("/usr/bin/ss", "iproute2"),
-            data("/etc/iproute2", "iproute2"),
+        ]);
+        items.extend(iproute2_tables());
+        items.extend([
             host("/usr/bin/iperf", "iperf"),
             // Upstream links iperf here and some tests call it by this path.
             Item::Symlink { path: "/usr/local/bin/iperf", target: "/usr/bin/iperf" },
@@ -351,7 +371,9 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
             host("/usr/bin/tcpdump", "tcpdump"),
             host("/usr/bin/ip", "iproute2"),
             host("/usr/bin/ss", "iproute2"),
-            data("/etc/iproute2", "iproute2"),
+        ]);
+        items.extend(iproute2_tables());
+        items.extend([
             host("/usr/bin/netstat", "net-tools"),
             host("/usr/bin/nslookup", "bind9-dnsutils"),
             host("/usr/bin/dig", "bind9-dnsutils"),
@@ -408,8 +430,6 @@ pub trait Host {
     fn lstat(&self, path: &Path) -> io::Result<Kind>;
     /// The content of a file, following symlinks.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
-    /// The entries of a directory, sorted.
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// The shared libraries `program` loads, the dynamic loader included, as paths of this machine;
     /// empty for a statically linked program.
     fn libraries(&self, program: &Path) -> Result<Vec<PathBuf>, ImageError>;
@@ -438,12 +458,6 @@ impl Host for RealHost {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
-    }
-
-    fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
-        let mut out = std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<io::Result<Vec<_>>>()?;
-        out.sort();
-        Ok(out)
     }
 
     fn libraries(&self, program: &Path) -> Result<Vec<PathBuf>, ImageError> {
@@ -675,21 +689,6 @@ impl<H: Host> Assembler<'_, H> {
         Ok(())
     }
 
-    /// Copies a host directory's files (or a single file) as they are.
-    fn copy_data(&mut self, path: &Path, hint: &dyn Fn() -> String) -> Result<(), ImageError> {
-        let kind = self.host.lstat(path).map_err(|e| missing_or(ImageError::Io(path.to_path_buf(), e), hint))?;
-        if kind == Kind::Dir {
-            let dir = self.resolve_dir(path)?;
-            self.insert(&dir.to_string_lossy(), tar::Node::Dir { mode: EXEC_MODE })?;
-            for entry in self.host.read_dir(path).map_err(|e| ImageError::Io(path.to_path_buf(), e))? {
-                self.copy_data(&entry, hint)?;
-            }
-            Ok(())
-        } else {
-            self.copy_chain(path, hint).map(drop)
-        }
-    }
-
     fn item(&mut self, item: &Item, inputs: &Inputs) -> Result<(), ImageError> {
         match item {
             Item::MergedUsr => self.merged_usr()?,
@@ -697,7 +696,9 @@ impl<H: Host> Assembler<'_, H> {
                 let file = self.copy_chain(Path::new(path), &|| package_hint(package))?;
                 self.copy_libraries(&file)?;
             }
-            Item::HostData { path, package } => self.copy_data(Path::new(path), &|| package_hint(package))?,
+            Item::HostData { path, package } => {
+                self.copy_chain(Path::new(path), &|| package_hint(package))?;
+            }
             Item::Built { dir, file, to } => {
                 let source = inputs.dir(*dir).join(file);
                 let data = self
@@ -979,9 +980,6 @@ mod tests {
                 }
             }
         }
-        fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
-            Ok(self.entries.keys().filter(|k| k.parent() == Some(path)).cloned().collect())
-        }
         fn libraries(&self, program: &Path) -> Result<Vec<PathBuf>, ImageError> {
             Ok(self.libs.get(program).cloned().unwrap_or_default())
         }
@@ -1071,19 +1069,16 @@ mod tests {
     }
 
     #[test]
-    fn host_data_directories_are_copied_file_by_file() {
-        let host = FakeHost::debian()
-            .dir("/etc/iproute2")
-            .file("/etc/iproute2/rt_protos", "protos", false)
-            .dir("/etc/iproute2/rt_protos.d")
-            .file("/etc/iproute2/rt_protos.d/README", "readme", false);
-        let items = vec![Item::HostData { path: "/etc/iproute2", package: "iproute2" }];
-        let tree = assemble(&spec(items), &inputs(), &host).unwrap();
+    fn data_is_named_file_by_file() {
+        let host = FakeHost::debian().dir("/etc/iproute2").file("/etc/iproute2/rt_protos", "protos", false);
+        let item = |path| Item::HostData { path, package: "iproute2" };
+        let tree = assemble(&spec(vec![item("/etc/iproute2/rt_protos")]), &inputs(), &host).unwrap();
         assert_eq!(
             node(&tree, "etc/iproute2/rt_protos"),
             &tar::Node::File { data: b"protos".to_vec(), mode: FILE_MODE }
         );
-        assert!(matches!(node(&tree, "etc/iproute2/rt_protos.d/README"), tar::Node::File { .. }));
+        let err = assemble(&spec(vec![item("/etc/iproute2")]), &inputs(), &host).unwrap_err();
+        assert!(matches!(err, ImageError::NotAFile(_)), "{err}");
     }
 
     #[test]
@@ -1135,9 +1130,6 @@ mod tests {
         fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
             self.0.read(path).or_else(|_| Ok(path.to_string_lossy().into_owned().into_bytes()))
         }
-        fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
-            self.0.read_dir(path)
-        }
         fn libraries(&self, program: &Path) -> Result<Vec<PathBuf>, ImageError> {
             // The CNI plugin is static; so are the node's Go programs.
             let static_ = ["/tb/tabby", "/nb/pause", "/nb/coredns", "/nb/agnhost", BUSYBOX];
@@ -1154,7 +1146,6 @@ mod tests {
             FakeHost::debian()
                 .link("/usr/bin/nc", "/etc/alternatives/nc")
                 .link("/etc/alternatives/nc", "/bin/nc.openbsd")
-                .dir("/etc/iproute2")
                 .file("/etc/iproute2/rt_tables", "tables", false),
         )
     }
