@@ -127,8 +127,8 @@ pub fn start_cluster(cfg: &LabConfig, self_exe: &Path, start: Instant) -> Result
     loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         for line in text.lines().skip(echoed) {
-            if line.starts_with("==> ") {
-                println!("    {}", &line[4..]);
+            if let Some(progress) = line.strip_prefix("==> ") {
+                println!("    {progress}");
             }
             echoed += 1;
         }
@@ -365,8 +365,7 @@ async fn serve_inner(
         return Err(format!("CoreDNS: {}", String::from_utf8_lossy(&out.stderr)));
     }
     // node-0 is the control-plane node (the role kubeadm labels; it stays schedulable, as a small cluster's).
-    let label = format!("node-role.kubernetes.io/control-plane=");
-    let _ = cp.kubectl(&["label", "node", &nodes[0].name, &label, "--overwrite"]);
+    let _ = cp.kubectl(&["label", "node", &nodes[0].name, "node-role.kubernetes.io/control-plane=", "--overwrite"]);
     std::fs::write(cfg.state.join("ready"), "").map_err(|e| e.to_string())?;
     step(start, "lab ready");
 
