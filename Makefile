@@ -34,7 +34,7 @@ deps: ## Install every system package and tool the build, the tests and the lab 
 	@echo "==> Rust toolchain components"
 	@command -v rustup >/dev/null && rustup component add rustfmt clippy >/dev/null 2>&1 || true
 	@command -v go >/dev/null || { echo "Go is required (https://go.dev/dl) to build the test control plane"; exit 1; }
-	@$(MAKE) --no-print-directory controlplane helm node-software
+	@$(MAKE) --no-print-directory controlplane helm node-software e2e-test
 
 build: ## Build every binary (release)
 	$(CARGO) build --release --workspace --bins --exclude xtask

@@ -233,11 +233,10 @@ fn main() {
     }
     let state = std::env::temp_dir().join(format!("tabby-lab-podstart-{}", std::process::id()));
     let cfg = LabConfig {
-        state: state.clone(),
-        nodes: 3,
         bin_dir: env_dir("TABBY_BIN_DIR", "target/lab-bin"),
         images: env_dir("TABBY_IMAGES", "target/images"),
         node_bin: env_dir("TABBY_NODE_BIN", ".cache/node/bin"),
+        ..LabConfig::new(state.clone())
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let result = rt.block_on(bench(&cfg));

@@ -9,6 +9,7 @@
 //! Tests call [`start_or_skip`]: in CI (`CI=true`) a control plane that cannot start fails the test;
 //! elsewhere the test is skipped with a visible message.
 
+pub mod conformance;
 pub mod lab;
 
 use std::fs;

@@ -182,7 +182,7 @@ fn getting_started_guide() {
 
     let before = snapshot(&node_bin);
     let state = std::env::temp_dir().join(format!("tabby-lab-e2e-{}", std::process::id()));
-    let lab = Lab { cfg: LabConfig { state: state.clone(), nodes: 3, bin_dir, images, node_bin: node_bin.clone() } };
+    let lab = Lab { cfg: LabConfig { bin_dir, images, node_bin: node_bin.clone(), ..LabConfig::new(state.clone()) } };
     let start = Instant::now();
     daemon::start_cluster(&lab.cfg, Path::new(env!("CARGO_BIN_EXE_tabby-lab")), start).expect("the lab's cluster");
     println!("cluster up in {:.1}s", start.elapsed().as_secs_f64());

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use tabby_e2e::lab::PodNetwork;
 use tabby_e2e::lab::daemon::{self, LabConfig};
 
 const USAGE: &str = "usage: tabby-lab <command> [options]
@@ -24,18 +25,14 @@ Options:
   --nodes N        lab nodes (default 3); node-0 also runs the control plane
   --bin DIR        Tabby's binaries on this machine, for `kubectl tabby` (default target/lab-bin)
   --images DIR     image archives and images.json from `make images` (default target/images)
-  --node-bin DIR   containerd, containerd-shim-runc-v2, ctr from `make node-software` (default .cache/node/bin)";
+  --node-bin DIR   containerd, containerd-shim-runc-v2, ctr from `make node-software` (default .cache/node/bin)
+  --pod-network P  tabby (default) or reference: how kube-proxy tells pod traffic (Tabby's tby… veths, or
+                   the reference plugins' bridge cni0); `cluster` with reference is a control for the suites";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let root = tabby_e2e::repo_root();
-    let mut cfg = LabConfig {
-        state: root.join(".cache/lab"),
-        nodes: 3,
-        bin_dir: root.join("target/lab-bin"),
-        images: root.join("target/images"),
-        node_bin: root.join(".cache/node/bin"),
-    };
+    let mut cfg = LabConfig::new(root.join(".cache/lab"));
     let mut positional = Vec::new();
     while !args.is_empty() {
         let a = args.remove(0);
@@ -46,6 +43,13 @@ fn main() -> ExitCode {
             "--images" => cfg.images = value().map(PathBuf::from).unwrap_or(cfg.images),
             "--node-bin" => cfg.node_bin = value().map(PathBuf::from).unwrap_or(cfg.node_bin),
             "--nodes" => cfg.nodes = value().and_then(|v| v.parse().ok()).unwrap_or(cfg.nodes),
+            "--pod-network" => match value().as_deref().and_then(PodNetwork::parse) {
+                Some(p) => cfg.pod_network = p,
+                None => {
+                    eprintln!("--pod-network is tabby or reference");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" if positional.is_empty() => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;

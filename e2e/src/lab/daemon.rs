@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::node::LabNode;
 use super::render::NodeFacts;
 use super::{
-    BRIDGE, GATEWAY, LINK_PREFIX, NETNS_PREFIX, PREFIX, REGISTRY_PORT, SERVICE_CIDR, addons, cgroups, pki, sh,
+    BRIDGE, GATEWAY, LINK_PREFIX, NETNS_PREFIX, PREFIX, PodNetwork, REGISTRY_PORT, SERVICE_CIDR, addons, cgroups, pki, sh,
 };
 use crate::{ControlPlane, Options};
 
@@ -31,6 +31,23 @@ pub struct LabConfig {
     pub images: PathBuf,
     /// containerd, its shim and ctr (`make node-software`).
     pub node_bin: PathBuf,
+    /// The pod network the nodes are set up for (kube-proxy's idea of pod traffic).
+    pub pod_network: PodNetwork,
+}
+
+impl LabConfig {
+    /// The defaults: 3 nodes, state in `state`, the repository's build outputs.
+    pub fn new(state: PathBuf) -> LabConfig {
+        let root = crate::repo_root();
+        LabConfig {
+            state,
+            nodes: 3,
+            bin_dir: root.join("target/lab-bin"),
+            images: root.join("target/images"),
+            node_bin: root.join(".cache/node/bin"),
+            pod_network: PodNetwork::Tabby,
+        }
+    }
 }
 
 /// Whether `pid` runs (a zombie does not: it has exited and waits for its parent).
@@ -114,6 +131,7 @@ pub fn start_cluster(cfg: &LabConfig, self_exe: &Path, start: Instant) -> Result
         .arg(&cfg.images)
         .arg("--node-bin")
         .arg(&cfg.node_bin)
+        .args(["--pod-network", cfg.pod_network.name()])
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
@@ -332,6 +350,7 @@ async fn serve_inner(
             cgroup_root: node.cgroup_root.clone(),
             server: server.clone(),
             pause_image: images.pause.clone(),
+            pod_network: cfg.pod_network,
         };
         let (token, proxy_token, ca, client_ca) =
             (token.clone(), proxy_token.clone(), cluster_ca.clone(), pki.kubelet_client_ca.clone());

@@ -28,6 +28,7 @@ pub mod pki;
 pub mod registry;
 pub mod render;
 pub mod sh;
+pub mod suites;
 
 use std::net::Ipv4Addr;
 
@@ -49,3 +50,32 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 /// Name prefixes of what the lab creates on this machine (namespaces, links), for `down` after a crash.
 pub const NETNS_PREFIX: &str = "tabby-node-";
 pub const LINK_PREFIX: &str = "tlab";
+
+/// The pod network the lab's nodes are set up for: what kube-proxy takes for pod traffic (which it leaves
+/// unmasqueraded) depends on how the plugin wires pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// Tabby: pods sit behind host veths named `tby…`.
+    #[default]
+    Tabby,
+    /// Debian's reference plugins, bridge + host-local (a control for the conformance suites): pods sit on the
+    /// bridge `cni0`, with a /24 of 10.244.0.0/16 per node.
+    Reference,
+}
+
+impl PodNetwork {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tabby" => Some(PodNetwork::Tabby),
+            "reference" => Some(PodNetwork::Reference),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PodNetwork::Tabby => "tabby",
+            PodNetwork::Reference => "reference",
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{CLUSTER_DNS, CLUSTER_DOMAIN, GATEWAY, REGISTRY_PORT};
+use super::{CLUSTER_DNS, CLUSTER_DOMAIN, GATEWAY, PodNetwork, REGISTRY_PORT};
 
 /// What a node's configuration depends on.
 #[derive(Clone, Debug)]
@@ -19,6 +19,8 @@ pub struct NodeFacts {
     pub server: String,
     /// The sandbox (pause) image reference, as imported.
     pub pause_image: String,
+    /// How pods are wired (kube-proxy's notion of pod traffic).
+    pub pod_network: PodNetwork,
 }
 
 /// The node's paths for the files below.
@@ -132,8 +134,13 @@ maxPods: 110
     )
 }
 
-/// kube-proxy's configuration file: nftables mode; traffic from pods is recognised by Tabby's interface prefix.
+/// kube-proxy's configuration file: nftables mode; traffic from pods is recognised by Tabby's interface prefix
+/// (or, for the reference plugins, by their bridge).
 pub fn proxy_config(node: &NodeFacts) -> String {
+    let detect_local = match node.pod_network {
+        PodNetwork::Tabby => format!("detectLocalMode: InterfaceNamePrefix\ndetectLocal: {{interfaceNamePrefix: {}}}", tabby_veth_prefix()),
+        PodNetwork::Reference => "detectLocalMode: BridgeInterface\ndetectLocal: {bridgeInterface: cni0}".to_string(),
+    };
     format!(
         r#"# kube-proxy on lab node {name} (written by tabby-lab)
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -142,8 +149,7 @@ clientConnection: {{kubeconfig: {PROXY_KUBECONFIG}}}
 hostnameOverride: {name}
 bindAddress: {address}
 mode: nftables
-detectLocalMode: InterfaceNamePrefix
-detectLocal: {{interfaceNamePrefix: {veth}}}
+{detect_local}
 # nf_conntrack_max is global and not writable from a network namespace: leave it as the machine has it.
 conntrack: {{maxPerCore: 0}}
 metricsBindAddress: 127.0.0.1:10249
@@ -152,7 +158,6 @@ nodePortAddresses: [primary]
 "#,
         name = node.name,
         address = node.address,
-        veth = tabby_veth_prefix(),
     )
 }
 
@@ -201,6 +206,7 @@ mod tests {
             cgroup_root: "/sandbox/tabby-lab/node-1".into(),
             server: "https://192.168.100.100:6443".into(),
             pause_image: "registry.k8s.io/pause:3.10.2".into(),
+            pod_network: PodNetwork::Tabby,
         }
     }
 
@@ -237,6 +243,10 @@ mod tests {
         assert_eq!(yaml["bindAddress"], "192.168.100.101");
         assert_eq!(yaml["detectLocal"]["interfaceNamePrefix"], "tby");
         assert_eq!(yaml["conntrack"]["maxPerCore"], 0);
+        let reference = proxy_config(&NodeFacts { pod_network: PodNetwork::Reference, ..node() });
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&reference).expect("valid YAML");
+        assert_eq!(yaml["detectLocalMode"], "BridgeInterface");
+        assert_eq!(yaml["detectLocal"]["bridgeInterface"], "cni0");
     }
 
     #[test]

@@ -1,0 +1,280 @@
+//! The Kubernetes project's own network tests against a fresh lab: start the lab, install the network plugin,
+//! run upstream's `e2e.test` focused on a suite, read its JUnit report, print the table, remove the lab.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::daemon::{self, LabConfig};
+use super::node::LabNode;
+use super::{PodNetwork, sh};
+use crate::conformance::{self, Counts};
+
+/// Which specs to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    /// `[sig-network] … [Conformance]` and the Networking Granular Checks.
+    Conformance,
+    /// The Networking Granular Checks.
+    Granular,
+    /// What CI runs: the pod Granular Checks over HTTP and UDP, one Service spec, one DNS spec.
+    Ci,
+    /// The NetworkPolicy e2e suite.
+    Netpol,
+}
+
+impl Suite {
+    pub fn parse(s: &str) -> Option<Suite> {
+        match s {
+            "conformance" => Some(Suite::Conformance),
+            "granular" => Some(Suite::Granular),
+            "ci" => Some(Suite::Ci),
+            "netpol" => Some(Suite::Netpol),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Conformance => "conformance",
+            Suite::Granular => "granular",
+            Suite::Ci => "ci",
+            Suite::Netpol => "netpol",
+        }
+    }
+
+    /// The `--ginkgo.focus` regular expression.
+    pub fn focus(self) -> &'static str {
+        match self {
+            Suite::Conformance => r"\[sig-network\].*\[Conformance\]|\[sig-network\] Networking Granular Checks",
+            Suite::Granular => r"\[sig-network\] Networking Granular Checks",
+            Suite::Ci => {
+                r"\[sig-network\] Networking Granular Checks: Pods should function for (intra|node)-pod communication: (http|udp)|\[sig-network\] Services should serve a basic endpoint from pods|\[sig-network\] DNS should provide DNS for services "
+            }
+            Suite::Netpol => r"\[Feature:NetworkPolicy\]",
+        }
+    }
+}
+
+/// Specs the lab leaves out before they start, each for a reason no real single-machine lab can change.
+pub const NOT_RUN: &[(&str, &str)] = &[(
+    r"\[Feature:SCTPConnectivity\]|SCTP",
+    "this machine's kernel has no SCTP (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails with EPROTONOSUPPORT)",
+)];
+
+/// The network plugin under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plugin {
+    /// Tabby, installed as README says.
+    Tabby,
+    /// Debian's reference plugins (bridge + host-local, a /24 per node, static routes between nodes): the
+    /// control run. A spec that fails with both is the lab's problem, not Tabby's.
+    Reference,
+}
+
+impl Plugin {
+    pub fn parse(s: &str) -> Option<Plugin> {
+        match s {
+            "tabby" => Some(Plugin::Tabby),
+            "reference" => Some(Plugin::Reference),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Plugin::Tabby => "tabby",
+            Plugin::Reference => "reference",
+        }
+    }
+}
+
+/// One run.
+pub struct Run {
+    pub suite: Suite,
+    pub plugin: Plugin,
+    /// Where the JUnit report, e2e.test's log and the summary go.
+    pub report: PathBuf,
+    /// Upstream's e2e.test.
+    pub e2e_test: PathBuf,
+    /// Leave the lab running afterwards.
+    pub keep: bool,
+}
+
+/// The reference plugins' configuration for node `index`: bridge `cni0` with its gateway, host-local from the
+/// node's /24, no masquerade (pods keep their addresses across nodes), portmap for hostPorts.
+pub fn reference_conflist(index: usize) -> String {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "reference",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.244.{index}.0/24")}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+        ]
+    })
+    .to_string()
+}
+
+fn kubectl(cfg: &LabConfig, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cfg.state.join("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", cfg.state.join("kubeconfig"))
+        .current_dir(crate::repo_root())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?}: {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// Installs the plugin on the running lab and waits until every node is Ready and CoreDNS is available.
+fn install(cfg: &LabConfig, plugin: Plugin) -> Result<(), String> {
+    match plugin {
+        Plugin::Tabby => {
+            println!("==> kubectl create -f operator.yaml; kubectl create -f custom-resources.yaml");
+            kubectl(cfg, &["create", "-f", "operator.yaml"])?;
+            kubectl(cfg, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+            kubectl(cfg, &["create", "-f", "custom-resources.yaml"])?;
+            wait("TabbyStatus network", Duration::from_secs(120), || {
+                kubectl(cfg, &["get", "tabbystatus", "network"]).is_ok()
+            })?;
+            kubectl(cfg, &["wait", "--for=condition=Available", "tabbystatus/network", "--timeout=300s"])?;
+        }
+        Plugin::Reference => {
+            println!("==> the reference plugins: bridge + host-local on every node, routes between nodes");
+            for i in 0..cfg.nodes {
+                let node = LabNode::new(&cfg.state, i);
+                for j in (0..cfg.nodes).filter(|j| *j != i) {
+                    let peer = LabNode::new(&cfg.state, j);
+                    let out = node.shell(&format!("ip route replace 10.244.{j}.0/24 via {}", peer.address)).output();
+                    if !out.as_ref().is_ok_and(|o| o.status.success()) {
+                        return Err(format!("{}: route to node-{j}'s pods: {out:?}", node.name));
+                    }
+                }
+                let dir = node.host_path("/etc/cni/net.d");
+                std::fs::write(dir.join(".10-reference.tmp"), reference_conflist(i)).map_err(|e| e.to_string())?;
+                std::fs::rename(dir.join(".10-reference.tmp"), dir.join("10-reference.conflist"))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    wait("every node Ready", Duration::from_secs(120), || {
+        kubectl(cfg, &["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"])
+            .is_ok_and(|s| s.split_whitespace().count() == cfg.nodes && s.split_whitespace().all(|v| v == "True"))
+    })?;
+    kubectl(cfg, &["rollout", "status", "-n", "kube-system", "deployment/coredns", "--timeout=180s"])?;
+    Ok(())
+}
+
+/// Runs e2e.test against the lab; its output goes to `<report>/e2e.log`, with a progress line every minute.
+fn run_e2e(cfg: &LabConfig, run: &Run) -> Result<(), String> {
+    let skip: Vec<&str> = NOT_RUN.iter().map(|(pattern, _)| *pattern).collect();
+    let log_path = run.report.join("e2e.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let path = format!("{}:{}", cfg.state.display(), std::env::var("PATH").unwrap_or_default());
+    println!("==> e2e.test --ginkgo.focus='{}' --ginkgo.skip='{}'", run.suite.focus(), skip.join("|"));
+    let mut child = Command::new(&run.e2e_test)
+        .arg(format!("--kubeconfig={}", cfg.state.join("kubeconfig").display()))
+        .arg(format!("--kubectl-path={}", cfg.state.join("kubectl").display()))
+        .args(["--provider=local", &format!("--num-nodes={}", cfg.nodes)])
+        .arg(format!("--report-dir={}", run.report.display()))
+        .arg(format!("--ginkgo.focus={}", run.suite.focus()))
+        .arg(format!("--ginkgo.skip={}", skip.join("|")))
+        .args(["--ginkgo.no-color", "--ginkgo.timeout=4h", "--disable-log-dump"])
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("{}: {e} (make e2e-test)", run.e2e_test.display()))?;
+    let start = Instant::now();
+    let mut last = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            println!("    e2e.test ended after {}s ({status})", start.elapsed().as_secs());
+            return Ok(());
+        }
+        if last.elapsed() > Duration::from_secs(60) {
+            last = Instant::now();
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let done = text.matches('•').count();
+            let failed = text.matches("[FAILED] [").count();
+            println!("    [{:>4}s] {done} specs done, {failed} failed", start.elapsed().as_secs());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// A fresh lab, the plugin, the suite, the table. Returns the counts (the lab is removed unless `keep`).
+pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, String> {
+    if !run.e2e_test.is_file() {
+        return Err(format!("{} is missing (make e2e-test)", run.e2e_test.display()));
+    }
+    cfg.pod_network = match run.plugin {
+        Plugin::Tabby => PodNetwork::Tabby,
+        Plugin::Reference => PodNetwork::Reference,
+    };
+    std::fs::create_dir_all(&run.report).map_err(|e| format!("{}: {e}", run.report.display()))?;
+    for old in std::fs::read_dir(&run.report).into_iter().flatten().flatten() {
+        if old.file_name().to_string_lossy().starts_with("junit") {
+            let _ = std::fs::remove_file(old.path());
+        }
+    }
+    let start = Instant::now();
+    let result = daemon::start_cluster(cfg, lab_exe, start)
+        .and_then(|()| install(cfg, run.plugin))
+        .and_then(|()| run_e2e(cfg, run));
+    if run.keep {
+        println!("the lab stays: KUBECONFIG={} (tabby-lab down --state {})", cfg.state.join("kubeconfig").display(), cfg.state.display());
+    } else if let Err(e) = daemon::down(&cfg.state) {
+        eprintln!("lab down: {e}");
+    }
+    result?;
+
+    let mut specs = Vec::new();
+    for entry in std::fs::read_dir(&run.report).map_err(|e| e.to_string())?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("junit") && name.ends_with(".xml") {
+            let xml = std::fs::read_to_string(entry.path()).map_err(|e| e.to_string())?;
+            specs.extend(conformance::parse_junit(&xml));
+        }
+    }
+    if specs.is_empty() {
+        return Err(format!("no spec ran; see {}", run.report.join("e2e.log").display()));
+    }
+    let version = sh::run(&crate::binary().display().to_string(), &["kubectl", "version", "--client"]).unwrap_or_default();
+    let k8s = version.lines().find_map(|l| l.strip_prefix("Client Version: ")).unwrap_or("?").trim().to_string();
+    let title = format!(
+        "{} suite, {} plugin, Kubernetes {k8s}, {} nodes, {} ({} min)",
+        run.suite.name(),
+        run.plugin.name(),
+        cfg.nodes,
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d"),
+        start.elapsed().as_secs() / 60
+    );
+    let mut summary = conformance::table(&title, &specs);
+    summary.push_str("\nNot run (left out before they start):\n\n");
+    for (pattern, reason) in NOT_RUN {
+        summary.push_str(&format!("- `{pattern}`: {reason}\n"));
+    }
+    std::fs::write(run.report.join("summary.md"), &summary).map_err(|e| e.to_string())?;
+    println!("\n{summary}\nreport: {}", run.report.display());
+    Ok(conformance::counts(&specs))
+}
