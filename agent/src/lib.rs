@@ -17,14 +17,13 @@ pub mod metrics;
 // Issue 7: the node's network (routes, BGP, VXLAN, NAT, status, cleanup).
 pub mod bgpmesh;
 pub mod cleanup;
+pub mod encap;
 pub mod forwarding;
-pub mod ipip;
 pub mod nat;
 pub mod network;
 pub mod node;
 pub mod routes;
 pub mod status;
-pub mod vxlan;
 
 use std::sync::Arc;
 

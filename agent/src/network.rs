@@ -1,6 +1,6 @@
 //! The node's network (issue 7): wires [`node`](crate::node) (address, MTU), [`routes`](crate::routes)
-//! (local, blackhole and remote routes), [`bgpmesh`](crate::bgpmesh), [`vxlan`](crate::vxlan),
-//! [`ipip`](crate::ipip), [`nat`](crate::nat) and [`status`](crate::status) to informer caches. One
+//! (local, blackhole and remote routes), [`bgpmesh`](crate::bgpmesh), [`vxlan`](crate::encap::vxlan),
+//! [`ipip`](crate::encap::ipip), [`nat`](crate::nat) and [`status`](crate::status) to informer caches. One
 //! reconcile pass computes every desired state from the caches and local facts and hands it to the
 //! subsystems, each of which changes only what differs; passes run on watch events (debounced), and on a
 //! resync timer.
@@ -27,13 +27,14 @@ use tabby_api::{agentenv, names};
 use tokio::sync::Notify;
 
 use crate::bgpmesh::{self, Mesh};
+use crate::encap::{self, ipip, vxlan};
 use crate::ipam::allocator::Purpose;
 use crate::ipam::block::{ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, addr_at, attribute_at, handle_at};
 use crate::node::{self, Method};
 use crate::routes::kernel::Kernel;
 use crate::routes::{RouteTable, Source, Target};
 use crate::status::{Facts, Reporter};
-use crate::{forwarding, ipip, nat, vxlan};
+use crate::{forwarding, nat};
 
 /// Seconds between full passes (default 30).
 pub const ENV_RESYNC: &str = "TABBY_ROUTE_RESYNC_SECONDS";
@@ -316,7 +317,7 @@ impl Pass {
             self.cfg.mtu
         } else {
             let ifaces = node::interfaces(&self.kernel).await.unwrap_or_default();
-            node::pod_mtu(&ifaces, ipip::encap_overhead(vxlan_on, ipip_on))
+            node::pod_mtu(&ifaces, encap::overhead(vxlan_on, ipip_on))
         };
         if mtu != self.mtu {
             let p = self.cfg.state_dir.join("mtu");
@@ -339,7 +340,7 @@ impl Pass {
                 && let Ok(t) = tunnel_address(alloc, &vxlan::tunnel_handle(&me), Purpose::VxlanTunnel).await
             {
                 let dev_mtu =
-                    node::pod_mtu(&node::interfaces(&self.kernel).await.unwrap_or_default(), node::VXLAN_OVERHEAD_V4);
+                    node::pod_mtu(&node::interfaces(&self.kernel).await.unwrap_or_default(), encap::VXLAN_OVERHEAD_V4);
                 match vxlan::ensure_device(&self.kernel, local, t, dev_mtu).await {
                     Ok(mac) => {
                         ann.insert(node::ANNOTATION_VXLAN_ADDR.into(), Some(t.to_string()));
@@ -513,7 +514,7 @@ impl Pass {
             Err(why) => return Some(why),
         };
         let ifaces = node::interfaces(&self.kernel).await.unwrap_or_default();
-        match ipip::ensure_device(&self.kernel, t, node::pod_mtu(&ifaces, node::IPIP_OVERHEAD)).await {
+        match ipip::ensure_device(&self.kernel, t, node::pod_mtu(&ifaces, encap::IPIP_OVERHEAD)).await {
             Ok(()) => {
                 ann.insert(ipip::ANNOTATION_ADDR.into(), Some(t.to_string()));
                 None

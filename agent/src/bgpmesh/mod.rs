@@ -438,7 +438,7 @@ pub struct Mesh {
     own: Arc<std::sync::RwLock<std::collections::HashSet<Prefix>>>,
     external: Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>,
     /// How learned routes become kernel routes (IPIP pools go through tunl0).
-    encap: crate::ipip::Shared,
+    encap: crate::encap::ipip::Shared,
 }
 
 impl Mesh {
@@ -456,14 +456,14 @@ impl Mesh {
             restarted_speaker: false,
             own: Arc::default(),
             external: Arc::default(),
-            encap: crate::ipip::Shared::default(),
+            encap: crate::encap::ipip::Shared::default(),
         }
     }
 
     /// Sets the encapsulation rules of learned routes; when they change, what the speaker learned is
     /// installed again under the new rules (a restarted speaker still converging does that itself when
     /// it replaces its predecessor's routes).
-    pub async fn set_encap(&mut self, e: crate::ipip::Encap) {
+    pub async fn set_encap(&mut self, e: crate::encap::ipip::Encap) {
         if !self.encap.replace(e) || (self.converging_since.is_some() && self.restarted_speaker) {
             return;
         }
@@ -685,12 +685,11 @@ impl Mesh {
             if established {
                 st.peers_established += 1;
             }
-            let since: chrono_like::Rfc3339 = p.since.into();
             let s = BgpPeerStatus {
                 peer_ip: p.address.to_string(),
                 type_: kinds.get(&p.address).copied().unwrap_or_default(),
                 state: if established { "Established".into() } else { p.state.to_string() },
-                since: Some(since.0),
+                since: Some(tabby_api::nodestatus::timestamp(p.since)),
                 info: if established {
                     Some(format!("{} received, {} advertised", p.prefixes_received, p.prefixes_advertised))
                 } else {
@@ -709,41 +708,6 @@ impl Mesh {
 
     pub fn peer_count(&self) -> usize {
         self.plan.as_ref().map_or(0, |p| p.peers.len())
-    }
-}
-
-/// RFC 3339 formatting of a wall-clock time without a date library.
-pub mod chrono_like {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    pub struct Rfc3339(pub String);
-
-    impl From<SystemTime> for Rfc3339 {
-        fn from(t: SystemTime) -> Self {
-            Rfc3339(format(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)))
-        }
-    }
-
-    /// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
-    pub fn format(secs: u64) -> String {
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let y = yoe + era * 400;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = if m <= 2 { y + 1 } else { y };
-        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
-    }
-
-    /// Now, formatted.
-    pub fn now() -> String {
-        Rfc3339::from(SystemTime::now()).0
     }
 }
 
@@ -781,8 +745,6 @@ mod tests {
         assert_eq!(parse_duration_secs("1500ms"), Some(2));
         assert_eq!(parse_duration_secs("12"), None);
         assert_eq!(parse_duration_secs("3x"), None);
-        assert_eq!(chrono_like::format(0), "1970-01-01T00:00:00Z");
-        assert_eq!(chrono_like::format(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 
     #[test]

@@ -140,11 +140,6 @@ pub fn pod_mtu(ifaces: &[Iface], overhead: u32) -> u32 {
     base.saturating_sub(overhead)
 }
 
-/// Encapsulation overheads (bytes).
-pub const VXLAN_OVERHEAD_V4: u32 = 50;
-pub const VXLAN_OVERHEAD_V6: u32 = 70;
-pub const IPIP_OVERHEAD: u32 = 20;
-
 /// The interfaces of this network namespace with their addresses.
 pub async fn interfaces(k: &Kernel) -> Result<Vec<Iface>, NodeError> {
     let links: Vec<_> = k.handle.link().get().execute().try_collect().await.map_err(KernelError::from)?;
@@ -296,8 +291,8 @@ mod tests {
     fn mtu_is_the_smallest_underlay_minus_overhead() {
         let i = ifaces();
         assert_eq!(pod_mtu(&i, 0), 1500);
-        assert_eq!(pod_mtu(&i, VXLAN_OVERHEAD_V4), 1450);
-        assert_eq!(pod_mtu(&i[..3], VXLAN_OVERHEAD_V4), 8950);
+        assert_eq!(pod_mtu(&i, crate::encap::VXLAN_OVERHEAD_V4), 1450);
+        assert_eq!(pod_mtu(&i[..3], crate::encap::VXLAN_OVERHEAD_V4), 8950);
         assert_eq!(pod_mtu(&[], 0), 1500);
     }
 

@@ -11,8 +11,6 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tabby_api::nodestatus::{BgpStatus, NodeStatus, NodeStatusSpec, RouteCounts};
 
-use crate::bgpmesh::chrono_like;
-
 /// Reason of the Node condition NetworkUnavailable=False.
 pub const REASON_UP: &str = "TabbyIsUp";
 
@@ -124,7 +122,7 @@ impl Reporter {
 
     /// Writes when something changed or the heartbeat is due; updates the metrics fed from `f` either way.
     pub async fn report(&mut self, f: &Facts) -> Result<(), kube::Error> {
-        crate::metrics::observe_status(f);
+        crate::metrics::observe_status(f.bgp.as_ref(), &f.routes);
         let started = Instant::now();
         let r = self.write(f).await;
         crate::metrics::reconcile_done("status", started.elapsed(), r.is_ok());
@@ -132,7 +130,7 @@ impl Reporter {
     }
 
     async fn write(&mut self, f: &Facts) -> Result<(), kube::Error> {
-        let now = chrono_like::now();
+        let now = tabby_api::nodestatus::timestamp(std::time::SystemTime::now());
         let trans = &mut self.transitions;
         let seen = std::cell::RefCell::new(BTreeMap::new());
         let body = render(f, &|t, ok| {

@@ -19,7 +19,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use tabby_api::ipam::{EncapsulationMode, IPPool};
 
-use crate::node::{IPIP_OVERHEAD, VXLAN_OVERHEAD_V4};
+use super::same_subnet;
 use crate::routes::Target;
 use crate::routes::kernel::{Kernel, KernelError};
 
@@ -60,19 +60,6 @@ pub fn enabled(pools: &[IPPool]) -> bool {
     pools.iter().any(|p| {
         p.spec.ipip_mode != EncapsulationMode::Never && p.spec.cidr.parse::<IpNet>().is_ok_and(|c| c.addr().is_ipv4())
     })
-}
-
-/// Whether `other` is in this node's subnet (`mine` carries the prefix length): CrossSubnet routes such
-/// next hops directly. Unknown means different.
-pub fn same_subnet(mine: Option<IpNet>, other: IpAddr) -> bool {
-    mine.is_some_and(|m| m.contains(&other))
-}
-
-/// The pod MTU overhead of the encapsulations in use (the largest one: a node may carry both).
-pub fn encap_overhead(vxlan: bool, ipip: bool) -> u32 {
-    let v = if vxlan { VXLAN_OVERHEAD_V4 } else { 0 };
-    let i = if ipip { IPIP_OVERHEAD } else { 0 };
-    v.max(i)
 }
 
 /// What decides the kernel route of a learned prefix: the IPIP pools and this node's address.
@@ -324,16 +311,6 @@ mod tests {
         assert!(s.replace(e.clone()));
         assert!(!s.replace(e.clone()));
         assert_eq!(*s.read(), e);
-    }
-
-    #[test]
-    fn mtu_overhead_is_the_largest_encapsulation() {
-        assert_eq!(encap_overhead(false, false), 0);
-        assert_eq!(encap_overhead(false, true), 20);
-        assert_eq!(encap_overhead(true, false), 50);
-        assert_eq!(encap_overhead(true, true), 50);
-        let ifaces = [crate::node::Iface { index: 2, name: "eth0".into(), up: true, mtu: 1500, addrs: vec![] }];
-        assert_eq!(crate::node::pod_mtu(&ifaces, encap_overhead(false, true)), 1480);
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn desired(me: &str, my_addr: Option<IpNet>, nodes: &[Node], blocks: &[IPAMB
         let Some(n) = by_node.get(owner) else { continue };
         // Subnets are the IPv4 underlay's, where the tunnel runs.
         let node_v4 = node::node_address(n, false).map(|a| a.addr());
-        let same_subnet = node_v4.is_some_and(|ip| crate::ipip::same_subnet(my_addr, ip));
+        let same_subnet = node_v4.is_some_and(|ip| super::same_subnet(my_addr, ip));
         if mode == EncapsulationMode::CrossSubnet && same_subnet {
             let direct = if v6 { node::node_address(n, true).map(|a| a.addr()) } else { node_v4 };
             if let Some(ip) = direct {
