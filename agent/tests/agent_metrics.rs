@@ -137,7 +137,7 @@ async fn metrics_match_the_node() {
     assert!(m.contains("# HELP tabby_agent_routes "), "{m}");
 
     // A real failure: without the NodeStatus CRD every status write fails, and is counted.
-    let crd = tabby_e2e::repo_root().join("crds/nodestatuses.tabby.dev.yaml");
+    let crd = tabby_testkit::repo_root().join("crds/nodestatuses.tabby.dev.yaml");
     let crd = crd.to_str().expect("utf-8 path");
     lab.cp.kubectl_ok(&["delete", "-f", crd, "--wait=true"]);
     eventually(n1, "status errors counted", |m| {

@@ -139,7 +139,7 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let Some(c) = rt.block_on(Cluster::start("bench-cni")) else {
-        std::process::exit(if tabby_e2e::in_ci() { 1 } else { 0 })
+        std::process::exit(if tabby_testkit::in_ci() { 1 } else { 0 })
     };
     c.node("node-a");
     c.pool("bench", "10.244.0.0/16", 26);

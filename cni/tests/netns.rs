@@ -97,7 +97,7 @@ async fn add_check_del_status_gc_in_netns() {
         assert_eq!(out.code, 0, "portmap rejected our result: {}", out.stdout);
         assert_eq!(result_ips(&out.json), vec![ip.clone()], "portmap passes our result on: {}", out.stdout);
         assert_eq!(out.json["interfaces"], add10.json["interfaces"]);
-    } else if tabby_e2e::in_ci() {
+    } else if tabby_testkit::in_ci() {
         panic!("/usr/lib/cni/portmap is missing: install containernetworking-plugins");
     } else {
         eprintln!("SKIP portmap chaining: containernetworking-plugins is not installed");

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
-use tabby_e2e::repo_root;
+use tabby_testkit::repo_root;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn get_json(cp: &tabby_e2e::ControlPlane, args: &[&str]) -> Option<Value> {
+fn get_json(cp: &tabby_testkit::ControlPlane, args: &[&str]) -> Option<Value> {
     let mut full = vec!["get"];
     full.extend_from_slice(args);
     full.extend_from_slice(&["-o", "json"]);
@@ -19,7 +19,7 @@ fn get_json(cp: &tabby_e2e::ControlPlane, args: &[&str]) -> Option<Value> {
     out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
-async fn available(cp: &tabby_e2e::ControlPlane) {
+async fn available(cp: &tabby_testkit::ControlPlane) {
     eventually("TabbyStatus network Available", WAIT, || async {
         tabbystatus_condition(cp, "Available").filter(|(s, _, _)| s == "True")
     })
@@ -212,7 +212,7 @@ async fn invalid_specs_degrade_and_change_nothing() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     available(&cp).await;
 
-    let snapshot = |cp: &tabby_e2e::ControlPlane| {
+    let snapshot = |cp: &tabby_testkit::ControlPlane| {
         let mut versions = Vec::new();
         for args in [
             &["daemonset", "-n", "tabby-system", "tabby-node"][..],

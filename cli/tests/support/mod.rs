@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use tabby_e2e::{ControlPlane, repo_root};
+use tabby_testkit::{ControlPlane, repo_root};
 
 /// What a run of the binary produced.
 #[derive(Debug)]

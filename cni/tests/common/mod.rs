@@ -18,7 +18,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tabby_api::ipam::{IPAMBlock, IPAMHandle};
 use tabby_cni::proto::{self, Op, Response};
-use tabby_e2e::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
+use tabby_testkit::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 

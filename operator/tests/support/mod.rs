@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use tabby_e2e::{ControlPlane, Options, repo_root, start_or_skip};
 use tabby_operator::controller::{self, Context, Settings};
 use tabby_operator::metrics::Metrics;
+use tabby_testkit::{ControlPlane, Options, repo_root, start_or_skip};
 use tokio::task::JoinHandle;
 
 pub const IMAGE: &str = "ghcr.io/tabby-dev/tabby:test";
