@@ -67,7 +67,7 @@ pub async fn cleanup(env: &dyn Fn(&str) -> Option<String>) -> Result<Report, Cle
     let links: Vec<_> = k.handle.link().get().execute().try_collect().await.map_err(KernelError::from)?;
     for l in &links {
         let Some(name) = link_name(l) else { continue };
-        if name == crate::encap::vxlan::DEVICE || name.starts_with(tabby_cni::plugin::VETH_PREFIX) {
+        if name == crate::encap::vxlan::DEVICE || name.starts_with(tabby_wire::VETH_PREFIX) {
             match k.handle.link().del(l.header.index).execute().await {
                 Ok(()) => rep.links.push(name),
                 Err(e) => tracing::warn!(link = %name, error = %e, "deleting link"),

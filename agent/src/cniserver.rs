@@ -1,15 +1,15 @@
 //! The agent's side of the CNI socket: one JSON request line, one JSON response line per connection
-//! (protocol in tabby_cni::proto, documented in docs/cni.md). The socket is created mode 0600.
+//! (protocol in tabby_wire::proto, documented in docs/cni.md). The socket is created mode 0600.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tabby_cni::proto::{self, ErrorBody, Op, Request, Response};
-use tabby_cni::spec::code;
 use tabby_obs::prometheus_client::metrics::counter::Counter;
 use tabby_obs::prometheus_client::registry::Registry;
+use tabby_wire::code;
+use tabby_wire::proto::{self, ErrorBody, Op, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 

@@ -24,17 +24,18 @@ use tabby_api::installation::Installation;
 use tabby_api::ipam::{IPAMBlock, IPPool};
 use tabby_api::nodestatus::RouteCounts;
 use tabby_api::{agentenv, names};
+use tabby_wire::names as wire;
 use tokio::sync::Notify;
 
 use crate::bgpmesh::{self, Mesh};
 use crate::encap::{self, ipip, vxlan};
 use crate::ipam::allocator::Purpose;
-use crate::ipam::block::{ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, addr_at, attribute_at, handle_at};
 use crate::node::{self, Method};
 use crate::routes::kernel::Kernel;
 use crate::routes::{RouteTable, Source, Target};
 use crate::status::{Facts, Reporter};
 use crate::{forwarding, nat};
+use tabby_api::ipam::block::{ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, addr_at, attribute_at, handle_at};
 
 /// Seconds between full passes (default 30).
 pub const ENV_RESYNC: &str = "TABBY_ROUTE_RESYNC_SECONDS";
@@ -243,22 +244,19 @@ pub fn local_routes(me: &str, blocks: &[IPAMBlock]) -> HashMap<IpNet, Target> {
                 continue;
             }
             let handle = handle_at(&b.spec, ord).unwrap_or("");
-            if is_tunnel_handle(handle) {
+            if wire::is_tunnel_handle(handle) {
                 continue;
             }
-            let veth = match (a.secondary.get(ATTR_NAMESPACE), a.secondary.get(ATTR_POD)) {
-                (Some(ns), Some(pod)) => tabby_cni::plugin::veth_name(ns, pod),
-                _ => tabby_cni::plugin::veth_name("", handle.split_once('.').map_or(handle, |(_, c)| c)),
-            };
+            let (ns, pod) = (a.secondary.get(ATTR_NAMESPACE), a.secondary.get(ATTR_POD));
+            let veth = tabby_wire::attachment_veth(
+                ns.map(String::as_str),
+                pod.map(String::as_str),
+                wire::container_of(handle),
+            );
             out.insert(IpNet::from(addr_at(&cidr, ord)), Target::Dev(veth));
         }
     }
     out
-}
-
-/// Tunnel device addresses (VXLAN, IPIP) are allocations of this node without a pod route.
-fn is_tunnel_handle(handle: &str) -> bool {
-    handle.starts_with("vxlan-tunnel-addr-") || handle.starts_with("ipip-tunnel-addr-")
 }
 
 /// Desired blackholes: the blocks this node owns.
@@ -337,7 +335,7 @@ impl Pass {
         let mut vxlan_ok = true;
         if vxlan_on {
             if let (Some(IpAddr::V4(local)), Some(alloc)) = (self.addr_v4.map(|a| a.addr()), &self.alloc)
-                && let Ok(t) = tunnel_address(alloc, &vxlan::tunnel_handle(&me), Purpose::VxlanTunnel).await
+                && let Ok(t) = tunnel_address(alloc, &wire::vxlan_tunnel_handle(&me), Purpose::VxlanTunnel).await
             {
                 let dev_mtu =
                     node::pod_mtu(&node::interfaces(&self.kernel).await.unwrap_or_default(), encap::VXLAN_OVERHEAD_V4);
@@ -358,7 +356,7 @@ impl Pass {
         if !vxlan_on {
             ann.insert(node::ANNOTATION_VXLAN_ADDR.into(), None);
             ann.insert(node::ANNOTATION_VXLAN_MAC.into(), None);
-            release_tunnel_address(self.alloc.as_ref(), &vxlan::tunnel_handle(&me)).await;
+            release_tunnel_address(self.alloc.as_ref(), &wire::vxlan_tunnel_handle(&me)).await;
         }
 
         // IPIP device and tunnel address; the routes come from BGP (see the encapsulation rules below).
@@ -371,7 +369,7 @@ impl Pass {
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "clearing tunl0"),
             }
-            release_tunnel_address(self.alloc.as_ref(), &ipip::tunnel_handle(&me)).await;
+            release_tunnel_address(self.alloc.as_ref(), &wire::ipip_tunnel_handle(&me)).await;
         }
         if ipip_problem != self.ipip_problem {
             match &ipip_problem {
@@ -509,7 +507,7 @@ impl Pass {
             return Some("IPIP routes are learned over BGP, which is disabled on this node (TABBY_BGP)".into());
         }
         let alloc = self.alloc.as_ref()?;
-        let t = match tunnel_address(alloc, &ipip::tunnel_handle(me), Purpose::IpipTunnel).await {
+        let t = match tunnel_address(alloc, &wire::ipip_tunnel_handle(me), Purpose::IpipTunnel).await {
             Ok(t) => t,
             Err(why) => return Some(why),
         };
@@ -615,11 +613,8 @@ mod tests {
         b.spec.attributes.push(attr("ipip-tunnel-addr-a", "a", None));
         let r = local_routes("a", std::slice::from_ref(&b));
         assert_eq!(r.len(), 2);
-        assert_eq!(
-            r[&"10.0.0.0/32".parse::<IpNet>().unwrap()],
-            Target::Dev(tabby_cni::plugin::veth_name("default", "web"))
-        );
-        assert_eq!(r[&"10.0.0.1/32".parse::<IpNet>().unwrap()], Target::Dev(tabby_cni::plugin::veth_name("", "c2")));
+        assert_eq!(r[&"10.0.0.0/32".parse::<IpNet>().unwrap()], Target::Dev(tabby_wire::veth_name("default", "web")));
+        assert_eq!(r[&"10.0.0.1/32".parse::<IpNet>().unwrap()], Target::Dev(tabby_wire::veth_name("", "c2")));
         assert!(local_routes("b", std::slice::from_ref(&b)).is_empty());
         assert_eq!(blackholes("a", std::slice::from_ref(&b)).len(), 1);
         assert!(blackholes("b", &[b]).is_empty());

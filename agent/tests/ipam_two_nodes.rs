@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use routing_support::*;
 use serde_json::Value;
-use tabby_cni::spec::code;
+use tabby_wire::code;
 
 const PODS_PER_NODE: usize = 24;
 /// 10.250.0.0/27 in /29 blocks: four blocks of eight addresses.

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use kube::Api;
 use kube::api::ListParams;
 use tabby_api::ipam::{AffinityState, BlockAffinity};
-use tabby_cni::proto::Op;
-use tabby_cni::spec::code;
+use tabby_wire::code;
+use tabby_wire::proto::Op;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_adds_then_dels() {
@@ -202,7 +202,7 @@ async fn sigkill_during_one_hundred_adds() {
         for i in 0..100 {
             let (done, socket) = (&done, &socket);
             s.spawn(move || {
-                let r = tabby_cni::proto::call(
+                let r = tabby_wire::proto::call(
                     socket,
                     Op::Add {
                         handle: handle(i, 0),
@@ -404,7 +404,7 @@ async fn pools_by_selector_annotation_fixed_address_and_limits() {
         })
         .expect("agent answers")
     };
-    let ip = |r: &tabby_cni::proto::Response| r.ips.first().cloned().unwrap_or_default();
+    let ip = |r: &tabby_wire::proto::Response| r.ips.first().cloned().unwrap_or_default();
 
     let r = add("fixed", "default", "fixed");
     assert_eq!(ip(&r), "10.246.0.77/26", "fixed address: {r:?}");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use tabby_cni::spec::code;
+use tabby_wire::code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_check_del_status_gc_in_netns() {
@@ -50,7 +50,7 @@ async fn add_check_del_status_gc_in_netns() {
     let ips = result_ips(&r.json);
     assert_eq!(ips.len(), 1, "{}", r.stdout);
     let ip = ips[0].clone();
-    let host_veth = tabby_cni::plugin::veth_name("default", "web-0");
+    let host_veth = tabby_wire::veth_name("default", "web-0");
     assert_eq!(r.json["cniVersion"], "1.1.0");
     assert_eq!(r.json["interfaces"][0]["name"], host_veth.as_str());
     assert_eq!(r.json["interfaces"][0]["mac"], "ee:ee:ee:ee:ee:ee");

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, SecretKeySelector};
 use tabby_api::bgp::{BGPConfigurationSpec, BGPPeer, NextHopMode};
+use tabby_api::ipam::block::{ATTR_NODE, addr_at, attribute_at};
 use tabby_api::ipam::{IPAMBlock, IPPool};
 use tabby_api::nodestatus::{BgpPeerStatus, BgpStatus, PeerType};
+use tabby_api::selector::Selector;
 use tabby_bgp::{Family, GracefulRestartConfig, PeerConfig, Prefix, Speaker, SpeakerConfig, State};
 use tokio::task::JoinHandle;
 
-use crate::ipam::block::{ATTR_NODE, addr_at, attribute_at};
-use crate::ipam::selector::Selector;
 use crate::node::{self, RR_CLUSTER_ID};
 use crate::routes::{RouteTable, Source, Target};
 
@@ -73,42 +73,6 @@ pub struct SpeakerPlan {
     pub peers: Vec<PlannedPeer>,
 }
 
-/// Parses a Go-style duration (`120s`, `2m`, `1m30s`, `500ms`) into whole seconds.
-pub fn parse_duration_secs(s: &str) -> Option<u64> {
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = s.trim().chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let v: f64 = num.parse().ok()?;
-        num.clear();
-        total += v * match unit.as_str() {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            "ns" => 0.000_000_001,
-            _ => return None,
-        };
-        any = true;
-    }
-    (any && num.is_empty()).then_some(total.round() as u64)
-}
-
 fn labels(n: &Node) -> BTreeMap<String, String> {
     n.metadata.labels.clone().unwrap_or_default()
 }
@@ -155,7 +119,7 @@ fn v6(n: &Node) -> Option<Ipv6Addr> {
 
 /// A Go-style duration as seconds for a BGP timer (at most 65535).
 fn timer_secs(s: &Option<String>) -> Option<u16> {
-    s.as_deref().and_then(parse_duration_secs).map(|v| v.min(u64::from(u16::MAX)) as u16)
+    s.as_deref().and_then(tabby_api::duration::parse_secs).map(|v| v.min(u64::from(u16::MAX)) as u16)
 }
 
 fn parse_peer_ip(s: &str) -> Option<(IpAddr, Option<u16>)> {
@@ -735,16 +699,6 @@ mod tests {
 
     fn no_secret(_: &SecretKeySelector) -> Option<String> {
         None
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration_secs("120s"), Some(120));
-        assert_eq!(parse_duration_secs("2m"), Some(120));
-        assert_eq!(parse_duration_secs("1m30s"), Some(90));
-        assert_eq!(parse_duration_secs("1500ms"), Some(2));
-        assert_eq!(parse_duration_secs("12"), None);
-        assert_eq!(parse_duration_secs("3x"), None);
     }
 
     #[test]

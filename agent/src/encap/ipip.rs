@@ -49,11 +49,6 @@ impl From<rtnetlink::Error> for IpipError {
     }
 }
 
-/// IPAM handle of a node's IPIP tunnel address.
-pub fn tunnel_handle(node: &str) -> String {
-    format!("ipip-tunnel-addr-{node}")
-}
-
 /// Whether any IPv4 pool uses IPIP (a disabled one too: its pods still need the tunnel, and [`Encap`]
 /// still routes its blocks through tunl0).
 pub fn enabled(pools: &[IPPool]) -> bool {
@@ -315,7 +310,7 @@ mod tests {
 
     #[test]
     fn handle_and_names_follow_calico() {
-        assert_eq!(tunnel_handle("node-1"), "ipip-tunnel-addr-node-1");
+        assert_eq!(tabby_wire::names::ipip_tunnel_handle("node-1"), "ipip-tunnel-addr-node-1");
         assert_eq!(DEVICE, "tunl0");
         assert!(IpipError::NoModule.to_string().contains("no ipip module"));
     }

@@ -27,10 +27,6 @@ use crate::routes::kernel::{Kernel, KernelError};
 pub const DEVICE: &str = "vxlan.tabby";
 pub const VNI: u32 = 4096;
 pub const PORT: u16 = 4789;
-/// IPAM handle of a node's tunnel address.
-pub fn tunnel_handle(node: &str) -> String {
-    format!("vxlan-tunnel-addr-{node}")
-}
 
 /// A remote node's tunnel endpoint as published on its Node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

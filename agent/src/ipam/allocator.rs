@@ -14,15 +14,14 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
+use tabby_api::ipam::block;
 use tabby_api::ipam::{
     AffinityState, AllocationAttribute, AllowedUse, BlockAffinity, BlockAffinitySpec, EncapsulationMode, IPAMBlock,
     IPAMConfig, IPAMHandle, IPAMHandleSpec, IPPool, block_affinity_name, cidr_object_name, host_affinity,
 };
+use tabby_api::selector::Selector;
 use tabby_api::{IPAMConfigSpec, names};
 use tokio::sync::{mpsc, oneshot};
-
-use super::block;
-use super::selector::Selector;
 
 /// How often a block write is retried after compare-and-swap conflicts.
 const MAX_ROUNDS: usize = 20;

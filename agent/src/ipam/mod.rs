@@ -1,12 +1,11 @@
-//! IPAM, Calico's block model (docs/ipam.md): [`block`] is the pure math over one block, [`selector`] the
-//! pool nodeSelector language, [`allocator`] the node's group-committing allocator, [`gc`] leak release.
+//! IPAM, Calico's block model (docs/ipam.md): [`allocator`] is the node's group-committing allocator,
+//! [`gc`] leak release; the pure block math, the pool nodeSelector language and the leak rule are
+//! `tabby_api::ipam::block`, `tabby_api::selector` and `tabby_api::ipam::leak`, shared with the CLI.
 //! [`start`] wires them to informer caches and keeps the desired state (one block per eligible pool)
 //! on pool events and a resync timer.
 
 pub mod allocator;
-pub mod block;
 pub mod gc;
-pub mod selector;
 
 use std::fmt::Debug;
 use std::sync::Arc;

@@ -30,8 +30,8 @@ use tokio::sync::Notify;
 
 use prefixmap::{PrefixMap, PrefixSet};
 
-/// The route protocol number of every route Tabby installs (shared with the CNI plugin).
-pub const RTPROT_TABBY: u8 = tabby_cni::netlink::RTPROT_TABBY;
+/// The route protocol number of every route Tabby installs (shared with the CNI plugin through tabby-wire).
+pub use tabby_wire::RTPROT_TABBY;
 /// Where iproute2 learns the protocol's name.
 pub const RT_PROTOS_FILE: &str = "/etc/iproute2/rt_protos.d/tabby.conf";
 

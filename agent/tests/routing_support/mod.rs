@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tabby_cni::netlink::NetNs;
-use tabby_cni::proto::{self, Op};
 use tabby_testkit::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
+use tabby_wire::proto::{self, Op};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -17,8 +17,8 @@ use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tabby_api::ipam::{IPAMBlock, IPAMHandle};
-use tabby_cni::proto::{self, Op, Response};
 use tabby_testkit::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
+use tabby_wire::proto::{self, Op, Response};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
@@ -210,13 +210,11 @@ impl Cluster {
     pub async fn allocations(&self) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for b in self.blocks().await {
-            tabby_agent::ipam::block::check_consistency(&b.spec).unwrap_or_else(|e| panic!("{e}"));
+            tabby_api::ipam::block::check_consistency(&b.spec).unwrap_or_else(|e| panic!("{e}"));
             let cidr: IpNet = b.spec.cidr.parse().expect("cidr");
             for ord in 0..b.spec.allocations.len() {
-                if let Some(h) = tabby_agent::ipam::block::handle_at(&b.spec, ord) {
-                    out.entry(h.to_string())
-                        .or_default()
-                        .push(tabby_agent::ipam::block::addr_at(&cidr, ord).to_string());
+                if let Some(h) = tabby_api::ipam::block::handle_at(&b.spec, ord) {
+                    out.entry(h.to_string()).or_default().push(tabby_api::ipam::block::addr_at(&cidr, ord).to_string());
                 }
             }
         }
