@@ -6,11 +6,9 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::time::{Duration, Instant};
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 fn rule_handles(n: &Node) -> Vec<String> {
     let out = n.ns.ok(&["nft", "-a", "list", "chain", "inet", "tabby", "postrouting"]);
@@ -26,7 +24,7 @@ async fn nat_outgoing_to_the_internet_but_not_between_pods() {
     let Some(mut lab) = Lab::new("nat_outgoing_to_the_internet_but_not_between_pods", 2, Underlay::Flat).await else {
         return;
     };
-    if !require_tool("nat_outgoing", "nft") {
+    if !require_tools("nat_outgoing", &["nft"]) {
         return;
     }
     lab.pool("10.247.0.0/16", "Never", true);

@@ -3,14 +3,13 @@
 //! run on the same machine, Debian's reference plugins `ptp` + `host-local` (purely local IPAM on files).
 //! Each plugin wires pods inside its own node network namespace. Needs root.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::time::Instant;
 
-use common::*;
 use serde_json::json;
+use tabby_testkit::cluster::*;
+use tabby_testkit::netns::Netns;
+use tabby_testkit::skip::require_root;
 
 const SEQUENTIAL: usize = 100;
 const PARALLEL: usize = 100;

@@ -2,12 +2,13 @@
 //! agent is ready, ADD (ping both ways), CHECK, a chained reference plugin (portmap), DEL (twice), CHECK
 //! after the pod's eth0 is gone, GC, and the bad-input table.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{Value, json};
+use tabby_testkit::cluster::*;
+use tabby_testkit::netns::Netns;
+use tabby_testkit::process::sh;
+use tabby_testkit::skip::require_root;
 use tabby_wire::code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::Client;
+
+use crate::skip::in_ci;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Which components to run beside etcd and kube-apiserver.
@@ -90,18 +92,13 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ is inside the repository").to_path_buf()
 }
 
-/// True in CI, where a test that cannot run must fail rather than skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// Starts a control plane, or, when it cannot start outside CI, prints why and returns `None`.
 /// In CI it panics with the reason instead.
 pub async fn start_or_skip(test: &str, options: Options) -> Option<ControlPlane> {
     match ControlPlane::start_with(options).await {
         Ok(cp) => Some(cp),
         Err(e @ (Error::NotBuilt(_) | Error::OpenSsl(_))) if !in_ci() => {
-            eprintln!("SKIP {test}: {e}");
+            crate::skip::skip(test, &e.to_string());
             None
         }
         Err(e) => panic!("{test}: the control plane did not start: {e}"),
