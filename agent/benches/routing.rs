@@ -457,7 +457,7 @@ fn mib(kib: u64) -> f64 {
 /// there. Neither receiver can install faster than this.
 fn kernel_alone(n: u32) -> std::time::Duration {
     use std::sync::Arc;
-    use tabby_agent::routes::{Plan, Target, fib::Fib};
+    use tabby_agent::routes::{Diff, Target, fib::Fib};
     let ns = Netns::new("floor");
     ns.ip(&["link", "add", "f0", "type", "veth", "peer", "name", "f1"]);
     ns.ip(&["link", "set", "f0", "up"]);
@@ -472,7 +472,7 @@ fn kernel_alone(n: u32) -> std::time::Duration {
                 (ipnet::IpNet::V4(ipnet::Ipv4Net::new(a, 29).expect("prefix")), via.clone())
             })
             .collect();
-        let plan = Plan { put, ..Plan::default() };
+        let plan = Diff { put, ..Diff::default() };
         let t = Instant::now();
         let failed = fib.apply(&plan, &Default::default());
         let took = t.elapsed();

@@ -125,6 +125,11 @@ impl Node {
         self.agent = Some(spawn_agent(Some(&self.ns), &self.kubeconfig, &self.name, &self.dir, &env));
     }
 
+    /// Sets the environment the agent gets when it next starts (beside the lab's own settings).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
     pub fn kill_agent(&mut self, signal: &str) {
         if let Some(mut c) = self.agent.take() {
             let _ = Command::new("kill").args([signal, &c.id().to_string()]).output();
@@ -336,7 +341,7 @@ impl Lab {
     /// Starts every agent with `env` and waits until each serves the CNI socket.
     pub fn start_agents(&mut self, env: &[(&str, &str)]) {
         for n in &mut self.nodes {
-            n.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            n.set_env(env);
             n.start_agent();
         }
         for n in &self.nodes {

@@ -100,9 +100,18 @@ pub fn cargo_build(package: &str, targets: &[&str]) {
     built.push(key);
 }
 
+/// Where prebuilt binaries are taken from instead of building them (`TABBY_TEST_BINS`: a directory with
+/// the binaries and an `examples/` directory), so sources may change while a long run goes on.
+fn prebuilt(rel: &Path) -> Option<PathBuf> {
+    std::env::var_os("TABBY_TEST_BINS").map(|d| PathBuf::from(d).join(rel))
+}
+
 /// A binary of a crate of this workspace (`sibling_bin("tabby-cni", "tabby")`), built once per test
 /// process (cargo builds a dependency's library for tests, never its binaries).
 pub fn sibling_bin(package: &str, bin: &str) -> PathBuf {
+    if let Some(p) = prebuilt(Path::new(bin)) {
+        return p;
+    }
     static PATHS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut paths = PATHS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(p) = paths.get_or_insert_with(HashMap::new).get(bin) {
@@ -118,6 +127,9 @@ pub fn sibling_bin(package: &str, bin: &str) -> PathBuf {
 /// An example of a crate of this workspace, built (with every example named in `build_with`) once per
 /// test process.
 pub fn sibling_example(package: &str, example: &str, build_with: &[&str]) -> PathBuf {
+    if let Some(p) = prebuilt(&Path::new("examples").join(example)) {
+        return p;
+    }
     let targets: Vec<&str> = build_with.iter().flat_map(|e| ["--example", e]).collect();
     cargo_build(package, &targets);
     let path = profile_dir().join("examples").join(example);

@@ -10,18 +10,20 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use tabby_api::ipam::block;
 use tabby_api::ipam::{
     AffinityState, AllocationAttribute, AllowedUse, BlockAffinity, BlockAffinitySpec, EncapsulationMode, IPAMBlock,
-    IPAMConfig, IPAMHandle, IPAMHandleSpec, IPPool, block_affinity_name, cidr_object_name, host_affinity,
+    IPAMHandle, IPAMHandleSpec, IPPool, block_affinity_name, cidr_object_name, host_affinity,
 };
 use tabby_api::selector::Selector;
 use tabby_api::{IPAMConfigSpec, names};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::facts::Facts;
 
 /// How often a block write is retried after compare-and-swap conflicts.
 const MAX_ROUNDS: usize = 20;
@@ -113,16 +115,6 @@ enum Job {
     Release { sel: ReleaseSel, reply: oneshot::Sender<Result<u32, IpamError>> },
 }
 
-/// The informer caches the allocator reads.
-#[derive(Clone)]
-pub struct Caches {
-    pub pools: Store<IPPool>,
-    pub config: Store<IPAMConfig>,
-    pub pods: Store<Pod>,
-    pub namespaces: Store<Namespace>,
-    pub nodes: Store<Node>,
-}
-
 /// The node's allocator. Cheap to clone.
 #[derive(Clone)]
 pub struct Allocator {
@@ -132,7 +124,7 @@ pub struct Allocator {
 struct Inner {
     client: Client,
     node: String,
-    caches: Caches,
+    facts: Facts,
     /// This node's blocks as last written or read (with their resourceVersion), by CIDR.
     blocks: Mutex<BTreeMap<IpNet, IPAMBlock>>,
     /// Handles with addresses borrowed from other nodes' blocks, and those blocks.
@@ -142,12 +134,12 @@ struct Inner {
 
 impl Allocator {
     /// Loads this node's blocks, resolves half-finished claims, and starts the committer task.
-    pub async fn start(client: Client, node: &str, caches: Caches) -> Result<Allocator, IpamError> {
+    pub async fn start(client: Client, node: &str, facts: Facts) -> Result<Allocator, IpamError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             client,
             node: node.to_string(),
-            caches,
+            facts,
             blocks: Mutex::new(BTreeMap::new()),
             borrowed: Mutex::new(BTreeMap::new()),
             tx,
@@ -229,11 +221,16 @@ impl Allocator {
     }
 
     fn ipam_config(&self) -> IPAMConfigSpec {
-        self.inner.caches.config.get(&ObjectRef::new(names::DEFAULT_NAME)).map(|c| c.spec.clone()).unwrap_or_default()
+        self.inner
+            .facts
+            .ipam_config
+            .get(&ObjectRef::new(names::DEFAULT_NAME))
+            .map(|c| c.spec.clone())
+            .unwrap_or_default()
     }
 
     fn node_labels(&self) -> BTreeMap<String, String> {
-        self.inner.caches.nodes.get(&ObjectRef::new(&self.inner.node)).map(|n| n.labels().clone()).unwrap_or_default()
+        self.inner.facts.nodes.get(&ObjectRef::new(&self.inner.node)).map(|n| n.labels().clone()).unwrap_or_default()
     }
 
     /// Enabled pools of a family whose nodeSelector matches this node and that `keep` accepts, by name.
@@ -241,7 +238,7 @@ impl Allocator {
         let labels = self.node_labels();
         let mut pools: Vec<IPPool> = self
             .inner
-            .caches
+            .facts
             .pools
             .state()
             .iter()
@@ -285,7 +282,7 @@ impl Allocator {
         let (Some(ns), Some(name)) = (&req.namespace, &req.pod) else { return Ok(plan) };
         plan.secondary.insert(block::ATTR_NAMESPACE.into(), ns.clone());
         plan.secondary.insert(block::ATTR_POD.into(), name.clone());
-        let pod_annotations = match self.inner.caches.pods.get(&ObjectRef::new(name).within(ns)) {
+        let pod_annotations = match self.inner.facts.pods.get(&ObjectRef::new(name).within(ns)) {
             Some(p) => p.annotations().clone(),
             None => {
                 let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), ns);
@@ -293,14 +290,14 @@ impl Allocator {
             }
         };
         let ns_annotations =
-            self.inner.caches.namespaces.get(&ObjectRef::new(ns)).map(|n| n.annotations().clone()).unwrap_or_default();
+            self.inner.facts.namespaces.get(&ObjectRef::new(ns)).map(|n| n.annotations().clone()).unwrap_or_default();
         let list = |key: &str| -> Result<Option<Vec<String>>, IpamError> {
             let Some(v) = pod_annotations.get(key).or_else(|| ns_annotations.get(key)) else { return Ok(None) };
             serde_json::from_str::<Vec<String>>(v)
                 .map(Some)
                 .map_err(|e| IpamError::BadAnnotation(key.into(), format!("{v:?}: {e}")))
         };
-        let all: Vec<IPPool> = self.inner.caches.pools.state().iter().map(|p| (**p).clone()).collect();
+        let all: Vec<IPPool> = self.inner.facts.pools.state().iter().map(|p| (**p).clone()).collect();
         for (key, v6) in [(names::IPV4_POOLS_ANNOTATION, false), (names::IPV6_POOLS_ANNOTATION, true)] {
             if let Some(wanted) = list(key)? {
                 let eligible = if v6 { &plan.v6 } else { &plan.v4 };
@@ -782,7 +779,7 @@ impl Allocator {
             let c = *c;
             return Ok((c, block::ordinal_of(&c, ip).ok_or(IpamError::Stopped)?));
         }
-        let pools: Vec<IPPool> = self.inner.caches.pools.state().iter().map(|p| (**p).clone()).collect();
+        let pools: Vec<IPPool> = self.inner.facts.pools.state().iter().map(|p| (**p).clone()).collect();
         let pool = pools
             .iter()
             .find(|p| p.spec.cidr.parse::<IpNet>().is_ok_and(|n| n.contains(&ip)))

@@ -364,7 +364,9 @@ pub async fn run_cluster_gc(client: Client, me: String, namespace: String, inter
             last = Some(Instant::now());
             let r = gc_pass(&client, &mut state, grace).await;
             let took = last.map(|l| l.elapsed()).unwrap_or_default();
-            crate::metrics::reconcile_done("ipam-gc", took, r.is_ok());
+            if let Some(l) = last {
+                crate::reconcile::observe("ipam-gc", l, r.is_ok());
+            }
             match r {
                 Ok(r) if r != GcReport::default() => tracing::info!(
                     released = r.released,

@@ -1,32 +1,19 @@
-//! BGP with the `tabby-bgp` speaker: who this node peers with ([`plan`]: the node-to-node mesh, BGPPeers,
-//! route reflectors), what it advertises ([`advertisements`]: own blocks as aggregates, borrowed /32s,
-//! service CIDRs), and the glue ([`Mesh`]) that runs the speaker, originates and withdraws prefixes and
-//! installs the best paths it learns as `proto tabby` routes.
-//!
-//! A change of the peer set is applied to the running speaker peer by peer ([`peer_diff`]): a new Node
-//! adds one session, a deleted one removes one, a changed BGPPeer (password, timers) restarts only its
-//! session; every other session stays Established. Only a change of the speaker itself (AS number,
-//! router ID, IPv6 address, listen port, cluster ID, mesh restart time) restarts it, with the graceful-restart
-//! Restart State bit set: peers keep our routes (and the kernel keeps theirs) while the new sessions
-//! come up, so no traffic is dropped.
+//! Who this node peers with: the node-to-node mesh, BGPPeers (by node, node selector, peer IP or peer
+//! selector, in both directions), route reflectors and their clients, dual-stack sessions — a pure
+//! function of the Nodes, BGPConfiguration, BGPPeers and Secrets ([`plan`]), and the live difference
+//! between two peer sets ([`peer_diff`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, SecretKeySelector};
 use tabby_api::bgp::{BGPConfigurationSpec, BGPPeer, NextHopMode};
-use tabby_api::ipam::block::{ATTR_NODE, addr_at, attribute_at};
-use tabby_api::ipam::{IPAMBlock, IPPool};
-use tabby_api::nodestatus::{BgpPeerStatus, BgpStatus, PeerType};
+use tabby_api::nodestatus::PeerType;
 use tabby_api::selector::Selector;
-use tabby_bgp::{Family, GracefulRestartConfig, PeerConfig, Prefix, Speaker, SpeakerConfig, State};
-use tokio::task::JoinHandle;
+use tabby_bgp::{Family, PeerConfig};
 
 use crate::node::{self, RR_CLUSTER_ID};
-use crate::routes::{RouteTable, Source, Target};
 
 /// Node annotation overriding the cluster AS number for one node.
 pub const ANNOTATION_ASN: &str = "tabby.dev/as-number";
@@ -131,13 +118,14 @@ fn parse_peer_ip(s: &str) -> Option<(IpAddr, Option<u16>)> {
 }
 
 /// The speaker `me` should run, or `None` when it has no IPv4 address yet.
-pub fn plan(
+pub fn plan<N: Borrow<Node>, P: Borrow<BGPPeer>>(
     me: &str,
-    nodes: &[Node],
+    nodes: &[N],
     cfg: &BGPConfigurationSpec,
-    peers: &[BGPPeer],
+    peers: &[P],
     secret: &dyn Fn(&SecretKeySelector) -> Option<String>,
 ) -> Option<SpeakerPlan> {
+    let nodes: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
     let my = nodes.iter().find(|n| name(n) == me)?;
     let my_addr = v4(my)?;
     let my_v6 = v6(my);
@@ -200,7 +188,7 @@ pub fn plan(
             }
         }
     }
-    for bp in peers {
+    for bp in peers.iter().map(Borrow::borrow) {
         let s = &bp.spec;
         let kind =
             if s.node.is_some() || s.node_selector.is_some() { PeerType::NodePeer } else { PeerType::GlobalPeer };
@@ -276,7 +264,7 @@ struct Timers {
 }
 
 /// Whether two plans describe the same speaker, so that only their peers differ.
-fn same_speaker(a: &SpeakerPlan, b: &SpeakerPlan) -> bool {
+pub fn same_speaker(a: &SpeakerPlan, b: &SpeakerPlan) -> bool {
     (a.asn, a.router_id, a.listen_port, a.cluster_id, a.max_restart_time, a.ipv6)
         == (b.asn, b.router_id, b.listen_port, b.cluster_id, b.max_restart_time, b.ipv6)
 }
@@ -307,44 +295,7 @@ pub fn peer_diff(old: &[PlannedPeer], new: &[PlannedPeer]) -> PeerDiff {
     d
 }
 
-fn to_prefix(n: &IpNet) -> Option<Prefix> {
-    Prefix::new(n.addr(), n.prefix_len())
-}
-
-/// What `me` advertises: its blocks (aggregates; never the /32s inside them), addresses it borrowed
-/// from other nodes' blocks (/32, /128), and the service CIDRs of the BGPConfiguration.
-pub fn advertisements(me: &str, blocks: &[IPAMBlock], pools: &[IPPool], cfg: &BGPConfigurationSpec) -> BTreeSet<IpNet> {
-    let host = format!("host:{me}");
-    let exportable = |cidr: &IpNet| {
-        !pools
-            .iter()
-            .any(|p| p.spec.disable_bgp_export && p.spec.cidr.parse::<IpNet>().is_ok_and(|pc| pc.contains(cidr)))
-    };
-    let mut out = BTreeSet::new();
-    for b in blocks.iter().filter(|b| !b.spec.deleted) {
-        let Ok(cidr) = b.spec.cidr.parse::<IpNet>() else { continue };
-        if !exportable(&cidr) {
-            continue;
-        }
-        if b.spec.affinity.as_deref() == Some(host.as_str()) {
-            out.insert(cidr);
-            continue;
-        }
-        for ord in 0..b.spec.allocations.len() {
-            if attribute_at(&b.spec, ord).is_some_and(|a| a.secondary.get(ATTR_NODE).map(String::as_str) == Some(me)) {
-                out.insert(IpNet::from(addr_at(&cidr, ord)));
-            }
-        }
-    }
-    for c in cfg.service_cluster_ips.iter().chain(&cfg.service_external_ips).chain(&cfg.service_load_balancer_ips) {
-        if let Ok(n) = c.cidr.parse::<IpNet>() {
-            out.insert(n.trunc());
-        }
-    }
-    out
-}
-
-fn peer_config(p: &PlannedPeer) -> PeerConfig {
+pub fn peer_config(p: &PlannedPeer) -> PeerConfig {
     let mut c = PeerConfig::new(p.address, p.asn);
     c.port = p.port;
     c.passive = p.passive;
@@ -359,320 +310,6 @@ fn peer_config(p: &PlannedPeer) -> PeerConfig {
     c.local_address = p.local_address;
     c.next_hop_v6 = p.next_hop_v6;
     c
-}
-
-/// Export policy: routers outside the cluster get only the prefixes this node originates (its blocks,
-/// borrowed addresses, services), so each block is reached through its own node, never through a
-/// node that learned it; nodes (mesh, reflector) get what the BGP rules allow.
-struct ExportPolicy {
-    /// Peers outside the cluster (follows the live peer set).
-    external: Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>,
-    /// What this node originates (updated before each originate, after each withdraw).
-    own: Arc<std::sync::RwLock<std::collections::HashSet<Prefix>>>,
-}
-
-impl tabby_bgp::Policy for ExportPolicy {
-    fn export(&self, peer: &tabby_bgp::PeerInfo, prefix: &Prefix, _route: &tabby_bgp::RouteAttrs) -> bool {
-        let external = self.external.read().map_or(true, |e| e.contains(&peer.address));
-        !external || self.own.read().is_ok_and(|o| o.contains(prefix))
-    }
-}
-
-/// Hold time the agent proposes (seconds); `TABBY_BGP_HOLD_TIME` overrides the default 90 (tests use a
-/// short one to see a lost node withdrawn quickly).
-pub fn hold_time_from_env() -> u16 {
-    std::env::var("TABBY_BGP_HOLD_TIME").ok().and_then(|v| v.parse().ok()).filter(|v| *v == 0 || *v >= 3).unwrap_or(90)
-}
-
-/// The running speaker and what it originates.
-pub struct Mesh {
-    table: RouteTable,
-    /// This node's session addresses: a learned route with one of them as next hop is our own.
-    own_addrs: Vec<IpAddr>,
-    speaker: Option<Arc<Speaker>>,
-    plan: Option<SpeakerPlan>,
-    originated: BTreeSet<IpNet>,
-    sub: Option<JoinHandle<()>>,
-    /// When the current speaker started; `None` once its routes replaced the previous ones.
-    converging_since: Option<Instant>,
-    hold_time: u16,
-    restarted: bool,
-    /// The running speaker replaced another one in this process.
-    restarted_speaker: bool,
-    own: Arc<std::sync::RwLock<std::collections::HashSet<Prefix>>>,
-    external: Arc<std::sync::RwLock<std::collections::HashSet<IpAddr>>>,
-    /// How learned routes become kernel routes (IPIP pools go through tunl0).
-    encap: crate::encap::ipip::Shared,
-}
-
-impl Mesh {
-    pub fn new(table: RouteTable) -> Mesh {
-        Mesh {
-            table,
-            own_addrs: Vec::new(),
-            speaker: None,
-            plan: None,
-            originated: BTreeSet::new(),
-            sub: None,
-            converging_since: None,
-            hold_time: hold_time_from_env(),
-            restarted: false,
-            restarted_speaker: false,
-            own: Arc::default(),
-            external: Arc::default(),
-            encap: crate::encap::ipip::Shared::default(),
-        }
-    }
-
-    /// Sets the encapsulation rules of learned routes; when they change, what the speaker learned is
-    /// installed again under the new rules (a restarted speaker still converging does that itself when
-    /// it replaces its predecessor's routes).
-    pub async fn set_encap(&mut self, e: crate::encap::ipip::Encap) {
-        if !self.encap.replace(e) || (self.converging_since.is_some() && self.restarted_speaker) {
-            return;
-        }
-        let Some(sp) = self.speaker.clone() else { return };
-        let snap = self.learned_table(&sp).await;
-        self.table.set(Source::Remote, snap);
-    }
-
-    /// Every best path the speaker learned, as kernel routes.
-    async fn learned_table(&self, sp: &Speaker) -> HashMap<IpNet, Target> {
-        let mut snap = HashMap::new();
-        for f in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
-            for r in sp.routes(f).await {
-                if let Some((dst, t)) = self.learned(r.prefix, r.peer.is_some().then_some(r.attrs.next_hop)) {
-                    snap.insert(dst, t);
-                }
-            }
-        }
-        snap
-    }
-
-    /// Brings the speaker to `plan` and the originated prefixes to `adverts`.
-    pub async fn apply(&mut self, plan: Option<SpeakerPlan>, adverts: &BTreeSet<IpNet>) {
-        let started = Instant::now();
-        if plan != self.plan {
-            match (self.plan.clone(), &plan) {
-                (Some(old), Some(new)) if self.speaker.is_some() && same_speaker(&old, new) => {
-                    self.change_peers(&old, new).await;
-                }
-                _ => {
-                    self.stop().await;
-                    if let Some(p) = &plan
-                        && let Err(e) = self.start(p).await
-                    {
-                        tracing::warn!(error = %e, "starting the BGP speaker");
-                        crate::metrics::reconcile_done("bgp", started.elapsed(), false);
-                        return;
-                    }
-                }
-            }
-            self.plan = plan;
-        }
-        let Some(sp) = self.speaker.clone() else { return };
-        for gone in self.originated.difference(adverts).cloned().collect::<Vec<_>>() {
-            if let Some(p) = to_prefix(&gone) {
-                sp.withdraw(p).await;
-                if let Ok(mut o) = self.own.write() {
-                    o.remove(&p);
-                }
-            }
-            self.originated.remove(&gone);
-        }
-        for new in adverts.difference(&self.originated.clone()) {
-            if let Some(p) = to_prefix(new) {
-                if let Ok(mut o) = self.own.write() {
-                    o.insert(p);
-                }
-                sp.originate(p, None).await;
-            }
-            self.originated.insert(*new);
-        }
-        // Once every session is up again (or the restart time passed), what the new speaker learned
-        // replaces what the previous one installed.
-        if let Some(since) = self.converging_since {
-            let peers = sp.peers();
-            let all_up = peers.iter().all(|p| p.state == State::Established);
-            let max = self.plan.as_ref().map_or(120, |p| p.max_restart_time);
-            if (all_up && since.elapsed() > Duration::from_secs(2)) || since.elapsed() > Duration::from_secs(max.into())
-            {
-                // The first speaker of this process fed an empty remote table from its first event on, so
-                // the table already is what it learned; a later one replaces what its predecessor left.
-                if self.restarted_speaker {
-                    let snap = self.learned_table(&sp).await;
-                    self.table.set(Source::Remote, snap);
-                }
-                self.table.hold_remote(None);
-                self.converging_since = None;
-                tracing::info!(routes = self.table.counts().remote, "BGP converged");
-            }
-        }
-        crate::metrics::reconcile_done("bgp", started.elapsed(), true);
-    }
-
-    fn learned(&self, prefix: Prefix, next_hop: Option<IpAddr>) -> Option<(IpNet, Target)> {
-        let nh = next_hop?;
-        if self.own_addrs.contains(&nh) || nh.is_unspecified() {
-            return None;
-        }
-        let dst = IpNet::new(prefix.addr(), prefix.len()).ok()?;
-        Some((dst, self.encap.read().route(dst, nh)))
-    }
-
-    /// Applies a new peer set to the running speaker: only added, removed and changed peers' sessions
-    /// are touched.
-    async fn change_peers(&mut self, old: &SpeakerPlan, new: &SpeakerPlan) {
-        let Some(sp) = self.speaker.clone() else { return };
-        let d = peer_diff(&old.peers, &new.peers);
-        let externals = |plan: &SpeakerPlan| -> std::collections::HashSet<IpAddr> {
-            plan.peers.iter().filter(|p| p.external).map(|p| p.address).collect()
-        };
-        // While sessions change, a peer that is external in either plan only gets our own prefixes.
-        if let Ok(mut e) = self.external.write() {
-            *e = externals(old).union(&externals(new)).copied().collect();
-        }
-        // Concurrently: each ending session may wait (up to 3 s) for its Cease NOTIFICATION to go out.
-        futures::future::join_all(d.remove.iter().map(|a| sp.remove_peer(*a))).await;
-        let changed = futures::future::join_all(d.change.iter().map(|p| sp.update_peer(peer_config(p)))).await;
-        let mut restarted = 0;
-        for (p, r) in d.change.iter().zip(changed) {
-            match r {
-                Ok(true) => restarted += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(peer = %p.address, error = %e, "changing a BGP peer"),
-            }
-        }
-        for p in &d.add {
-            if let Err(e) = sp.add_peer(peer_config(p)).await {
-                tracing::warn!(peer = %p.address, error = %e, "adding a BGP peer");
-            }
-        }
-        if let Ok(mut e) = self.external.write() {
-            *e = externals(new);
-        }
-        tracing::info!(added = d.add.len(), removed = d.remove.len(), restarted, "BGP peers changed live");
-    }
-
-    async fn start(&mut self, p: &SpeakerPlan) -> std::io::Result<()> {
-        let mut cfg = SpeakerConfig::new(p.router_id, p.asn);
-        cfg.listen = vec![std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p.listen_port)];
-        if p.ipv6.is_some() {
-            // IPv6 node sessions and IPv6 BGPPeers connect here.
-            cfg.listen.push(std::net::SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), p.listen_port));
-        }
-        cfg.cluster_id = p.cluster_id;
-        cfg.hold_time = self.hold_time;
-        cfg.connect_retry = Duration::from_secs(2);
-        cfg.graceful_restart = Some(GracefulRestartConfig {
-            restart_time: p.max_restart_time,
-            // Every start is a restart for peers that still hold our routes.
-            restarting: true,
-            max_restart_time: p.max_restart_time,
-        });
-        cfg.peers = p.peers.iter().map(peer_config).collect();
-        if let Ok(mut e) = self.external.write() {
-            *e = p.peers.iter().filter(|x| x.external).map(|x| x.address).collect();
-        }
-        // The previous listener may take a moment to close.
-        let mut attempt = 0;
-        let sp = loop {
-            let policy = ExportPolicy { external: self.external.clone(), own: self.own.clone() };
-            match Speaker::start(cfg.clone(), Arc::new(policy)).await {
-                Ok(s) => break s,
-                Err(e) if attempt < 20 && e.kind() == std::io::ErrorKind::AddrInUse => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let sp = Arc::new(sp);
-        self.own_addrs = std::iter::once(IpAddr::V4(p.router_id)).chain(p.ipv6.map(IpAddr::V6)).collect();
-        let mut rx = sp.subscribe().await;
-        let table = self.table.clone();
-        let own = self.own_addrs.clone();
-        let encap = self.encap.clone();
-        self.sub = Some(tokio::spawn(async move {
-            while let Some(events) = rx.recv().await {
-                // Held until the update is applied, so a rule change cannot slip in between.
-                let e = encap.read();
-                let changes = events.into_iter().filter_map(|ev| {
-                    let dst = IpNet::new(ev.prefix.addr(), ev.prefix.len()).ok()?;
-                    let t = ev.best.and_then(|(peer, attrs)| {
-                        let nh = attrs.next_hop;
-                        (peer != 0 && !own.contains(&nh) && !nh.is_unspecified()).then(|| e.route(dst, nh))
-                    });
-                    Some((dst, t))
-                });
-                table.update(Source::Remote, changes);
-                drop(e);
-            }
-        }));
-        self.speaker = Some(sp);
-        self.originated.clear();
-        if let Ok(mut o) = self.own.write() {
-            o.clear();
-        }
-        self.converging_since = Some(Instant::now());
-        self.restarted_speaker = self.restarted;
-        if self.restarted {
-            tracing::info!(
-                peers = p.peers.len(),
-                "BGP speaker restarted for a new AS, router ID, IPv6 address, port or cluster ID"
-            );
-        }
-        self.restarted = true;
-        Ok(())
-    }
-
-    /// Stops the speaker (sessions close without NOTIFICATION: peers keep our routes for the restart time).
-    pub async fn stop(&mut self) {
-        if let Some(s) = self.sub.take() {
-            s.abort();
-        }
-        self.speaker = None;
-        self.originated.clear();
-        if let Ok(mut o) = self.own.write() {
-            o.clear();
-        }
-    }
-
-    /// Peer states for NodeStatus.
-    pub fn status(&self) -> Option<BgpStatus> {
-        let sp = self.speaker.as_ref()?;
-        let plan = self.plan.as_ref()?;
-        let kinds: HashMap<IpAddr, PeerType> = plan.peers.iter().map(|p| (p.address, p.kind)).collect();
-        let mut st = BgpStatus::default();
-        for p in sp.peers() {
-            let established = p.state == State::Established;
-            if established {
-                st.peers_established += 1;
-            }
-            let s = BgpPeerStatus {
-                peer_ip: p.address.to_string(),
-                type_: kinds.get(&p.address).copied().unwrap_or_default(),
-                state: if established { "Established".into() } else { p.state.to_string() },
-                since: Some(tabby_api::nodestatus::timestamp(p.since)),
-                info: if established {
-                    Some(format!("{} received, {} advertised", p.prefixes_received, p.prefixes_advertised))
-                } else {
-                    p.last_error.clone()
-                },
-            };
-            if p.address.is_ipv6() { st.peers_v6.push(s) } else { st.peers_v4.push(s) }
-        }
-        Some(st)
-    }
-
-    /// True when BGP is off, or every configured session is established.
-    pub fn ready(&self) -> bool {
-        self.speaker.as_ref().is_none_or(|s| s.peers().iter().all(|p| p.state == State::Established))
-    }
-
-    pub fn peer_count(&self) -> usize {
-        self.plan.as_ref().map_or(0, |p| p.peers.len())
-    }
 }
 
 #[cfg(test)]
@@ -697,6 +334,8 @@ mod tests {
         n
     }
 
+    const NO_PEERS: &[BGPPeer] = &[];
+
     fn no_secret(_: &SecretKeySelector) -> Option<String> {
         None
     }
@@ -705,7 +344,7 @@ mod tests {
     fn full_mesh_greater_address_listens() {
         let nodes = vec![node("a", "192.168.1.1", &[]), node("b", "192.168.1.2", &[]), node("c", "192.168.1.3", &[])];
         let cfg = BGPConfigurationSpec::default();
-        let p = plan("b", &nodes, &cfg, &[], &no_secret).unwrap();
+        let p = plan("b", &nodes, &cfg, NO_PEERS, &no_secret).unwrap();
         assert_eq!(p.asn, 64512);
         assert_eq!(p.router_id, "192.168.1.2".parse::<Ipv4Addr>().unwrap());
         let got: Vec<(String, bool, PeerType)> =
@@ -715,8 +354,8 @@ mod tests {
             vec![("192.168.1.1".into(), true, PeerType::NodeMesh), ("192.168.1.3".into(), false, PeerType::NodeMesh)]
         );
         let off = BGPConfigurationSpec { node_to_node_mesh_enabled: false, ..Default::default() };
-        assert!(plan("b", &nodes, &off, &[], &no_secret).unwrap().peers.is_empty());
-        assert!(plan("zz", &nodes, &cfg, &[], &no_secret).is_none());
+        assert!(plan("b", &nodes, &off, NO_PEERS, &no_secret).unwrap().peers.is_empty());
+        assert!(plan("zz", &nodes, &cfg, NO_PEERS, &no_secret).is_none());
         // No IPv6 address on this node: no IPv6 routes go out.
         assert!(p.peers.iter().all(|p| p.next_hop_v6.is_none()));
     }
@@ -729,7 +368,7 @@ mod tests {
             node("b", "192.168.1.2", &[v6("fd50::2/64")]),
             node("c", "192.168.1.3", &[]),
         ];
-        let p = plan("a", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        let p = plan("a", &nodes, &BGPConfigurationSpec::default(), NO_PEERS, &no_secret).unwrap();
         assert_eq!(p.ipv6, Some("fd50::9".parse().unwrap()));
         let got: Vec<(String, bool, Vec<Family>, Option<String>)> = p
             .peers
@@ -751,7 +390,7 @@ mod tests {
         let c6 = peer_config(&p.peers[2]);
         assert_eq!((c6.families, c6.local_address), (vec![V6], Some("fd50::9".parse().unwrap())));
         // b's view of the same pair is the mirror image, so both sides negotiate the same families.
-        let b = plan("b", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        let b = plan("b", &nodes, &BGPConfigurationSpec::default(), NO_PEERS, &no_secret).unwrap();
         let to_a: Vec<_> = b
             .peers
             .iter()
@@ -760,7 +399,7 @@ mod tests {
             .collect();
         assert_eq!(to_a, vec![("192.168.1.1".into(), true, vec![V4]), ("fd50::9".into(), false, vec![V6])]);
         // c has no IPv6 address: one session with a, carrying both families, no IPv6 next hop of its own.
-        let c = plan("c", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        let c = plan("c", &nodes, &BGPConfigurationSpec::default(), NO_PEERS, &no_secret).unwrap();
         assert!(c.ipv6.is_none());
         assert!(c.peers.iter().all(|x| x.families == vec![V4, V6] && x.next_hop_v6.is_none() && x.address.is_ipv4()));
     }
@@ -770,7 +409,7 @@ mod tests {
         let mut only6 = node("b", "192.168.1.2", &[(node::ANNOTATION_V6, "fd50::2/64")]);
         only6.metadata.annotations.as_mut().unwrap().remove(node::ANNOTATION_V4);
         let nodes = vec![node("a", "192.168.1.1", &[(node::ANNOTATION_V6, "fd50::1/64")]), only6];
-        let p = plan("a", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        let p = plan("a", &nodes, &BGPConfigurationSpec::default(), NO_PEERS, &no_secret).unwrap();
         let got: Vec<_> = p.peers.iter().map(|x| (x.address.to_string(), x.families.clone())).collect();
         assert_eq!(got, vec![("fd50::2".to_string(), vec![Family::Ipv6Unicast])]);
     }
@@ -781,8 +420,10 @@ mod tests {
         let dual =
             vec![node("a", "192.168.1.1", &[(node::ANNOTATION_V6, "fd50::1/64")]), node("b", "192.168.1.2", &[])];
         let cfg = BGPConfigurationSpec::default();
-        let (old, new) =
-            (plan("a", &single, &cfg, &[], &no_secret).unwrap(), plan("a", &dual, &cfg, &[], &no_secret).unwrap());
+        let (old, new) = (
+            plan("a", &single, &cfg, NO_PEERS, &no_secret).unwrap(),
+            plan("a", &dual, &cfg, NO_PEERS, &no_secret).unwrap(),
+        );
         assert!(!same_speaker(&old, &new));
     }
 
@@ -790,18 +431,20 @@ mod tests {
     fn mesh_restart_time_and_live_peer_diff() {
         let nodes = vec![node("a", "192.168.1.1", &[]), node("b", "192.168.1.2", &[]), node("c", "192.168.1.3", &[])];
         let cfg = BGPConfigurationSpec { node_mesh_max_restart_time: Some("2m".into()), ..Default::default() };
-        let p = plan("a", &nodes, &cfg, &[], &no_secret).unwrap();
+        let p = plan("a", &nodes, &cfg, NO_PEERS, &no_secret).unwrap();
         assert_eq!(p.max_restart_time, 120);
         assert!(p.peers.iter().all(|x| x.restart_time == Some(120) && x.keepalive_time.is_none()));
         let short = BGPConfigurationSpec { node_mesh_max_restart_time: Some("30s".into()), ..Default::default() };
-        assert!(plan("a", &nodes, &short, &[], &no_secret).unwrap().peers.iter().all(|x| x.restart_time == Some(30)));
-        let unset = plan("a", &nodes, &BGPConfigurationSpec::default(), &[], &no_secret).unwrap();
+        assert!(
+            plan("a", &nodes, &short, NO_PEERS, &no_secret).unwrap().peers.iter().all(|x| x.restart_time == Some(30))
+        );
+        let unset = plan("a", &nodes, &BGPConfigurationSpec::default(), NO_PEERS, &no_secret).unwrap();
         assert!(unset.peers.iter().all(|x| x.restart_time.is_none()));
 
         // A fourth node adds one peer and changes nothing else; a new mesh password changes every one.
         let mut four = nodes.clone();
         four.push(node("d", "192.168.1.4", &[]));
-        let p4 = plan("a", &four, &cfg, &[], &no_secret).unwrap();
+        let p4 = plan("a", &four, &cfg, NO_PEERS, &no_secret).unwrap();
         assert!(same_speaker(&p, &p4));
         let d = peer_diff(&p.peers, &p4.peers);
         assert_eq!(d.add.iter().map(|x| x.address.to_string()).collect::<Vec<_>>(), vec!["192.168.1.4"]);
@@ -816,11 +459,11 @@ mod tests {
             ..cfg.clone()
         };
         let secret = |_: &SecretKeySelector| Some("pw".to_string());
-        let d = peer_diff(&p.peers, &plan("a", &nodes, &pw, &[], &secret).unwrap().peers);
+        let d = peer_diff(&p.peers, &plan("a", &nodes, &pw, NO_PEERS, &secret).unwrap().peers);
         assert_eq!((d.add.len(), d.remove.len(), d.change.len()), (0, 0, 2));
         // A new AS number is a new speaker.
         let asn = BGPConfigurationSpec { as_number: 65000, ..cfg };
-        assert!(!same_speaker(&p, &plan("a", &nodes, &asn, &[], &no_secret).unwrap()));
+        assert!(!same_speaker(&p, &plan("a", &nodes, &asn, NO_PEERS, &no_secret).unwrap()));
     }
 
     #[test]
@@ -874,37 +517,8 @@ mod tests {
         assert!(!a.peers[0].rr_client);
         // With the mesh on, the reflector still stays out of it.
         let mesh = BGPConfigurationSpec::default();
-        let a = plan("a", &nodes, &mesh, &[], &no_secret).unwrap();
+        let a = plan("a", &nodes, &mesh, NO_PEERS, &no_secret).unwrap();
         assert_eq!(a.peers.len(), 1);
         assert_eq!(a.peers[0].address.to_string(), "192.168.1.2");
-    }
-
-    #[test]
-    fn advertises_blocks_borrowed_addresses_and_services() {
-        use tabby_api::ipam::{AllocationAttribute, IPAMBlockSpec};
-        let mut mine = IPAMBlock::new("b1", IPAMBlockSpec::default());
-        mine.spec.cidr = "10.0.0.0/26".into();
-        mine.spec.affinity = Some("host:a".into());
-        mine.spec.allocations = vec![Some(0); 64];
-        let mut theirs = IPAMBlock::new("b2", IPAMBlockSpec::default());
-        theirs.spec.cidr = "10.0.0.64/26".into();
-        theirs.spec.affinity = Some("host:b".into());
-        theirs.spec.allocations = vec![None; 64];
-        theirs.spec.allocations[3] = Some(0);
-        theirs.spec.allocations[4] = Some(1);
-        theirs.spec.attributes = vec![
-            AllocationAttribute {
-                handle_id: Some("h".into()),
-                secondary: [(ATTR_NODE.to_string(), "a".to_string())].into(),
-            },
-            AllocationAttribute {
-                handle_id: Some("i".into()),
-                secondary: [(ATTR_NODE.to_string(), "b".to_string())].into(),
-            },
-        ];
-        let mut cfg = BGPConfigurationSpec::default();
-        cfg.service_cluster_ips.push(tabby_api::bgp::ServiceCidr { cidr: "10.96.0.0/16".into() });
-        let got: Vec<String> = advertisements("a", &[mine, theirs], &[], &cfg).iter().map(|n| n.to_string()).collect();
-        assert_eq!(got, vec!["10.0.0.0/26", "10.0.0.67/32", "10.96.0.0/16"]);
     }
 }
