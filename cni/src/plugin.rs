@@ -120,6 +120,11 @@ pub fn run(stdin: &[u8], env: &dyn Fn(&str) -> Option<String>) -> (i32, String) 
     let result = match inv.command.as_str() {
         "ADD" => inv.require_container(true).and_then(|()| add(&conf, &inv, &mut log, started)).map(Some),
         "DEL" => inv.require_container(false).and_then(|()| del(&conf, &inv, &mut log, started)).map(|()| None),
+        "CHECK" if !spec::allows_check(&conf.cni_version) => Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "incompatible CNI version",
+            format!("configuration version {} does not allow CHECK (0.4.0 and later do)", conf.cni_version),
+        )),
         "CHECK" => inv.require_container(true).and_then(|()| check(&conf, &inv, &mut log)).map(|()| None),
         "STATUS" => status(&conf).map(|()| None),
         "GC" => gc(&conf, &mut log).map(|()| None),
@@ -517,6 +522,16 @@ mod tests {
         let (rc, out) = run(conf, &env(&[("CNI_COMMAND", "VERSION")]));
         assert_eq!(rc, 0);
         assert!(out.contains("1.1.0"), "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        let old = br#"{"cniVersion":"0.3.1","name":"n","type":"tabby","log_file_path":""}"#;
+        let (_, out) = run(old, &env(&[("CNI_COMMAND", "VERSION")]));
+        assert!(out.starts_with(r#"{"cniVersion":"0.3.1""#), "answered in the configuration's version: {out}");
+        const CHECK: &[(&str, &str)] =
+            &[("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")];
+        let (rc, out) = run(old, &env(CHECK));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((rc, v["code"].as_u64(), v["cniVersion"].as_str()), (1, Some(1), Some("0.3.1")), "{out}");
         let (rc, out) = run(b"garbage", &env(&[("CNI_COMMAND", "VERSION")]));
         assert_eq!((rc, out.contains("supportedVersions")), (0, true));
         let (_, out) = run(conf, &env(&[("CNI_COMMAND", "ADD"), ("CNI_ARGS", "novalue")]));
