@@ -211,7 +211,7 @@ async fn bad_input_gets_spec_errors_and_leaves_nothing() {
         ("malformed JSON", with_stdin("{\"cniVersion\": "), code::DECODE),
         ("empty stdin", with_stdin(""), code::DECODE),
         ("JSON that is not an object", with_stdin("[1,2]"), code::DECODE),
-        ("cniVersion 0.3.1", with_conf(&|v| v["cniVersion"] = json!("0.3.1")), code::INCOMPATIBLE_VERSION),
+        ("cniVersion 0.2.0", with_conf(&|v| v["cniVersion"] = json!("0.2.0")), code::INCOMPATIBLE_VERSION),
         ("cniVersion 2.0.0", with_conf(&|v| v["cniVersion"] = json!("2.0.0")), code::INCOMPATIBLE_VERSION),
         ("no network name", with_conf(&|v| v["name"] = json!("")), code::INVALID_CONFIG),
         ("MTU out of range", with_conf(&|v| v["mtu"] = json!(100)), code::INVALID_CONFIG),
