@@ -15,10 +15,10 @@
 //!
 //! Through the `nft` CLI, in its text syntax: the state is read with `nft -j list table` (JSON), and
 //! batches are written as text. Measured against the JSON input syntax and against the library the CLI
-//! uses (libnftables, in process, so no fork and exec; it encodes the same netlink messages a hand-written
-//! encoder would) in docs/agent.md ("NAT outgoing"): per batch the CLI costs ~3 ms more than in-process
-//! netlink, paid only on the passes where something changed or a resync is due, and there is no maintained
-//! Rust crate for the netlink encoding of nftables expressions; so the CLI stays.
+//! uses (libnftables, in process, so no fork and exec; it sends the same netlink messages a hand-written
+//! encoder would) in docs/agent.md ("NAT outgoing"): the CLI costs 2–3.5 ms more per transaction, paid
+//! only when something changed or a resync is due, and there is no maintained Rust crate for the netlink
+//! encoding of nftables expressions; so the CLI stays.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
