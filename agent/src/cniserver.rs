@@ -111,10 +111,12 @@ fn ipam_error(e: IpamError) -> Response {
         IpamError::Exhausted(_) => code::POOL_EXHAUSTED,
         IpamError::NoPool(_) | IpamError::AddressTaken(..) | IpamError::BadAnnotation(..) => code::AGENT,
         IpamError::Api(_) | IpamError::Conflicts(_) | IpamError::Stopped => code::TRY_AGAIN_LATER,
+        IpamError::Invariant(_) => code::INTERNAL,
     };
     let msg = match c {
         code::POOL_EXHAUSTED => "no address available",
         code::TRY_AGAIN_LATER => "IPAM is unavailable; try again later",
+        code::INTERNAL => "the agent's IPAM state is inconsistent (a bug: see the agent's log)",
         _ => "IPAM refused the request",
     };
     error(c, msg, e.to_string())

@@ -25,7 +25,8 @@ use tabby_api::ipam::leak::{self, Found, Holder, PodFacts, leak};
 use tabby_api::ipam::{BlockAffinity, IPAMBlock, IPAMHandle, IPPool, block, block_affinity_name};
 use tabby_wire::veth_name;
 
-use super::allocator::{self, Allocator, ReleaseSel, handle_object_name};
+use super::allocator::{Allocator, ReleaseSel};
+use super::store::{self, handle_object_name};
 
 /// Seconds a GC lease is valid without renewal.
 const LEASE_SECONDS: i32 = 30;
@@ -290,7 +291,7 @@ pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> R
                 }
             }
             if !release.is_empty() {
-                let n = allocator::release_in_block(&blocks_api, &cidr, |o, a| {
+                let n = store::release_in_block(&blocks_api, &cidr, |o, a| {
                     release.iter().any(|(ro, rh)| *ro == o && *rh == a.handle_id)
                 })
                 .await
@@ -303,7 +304,7 @@ pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> R
                 let Some(fresh) = blocks_api.get_opt(&b.name_any()).await? else { continue };
                 if fresh.spec.allocations.iter().all(Option::is_none)
                     && state.ripe(format!("block/{cidr}"), grace, &mut offered)
-                    && allocator::delete_block_if_unchanged(&blocks_api, &fresh).await.unwrap_or(false)
+                    && store::delete_block_if_unchanged(&blocks_api, &fresh).await.unwrap_or(false)
                 {
                     report.blocks_deleted += 1;
                     let aff: Api<BlockAffinity> = Api::all(client.clone());

@@ -1,10 +1,22 @@
-//! IPAM, Calico's block model (docs/ipam.md): [`allocator`] is the node's group-committing allocator,
-//! [`gc`] leak release; the pure block math, the pool nodeSelector language and the leak rule are
-//! `tabby_api::ipam::block`, `tabby_api::selector` and `tabby_api::ipam::leak`, shared with the CLI. The
-//! caches it reads are the agent's one informer set (`crate::facts`).
+//! IPAM, Calico's block model (docs/ipam.md). The pure block math, the pool nodeSelector language and the
+//! leak rule are `tabby_api::ipam::block`, `tabby_api::selector` and `tabby_api::ipam::leak`, shared with the
+//! CLI; the caches it reads are the agent's one informer set (`crate::facts`).
+//!
+//! | module | what |
+//! |---|---|
+//! | [`allocator`] | the node's allocator: its blocks, requests in, answers out, block claims |
+//! | [`request`] | pure: the pools and fixed addresses a request may draw from |
+//! | [`assign`] | pure: planning a batch against a copy of the blocks, and what a plan needs from the API |
+//! | [`commit`] | the group-commit loop: plan, get what plans need, write each block once, answer |
+//! | [`store`] | the API: blocks, affinities and handles, with compare-and-swap |
+//! | [`gc`] | leak release at start and the leader-elected cluster garbage collector |
 
 pub mod allocator;
+pub mod assign;
+pub mod commit;
 pub mod gc;
+pub mod request;
+pub mod store;
 
 use std::net::IpAddr;
 use std::sync::Arc;
