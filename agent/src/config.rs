@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use tabby_api::{agentenv, names};
-
-use crate::node::Method;
 
 /// Path of the CNI socket (default `/var/run/tabby/agent.sock`).
 pub const ENV_SOCKET: &str = "TABBY_AGENT_SOCKET";
@@ -33,6 +32,50 @@ pub const ENV_RT_PROTOS_FILE: &str = "TABBY_RT_PROTOS_FILE";
 pub const RT_PROTOS_FILE: &str = "/etc/iproute2/rt_protos.d/tabby.conf";
 /// Name of the garbage collector's Lease.
 pub const GC_LEASE_NAME: &str = "tabby-ipam-gc";
+
+/// An autodetection method.
+#[derive(Debug, Clone)]
+pub enum Method {
+    FirstFound,
+    KubernetesInternalIp,
+    Interface(regex::Regex),
+    SkipInterface(regex::Regex),
+    CanReach(String),
+    Cidrs(Vec<IpNet>),
+    /// `none`: no address of this family.
+    None,
+}
+
+/// An autodetection method that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("autodetection method {0:?}: {1}")]
+pub struct MethodError(pub String, pub String);
+
+impl Method {
+    /// Parses Calico's syntax (`first-found`, `kubernetes-internal-ip`, `interface=RE`, `skip-interface=RE`,
+    /// `can-reach=DEST`, `cidr=CIDR[,CIDR…]`, `none`).
+    pub fn parse(s: &str) -> Result<Method, MethodError> {
+        let bad = |why: String| MethodError(s.to_string(), why);
+        let s = s.trim();
+        let (k, v) = s.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((s, ""));
+        let re = |v: &str| regex::Regex::new(&format!("^(?:{v})$")).map_err(|e| bad(e.to_string()));
+        Ok(match k {
+            "" | "first-found" | "firstFound" => Method::FirstFound,
+            "kubernetes-internal-ip" | "kubernetes" => Method::KubernetesInternalIp,
+            "interface" => Method::Interface(re(v)?),
+            "skip-interface" => Method::SkipInterface(re(v)?),
+            "can-reach" if !v.is_empty() => Method::CanReach(v.to_string()),
+            "cidr" | "cidrs" => Method::Cidrs(
+                v.split(',')
+                    .filter(|c| !c.trim().is_empty())
+                    .map(|c| c.trim().parse::<IpNet>().map_err(|e| bad(e.to_string())))
+                    .collect::<Result<_, _>>()?,
+            ),
+            "none" => Method::None,
+            _ => return Err(bad("unknown method".into())),
+        })
+    }
+}
 
 /// A setting that does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -227,5 +270,21 @@ mod tests {
         assert_eq!(p.conflist(), PathBuf::from("/x/net.d/10-tabby.conflist"));
         assert_eq!(p.state_files()[0], PathBuf::from("/x/state/mtu"));
         assert_eq!(p.protos_file, PathBuf::from(RT_PROTOS_FILE));
+    }
+
+    #[test]
+    fn methods_parse_in_calico_syntax() {
+        assert!(matches!(Method::parse("first-found").unwrap(), Method::FirstFound));
+        assert!(matches!(Method::parse("").unwrap(), Method::FirstFound));
+        assert!(matches!(Method::parse("kubernetes-internal-ip").unwrap(), Method::KubernetesInternalIp));
+        assert!(matches!(Method::parse("interface=eth.*").unwrap(), Method::Interface(_)));
+        assert!(matches!(Method::parse("can-reach=8.8.8.8").unwrap(), Method::CanReach(_)));
+        match Method::parse("cidr=10.0.0.0/8, 192.168.0.0/16").unwrap() {
+            Method::Cidrs(c) => assert_eq!(c.len(), 2),
+            m => panic!("{m:?}"),
+        }
+        assert!(Method::parse("cidr=nonsense").is_err());
+        assert!(Method::parse("interface=(").is_err());
+        assert!(Method::parse("guess").is_err());
     }
 }

@@ -19,6 +19,9 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeStatus, Pod, PodSpec, Secret, SecretKeySelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
@@ -197,6 +200,29 @@ impl Snapshot {
         let v = sec.data.as_ref()?.get(&s.key)?;
         String::from_utf8(v.0.clone()).ok()
     }
+}
+
+/// Node annotation: the node's IPv4 address with its prefix length (`192.168.100.2/24`), published by its
+/// agent, read by every other (peers, routes, CrossSubnet).
+pub const ANNOTATION_V4: &str = "tabby.dev/IPv4Address";
+/// Node annotation: the node's IPv6 address with its prefix length.
+pub const ANNOTATION_V6: &str = "tabby.dev/IPv6Address";
+
+/// A node's address from its annotation (other nodes' addresses, for peers and routes).
+pub fn node_address(node: &Node, v6: bool) -> Option<IpNet> {
+    let key = if v6 { ANNOTATION_V6 } else { ANNOTATION_V4 };
+    let v = node.metadata.annotations.as_ref()?.get(key)?;
+    v.parse::<IpNet>().ok().or_else(|| v.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// A node's annotation or label.
+pub fn node_meta<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    let m = &node.metadata;
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .or_else(|| m.labels.as_ref().and_then(|l| l.get(key)))
+        .map(String::as_str)
 }
 
 #[cfg(test)]

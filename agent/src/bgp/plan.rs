@@ -13,8 +13,10 @@ use tabby_api::nodestatus::PeerType;
 use tabby_api::selector::Selector;
 use tabby_bgp::{Family, PeerConfig};
 
-use crate::node::{self, RR_CLUSTER_ID};
+use crate::facts;
 
+/// Node label or annotation: this node is a route reflector with this cluster ID.
+pub const RR_CLUSTER_ID: &str = "tabby.dev/route-reflector-cluster-id";
 /// Node annotation overriding the cluster AS number for one node.
 pub const ANNOTATION_ASN: &str = "tabby.dev/as-number";
 
@@ -83,22 +85,22 @@ fn applies_to(peer: &BGPPeer, n: &Node) -> bool {
 }
 
 fn node_asn(n: &Node, default: u32) -> u32 {
-    node::node_meta(n, ANNOTATION_ASN).and_then(|v| v.parse().ok()).unwrap_or(default)
+    facts::node_meta(n, ANNOTATION_ASN).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn rr_cluster(n: &Node) -> Option<Ipv4Addr> {
-    node::node_meta(n, RR_CLUSTER_ID).and_then(|v| v.parse().ok())
+    facts::node_meta(n, RR_CLUSTER_ID).and_then(|v| v.parse().ok())
 }
 
 fn v4(n: &Node) -> Option<Ipv4Addr> {
-    match node::node_address(n, false)?.addr() {
+    match facts::node_address(n, false)?.addr() {
         IpAddr::V4(a) => Some(a),
         IpAddr::V6(_) => None,
     }
 }
 
 fn v6(n: &Node) -> Option<Ipv6Addr> {
-    match node::node_address(n, true)?.addr() {
+    match facts::node_address(n, true)?.addr() {
         IpAddr::V6(a) => Some(a),
         IpAddr::V4(_) => None,
     }
@@ -315,10 +317,11 @@ pub fn peer_config(p: &PlannedPeer) -> PeerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::{ANNOTATION_V4, ANNOTATION_V6};
     use tabby_api::bgp::BGPPeerSpec;
 
     fn node(name: &str, addr: &str, extra: &[(&str, &str)]) -> Node {
-        let mut ann: BTreeMap<String, String> = [(node::ANNOTATION_V4.to_string(), format!("{addr}/24"))].into();
+        let mut ann: BTreeMap<String, String> = [(ANNOTATION_V4.to_string(), format!("{addr}/24"))].into();
         let mut labels = BTreeMap::new();
         for (k, v) in extra {
             if k.contains("label:") {
@@ -362,7 +365,7 @@ mod tests {
 
     #[test]
     fn dual_stack_nodes_peer_over_ipv4_and_ipv6_each_family_in_its_own_session() {
-        let v6 = |a: &'static str| (node::ANNOTATION_V6, a);
+        let v6 = |a: &'static str| (ANNOTATION_V6, a);
         let nodes = vec![
             node("a", "192.168.1.1", &[v6("fd50::9/64")]),
             node("b", "192.168.1.2", &[v6("fd50::2/64")]),
@@ -406,9 +409,9 @@ mod tests {
 
     #[test]
     fn a_node_with_only_an_ipv6_address_gets_an_ipv6_session() {
-        let mut only6 = node("b", "192.168.1.2", &[(node::ANNOTATION_V6, "fd50::2/64")]);
-        only6.metadata.annotations.as_mut().unwrap().remove(node::ANNOTATION_V4);
-        let nodes = vec![node("a", "192.168.1.1", &[(node::ANNOTATION_V6, "fd50::1/64")]), only6];
+        let mut only6 = node("b", "192.168.1.2", &[(ANNOTATION_V6, "fd50::2/64")]);
+        only6.metadata.annotations.as_mut().unwrap().remove(ANNOTATION_V4);
+        let nodes = vec![node("a", "192.168.1.1", &[(ANNOTATION_V6, "fd50::1/64")]), only6];
         let p = plan("a", &nodes, &BGPConfigurationSpec::default(), NO_PEERS, &no_secret).unwrap();
         let got: Vec<_> = p.peers.iter().map(|x| (x.address.to_string(), x.families.clone())).collect();
         assert_eq!(got, vec![("fd50::2".to_string(), vec![Family::Ipv6Unicast])]);
@@ -417,8 +420,7 @@ mod tests {
     #[test]
     fn gaining_an_ipv6_address_restarts_the_speaker_to_listen_on_ipv6() {
         let single = vec![node("a", "192.168.1.1", &[]), node("b", "192.168.1.2", &[])];
-        let dual =
-            vec![node("a", "192.168.1.1", &[(node::ANNOTATION_V6, "fd50::1/64")]), node("b", "192.168.1.2", &[])];
+        let dual = vec![node("a", "192.168.1.1", &[(ANNOTATION_V6, "fd50::1/64")]), node("b", "192.168.1.2", &[])];
         let cfg = BGPConfigurationSpec::default();
         let (old, new) = (
             plan("a", &single, &cfg, NO_PEERS, &no_secret).unwrap(),

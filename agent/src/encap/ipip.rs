@@ -26,8 +26,7 @@ use tabby_wire::names as wire;
 use super::same_subnet;
 use crate::facts::Snapshot;
 use crate::ipam::{Allocator, Purpose, release_tunnel_address, tunnel_address};
-use crate::kernel::{Kernel, KernelError};
-use crate::node;
+use crate::kernel::{self, Kernel, KernelError};
 use crate::reconcile::{Condition, Local, Outcome, Reconciler, Removed, TeardownError};
 use crate::routes::Target;
 
@@ -236,7 +235,7 @@ pub async fn clear_device(k: &Kernel) -> Result<bool, KernelError> {
 }
 
 /// The IPIP reconciler: `tunl0` with the node's tunnel address (from IPAM) while an IPv4 pool uses IPIP,
-/// out of service otherwise. The routes through it are BGP's ([`Encap`], applied by `crate::bgp`).
+/// out of service otherwise. The routes through it are BGP's ([`Encap`], applied by the BGP reconciler).
 pub struct Ipip {
     node: String,
     kernel: Kernel,
@@ -287,7 +286,10 @@ impl Reconciler for Ipip {
     type Desired = Want;
 
     fn desired(&self, facts: &Snapshot, local: &Local) -> Want {
-        Want { on: enabled(&facts.pools), device_mtu: node::pod_mtu(&local.ifaces, super::IPIP_OVERHEAD) }
+        Want {
+            on: enabled(&facts.pools),
+            device_mtu: kernel::underlay_mtu(&local.ifaces).saturating_sub(super::IPIP_OVERHEAD),
+        }
     }
 
     async fn apply(&mut self, want: &Want, local: &mut Local) -> Outcome {

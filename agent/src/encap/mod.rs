@@ -39,8 +39,8 @@ mod tests {
         assert_eq!(overhead(false, true), 20);
         assert_eq!(overhead(true, false), 50);
         assert_eq!(overhead(true, true), 50);
-        let ifaces = [crate::node::Iface { index: 2, name: "eth0".into(), up: true, mtu: 1500, addrs: vec![] }];
-        assert_eq!(crate::node::pod_mtu(&ifaces, overhead(false, true)), 1480);
+        let ifaces = [crate::kernel::Iface { index: 2, name: "eth0".into(), up: true, mtu: 1500, addrs: vec![] }];
+        assert_eq!(crate::kernel::underlay_mtu(&ifaces) - overhead(false, true), 1480);
     }
 
     #[test]

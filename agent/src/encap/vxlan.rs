@@ -23,14 +23,17 @@ use tabby_api::ipam::{EncapsulationMode, IPAMBlock, IPPool};
 
 use tabby_wire::names as wire;
 
-use crate::facts::Snapshot;
+use crate::facts::{self, Snapshot};
 use crate::ipam::{Allocator, Purpose, release_tunnel_address, tunnel_address};
-use crate::kernel::{Kernel, KernelError};
-use crate::node::{self, ANNOTATION_VXLAN_ADDR, ANNOTATION_VXLAN_MAC};
+use crate::kernel::{self, Kernel, KernelError};
 use crate::reconcile::{Condition, Local, Outcome, Reconciler, Removed, TeardownError};
 use crate::routes::{RouteTable, Source, Target};
 
 pub const DEVICE: &str = "vxlan.tabby";
+/// Node annotation: the node's VXLAN tunnel address.
+pub const ANNOTATION_VXLAN_ADDR: &str = "tabby.dev/IPv4VXLANTunnelAddr";
+/// Node annotation: the MAC address of the node's `vxlan.tabby`.
+pub const ANNOTATION_VXLAN_MAC: &str = "tabby.dev/VXLANTunnelMACAddr";
 /// NodeStatus RoutesReady reason while the device or its entries cannot be programmed.
 pub const REASON_UNAVAILABLE: &str = "VXLANUnavailable";
 pub const VNI: u32 = 4096;
@@ -72,9 +75,9 @@ pub fn link_local(m: &[u8; 6]) -> Ipv6Addr {
 fn vtep_of(n: &Node) -> Option<Vtep> {
     Some(Vtep {
         node: n.metadata.name.clone()?,
-        node_ip: node::node_address(n, false)?.addr(),
-        tunnel_ip: node::node_meta(n, ANNOTATION_VXLAN_ADDR)?.parse().ok()?,
-        mac: parse_mac(node::node_meta(n, ANNOTATION_VXLAN_MAC)?)?,
+        node_ip: facts::node_address(n, false)?.addr(),
+        tunnel_ip: facts::node_meta(n, ANNOTATION_VXLAN_ADDR)?.parse().ok()?,
+        mac: parse_mac(facts::node_meta(n, ANNOTATION_VXLAN_MAC)?)?,
     })
 }
 
@@ -117,10 +120,10 @@ pub fn desired<N: Borrow<Node>, B: Borrow<IPAMBlock>, P: Borrow<IPPool>>(
         let v6 = cidr.addr().is_ipv6();
         let Some(n) = by_node.get(owner) else { continue };
         // Subnets are the IPv4 underlay's, where the tunnel runs.
-        let node_v4 = node::node_address(n, false).map(|a| a.addr());
+        let node_v4 = facts::node_address(n, false).map(|a| a.addr());
         let same_subnet = node_v4.is_some_and(|ip| super::same_subnet(my_addr, ip));
         if mode == EncapsulationMode::CrossSubnet && same_subnet {
-            let direct = if v6 { node::node_address(n, true).map(|a| a.addr()) } else { node_v4 };
+            let direct = if v6 { facts::node_address(n, true).map(|a| a.addr()) } else { node_v4 };
             if let Some(ip) = direct {
                 d.routes.insert(cidr, Target::Via { gw: ip, dev: None, onlink: false });
                 continue;
@@ -387,7 +390,7 @@ impl Reconciler for Vxlan {
                 IpAddr::V4(v) => Some(v),
                 IpAddr::V6(_) => None,
             }),
-            device_mtu: node::pod_mtu(&local.ifaces, super::VXLAN_OVERHEAD_V4),
+            device_mtu: kernel::underlay_mtu(&local.ifaces).saturating_sub(super::VXLAN_OVERHEAD_V4),
             desired: desired(&facts.node, local.addr_v4, &facts.nodes, &facts.blocks, &facts.pools),
         }
     }
@@ -436,7 +439,7 @@ mod tests {
         let mut n = Node::default();
         n.metadata.name = Some(name.into());
         n.metadata.annotations = Some(BTreeMap::from([
-            (node::ANNOTATION_V4.to_string(), addr.to_string()),
+            (facts::ANNOTATION_V4.to_string(), addr.to_string()),
             (ANNOTATION_VXLAN_ADDR.to_string(), tunnel.to_string()),
             (ANNOTATION_VXLAN_MAC.to_string(), mac.to_string()),
         ]));
@@ -491,7 +494,7 @@ mod tests {
     #[test]
     fn ipv6_blocks_go_via_the_vtep_link_local_address_or_directly_to_a_neighbour_with_ipv6() {
         let mut b = node("b", "192.168.1.2/24", "10.0.0.65", "66:00:00:00:00:02");
-        b.metadata.annotations.as_mut().unwrap().insert(node::ANNOTATION_V6.into(), "fd50::2/64".into());
+        b.metadata.annotations.as_mut().unwrap().insert(facts::ANNOTATION_V6.into(), "fd50::2/64".into());
         let nodes = vec![b, node("c", "192.168.2.3/24", "10.0.0.129", "66:00:00:00:00:03")];
         let blocks = vec![block("fd00:10::40/122", "b"), block("fd00:10::80/122", "c")];
         let my: Option<IpNet> = Some("192.168.1.1/24".parse().unwrap());

@@ -94,6 +94,21 @@ impl Kernel {
     }
 }
 
+/// Interfaces never taken for the node's uplink (first-found, MTU): loopback, container and overlay
+/// devices, Tabby's own.
+pub fn not_uplink() -> &'static regex::Regex {
+    static SKIP: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        let re = r"^(lo|docker.*|cbr.*|dummy.*|virbr.*|lxcbr.*|veth.*|tby.*|vxlan\.tabby|vxlan\..*|kube-ipvs.*|cni.*|flannel.*|tunl.*|cali.*|br-.*)$";
+        regex::Regex::new(re).expect("a constant pattern that compiles")
+    });
+    &SKIP
+}
+
+/// The smallest MTU of the up underlay interfaces (1500 when there is none).
+pub fn underlay_mtu(ifaces: &[Iface]) -> u32 {
+    ifaces.iter().filter(|i| i.up && !not_uplink().is_match(&i.name)).map(|i| i.mtu).min().unwrap_or(1500)
+}
+
 /// The name of a link message.
 pub fn link_name(m: &LinkMessage) -> Option<String> {
     m.attributes.iter().find_map(|a| match a {

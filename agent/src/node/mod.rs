@@ -15,82 +15,20 @@ use kube::{Api, Client};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::config::{Config, Paths};
+use crate::config::{Config, Method, Paths};
 use crate::encap::{self, ipip, vxlan};
 use crate::facts::Snapshot;
+use crate::kernel;
 pub use crate::kernel::Iface;
 use crate::reconcile::{Local, Outcome, Reconciler, Removed, TeardownError};
 
-/// Node annotation: the node's IPv4 address with its prefix length (`192.168.100.2/24`).
-pub const ANNOTATION_V4: &str = "tabby.dev/IPv4Address";
-/// Node annotation: the node's IPv6 address with its prefix length.
-pub const ANNOTATION_V6: &str = "tabby.dev/IPv6Address";
-/// Node annotation: the node's VXLAN tunnel address.
-pub const ANNOTATION_VXLAN_ADDR: &str = "tabby.dev/IPv4VXLANTunnelAddr";
-/// Node annotation: the MAC address of the node's `vxlan.tabby`.
-pub const ANNOTATION_VXLAN_MAC: &str = "tabby.dev/VXLANTunnelMACAddr";
-/// Node label or annotation: this node is a route reflector with this cluster ID.
-pub const RR_CLUSTER_ID: &str = "tabby.dev/route-reflector-cluster-id";
-
-/// Interfaces never considered the node's uplink (first-found, MTU): loopback, container and overlay
-/// devices, Tabby's own.
-const SKIP_BY_DEFAULT: &str = r"^(lo|docker.*|cbr.*|dummy.*|virbr.*|lxcbr.*|veth.*|tby.*|vxlan\.tabby|vxlan\..*|kube-ipvs.*|cni.*|flannel.*|tunl.*|cali.*|br-.*)$";
-
-/// An autodetection method.
-#[derive(Debug, Clone)]
-pub enum Method {
-    FirstFound,
-    KubernetesInternalIp,
-    Interface(regex::Regex),
-    SkipInterface(regex::Regex),
-    CanReach(String),
-    Cidrs(Vec<IpNet>),
-    /// `none`: no address of this family.
-    None,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error("autodetection method {0:?}: {1}")]
-    Method(String, String),
-}
-
-impl Method {
-    /// Parses Calico's syntax (`first-found`, `kubernetes-internal-ip`, `interface=RE`, `skip-interface=RE`,
-    /// `can-reach=DEST`, `cidr=CIDR[,CIDR…]`, `none`).
-    pub fn parse(s: &str) -> Result<Method, NodeError> {
-        let bad = |why: String| NodeError::Method(s.to_string(), why);
-        let s = s.trim();
-        let (k, v) = s.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((s, ""));
-        let re = |v: &str| regex::Regex::new(&format!("^(?:{v})$")).map_err(|e| bad(e.to_string()));
-        Ok(match k {
-            "" | "first-found" | "firstFound" => Method::FirstFound,
-            "kubernetes-internal-ip" | "kubernetes" => Method::KubernetesInternalIp,
-            "interface" => Method::Interface(re(v)?),
-            "skip-interface" => Method::SkipInterface(re(v)?),
-            "can-reach" if !v.is_empty() => Method::CanReach(v.to_string()),
-            "cidr" | "cidrs" => Method::Cidrs(
-                v.split(',')
-                    .filter(|c| !c.trim().is_empty())
-                    .map(|c| c.trim().parse::<IpNet>().map_err(|e| bad(e.to_string())))
-                    .collect::<Result<_, _>>()?,
-            ),
-            "none" => Method::None,
-            _ => return Err(bad("unknown method".into())),
-        })
-    }
-}
+pub use crate::facts::{ANNOTATION_V4, ANNOTATION_V6};
 
 fn usable(a: &IpNet, v6: bool) -> bool {
     match a.addr() {
         IpAddr::V4(x) => !v6 && !x.is_loopback() && !x.is_link_local(),
         IpAddr::V6(x) => v6 && !x.is_loopback() && !x.is_unicast_link_local(),
     }
-}
-
-fn default_skip() -> regex::Regex {
-    // A constant pattern that is known to compile.
-    regex::Regex::new(SKIP_BY_DEFAULT).expect("static regex")
 }
 
 /// Picks the node address of one family among `ifaces` (sorted by index). `internal_ip` is the Node's
@@ -102,7 +40,7 @@ pub fn select(
     internal_ip: Option<IpAddr>,
     reach_src: Option<IpAddr>,
 ) -> Option<IpNet> {
-    let skip = default_skip();
+    let skip = kernel::not_uplink();
     let with_addr = |pred: &dyn Fn(&Iface) -> bool| -> Option<IpNet> {
         ifaces.iter().filter(|i| i.up && pred(i)).find_map(|i| i.addrs.iter().find(|a| usable(a, v6)).copied())
     };
@@ -131,9 +69,7 @@ pub fn select(
 
 /// The pod MTU: the smallest MTU of the up underlay interfaces (1500 if none) minus `overhead`.
 pub fn pod_mtu(ifaces: &[Iface], overhead: u32) -> u32 {
-    let skip = default_skip();
-    let base = ifaces.iter().filter(|i| i.up && !skip.is_match(&i.name)).map(|i| i.mtu).min().unwrap_or(1500);
-    base.saturating_sub(overhead)
+    kernel::underlay_mtu(ifaces).saturating_sub(overhead)
 }
 
 /// The source address the kernel would use towards `dest` (no packet is sent).
@@ -150,23 +86,6 @@ pub fn internal_ip(node: &Node, v6: bool) -> Option<IpAddr> {
     node.status.as_ref()?.addresses.as_ref()?.iter().find_map(|a| {
         (a.type_ == "InternalIP").then(|| a.address.parse::<IpAddr>().ok()).flatten().filter(|ip| ip.is_ipv6() == v6)
     })
-}
-
-/// A node's address from its annotation (other nodes' addresses, for peers and routes).
-pub fn node_address(node: &Node, v6: bool) -> Option<IpNet> {
-    let key = if v6 { ANNOTATION_V6 } else { ANNOTATION_V4 };
-    let v = node.metadata.annotations.as_ref()?.get(key)?;
-    v.parse::<IpNet>().ok().or_else(|| v.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
-/// A node's annotation or label.
-pub fn node_meta<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
-    let m = &node.metadata;
-    m.annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .or_else(|| m.labels.as_ref().and_then(|l| l.get(key)))
-        .map(String::as_str)
 }
 
 /// The pod MTU when nothing else is known yet: the configured one, else the MTU of the interface
@@ -365,22 +284,6 @@ mod tests {
     }
 
     #[test]
-    fn methods_parse_in_calico_syntax() {
-        assert!(matches!(Method::parse("first-found").unwrap(), Method::FirstFound));
-        assert!(matches!(Method::parse("").unwrap(), Method::FirstFound));
-        assert!(matches!(Method::parse("kubernetes-internal-ip").unwrap(), Method::KubernetesInternalIp));
-        assert!(matches!(Method::parse("interface=eth.*").unwrap(), Method::Interface(_)));
-        assert!(matches!(Method::parse("can-reach=8.8.8.8").unwrap(), Method::CanReach(_)));
-        match Method::parse("cidr=10.0.0.0/8, 192.168.0.0/16").unwrap() {
-            Method::Cidrs(c) => assert_eq!(c.len(), 2),
-            m => panic!("{m:?}"),
-        }
-        assert!(Method::parse("cidr=nonsense").is_err());
-        assert!(Method::parse("interface=(").is_err());
-        assert!(Method::parse("guess").is_err());
-    }
-
-    #[test]
     fn selection_by_each_method() {
         let i = ifaces();
         let sel = |m: &str, v6: bool| select(&Method::parse(m).unwrap(), &i, v6, None, None).map(|n| n.to_string());
@@ -426,15 +329,15 @@ mod tests {
         let want: BTreeMap<String, Option<String>> = [
             (ANNOTATION_V4.to_string(), Some("10.1.0.5/24".to_string())),
             (ANNOTATION_V6.to_string(), None),
-            (ANNOTATION_VXLAN_ADDR.to_string(), None),
-            (ANNOTATION_VXLAN_MAC.to_string(), Some("66:00:00:00:00:01".to_string())),
+            (vxlan::ANNOTATION_VXLAN_ADDR.to_string(), None),
+            (vxlan::ANNOTATION_VXLAN_MAC.to_string(), Some("66:00:00:00:00:01".to_string())),
         ]
         .into();
         let p = annotation_patch(Some(&have), &want);
         // The address that did not change stays out, and so does removing one the Node does not have.
         assert_eq!(p.len(), 2, "{p:?}");
         assert_eq!(p[ANNOTATION_V6], Value::Null);
-        assert_eq!(p[ANNOTATION_VXLAN_MAC], "66:00:00:00:00:01");
+        assert_eq!(p[vxlan::ANNOTATION_VXLAN_MAC], "66:00:00:00:00:01");
         assert!(annotation_patch(Some(&have), &BTreeMap::new()).is_empty());
     }
 }
