@@ -9,6 +9,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kube::{Api, Client};
+use tabby_api::installation::Installation;
+use tabby_api::names;
+
 use crate::config::Paths;
 use crate::encap::ipip::Ipip;
 use crate::encap::vxlan::Vxlan;
@@ -45,4 +49,12 @@ pub async fn cleanup(paths: &Paths) -> Result<Removed, CleanupError> {
         }
     }
     Ok(removed)
+}
+
+/// True when Installation/default exists with a deletionTimestamp.
+pub async fn uninstalling(client: &Client) -> bool {
+    match Api::<Installation>::all(client.clone()).get_opt(names::DEFAULT_NAME).await {
+        Ok(Some(i)) => i.metadata.deletion_timestamp.is_some(),
+        _ => false,
+    }
 }

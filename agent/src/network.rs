@@ -5,13 +5,10 @@
 //! then know where they start from, the Node is annotated with what they found, routes, BGP and NAT
 //! follow, and NodeStatus reports everything last.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::{Api, Client};
-use tabby_api::installation::Installation;
-use tabby_api::names;
+use kube::Client;
 use tokio::sync::watch;
 
 use crate::bgp::Bgp;
@@ -22,7 +19,7 @@ use crate::facts::Facts;
 use crate::ipam::Allocator;
 use crate::kernel::{Kernel, KernelError};
 use crate::nat::Nat;
-use crate::node::{Annotations, Identity, source_towards};
+use crate::node::{Annotations, Identity};
 use crate::reconcile::{Local, Slot};
 use crate::routes::RouteTable;
 use crate::routes::pods::PodRoutes;
@@ -44,7 +41,7 @@ impl Reconcilers {
     /// One pass: one snapshot of the facts, the local facts read once, every reconciler in order.
     async fn pass(&mut self, facts: &Facts, kernel: &Kernel) {
         let snap = facts.snapshot();
-        let mut local = gather(kernel, self.node.r.reach_destinations()).await;
+        let mut local = Local::gather(kernel, self.node.r.reach_destinations()).await;
         self.node.step(&snap, &mut local).await;
         self.vxlan.step(&snap, &mut local).await;
         self.ipip.step(&snap, &mut local).await;
@@ -53,24 +50,6 @@ impl Reconcilers {
         self.bgp.step(&snap, &mut local).await;
         self.nat.step(&snap, &mut local).await;
         self.status.step(&snap, &mut local).await;
-    }
-}
-
-/// What a pass reads of the node itself, once: the interfaces, the can-reach source addresses and the
-/// forwarding switches.
-async fn gather(kernel: &Kernel, reach: (Option<&str>, Option<&str>)) -> Local {
-    let (ifaces, ifaces_error) = match kernel.interfaces().await {
-        Ok(i) => (i, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
-    };
-    let src = |d: Option<&str>, v6: bool| d.and_then(source_towards).filter(|ip: &IpAddr| ip.is_ipv6() == v6);
-    Local {
-        ifaces,
-        ifaces_error,
-        reach: (src(reach.0, false), src(reach.1, true)),
-        forwarding: crate::forwarding::read(),
-        bgp_ready: true,
-        ..Local::default()
     }
 }
 
@@ -146,20 +125,12 @@ impl Network {
         // Nothing may put routes back while (or after) cleaning up.
         self.routes_task.abort();
         let _ = self.routes_task.await;
-        if uninstalling(&self.client).await {
+        if crate::cleanup::uninstalling(&self.client).await {
             tracing::info!("the Installation is being deleted: cleaning up this node");
             match crate::cleanup::cleanup(&cfg.paths).await {
                 Ok(r) => tracing::info!(routes = r.routes, links = r.links.len(), nft = r.nft_table, "cleaned up"),
                 Err(e) => tracing::warn!(error = %e, "cleanup failed"),
             }
         }
-    }
-}
-
-/// True when Installation/default exists with a deletionTimestamp.
-pub async fn uninstalling(client: &Client) -> bool {
-    match Api::<Installation>::all(client.clone()).get_opt(names::DEFAULT_NAME).await {
-        Ok(Some(i)) => i.metadata.deletion_timestamp.is_some(),
-        _ => false,
     }
 }

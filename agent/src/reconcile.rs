@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use tabby_api::nodestatus::BgpStatus;
 
 use crate::facts::Snapshot;
-use crate::kernel::Iface;
+use crate::kernel::{Iface, Kernel, source_towards};
 
 /// Why a subsystem cannot do its part on this node, reported as a NodeStatus condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,26 @@ pub struct Local {
     pub bgp_ready: bool,
     /// Every problem of this pass, in the order of the reconcilers.
     pub problems: Vec<Problem>,
+}
+
+impl Local {
+    /// What a pass reads of the node itself, once: the interfaces, the source addresses towards the
+    /// can-reach destinations `reach` (IPv4, IPv6), and the forwarding switches.
+    pub async fn gather(kernel: &Kernel, reach: (Option<&str>, Option<&str>)) -> Local {
+        let (ifaces, ifaces_error) = match kernel.interfaces().await {
+            Ok(i) => (i, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let src = |d: Option<&str>, v6: bool| d.and_then(source_towards).filter(|ip: &IpAddr| ip.is_ipv6() == v6);
+        Local {
+            ifaces,
+            ifaces_error,
+            reach: (src(reach.0, false), src(reach.1, true)),
+            forwarding: crate::forwarding::read(),
+            bgp_ready: true,
+            ..Local::default()
+        }
+    }
 }
 
 /// One slice of the node's state.

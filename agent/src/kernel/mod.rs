@@ -5,6 +5,7 @@
 pub mod nft;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
@@ -107,6 +108,15 @@ pub fn not_uplink() -> &'static regex::Regex {
 /// The smallest MTU of the up underlay interfaces (1500 when there is none).
 pub fn underlay_mtu(ifaces: &[Iface]) -> u32 {
     ifaces.iter().filter(|i| i.up && !not_uplink().is_match(&i.name)).map(|i| i.mtu).min().unwrap_or(1500)
+}
+
+/// The source address the kernel would use towards `dest` (no packet is sent).
+pub fn source_towards(dest: &str) -> Option<IpAddr> {
+    let ip: IpAddr = dest.parse().ok()?;
+    let bind: SocketAddr = if ip.is_ipv6() { "[::]:0".parse().ok()? } else { "0.0.0.0:0".parse().ok()? };
+    let s = UdpSocket::bind(bind).ok()?;
+    s.connect(SocketAddr::new(ip, 53)).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
 }
 
 /// The name of a link message.

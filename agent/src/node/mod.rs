@@ -6,7 +6,7 @@
 //! encapsulations: publishes what the pass found on the Node, only what differs).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
@@ -70,15 +70,6 @@ pub fn select(
 /// The pod MTU: the smallest MTU of the up underlay interfaces (1500 if none) minus `overhead`.
 pub fn pod_mtu(ifaces: &[Iface], overhead: u32) -> u32 {
     kernel::underlay_mtu(ifaces).saturating_sub(overhead)
-}
-
-/// The source address the kernel would use towards `dest` (no packet is sent).
-pub fn source_towards(dest: &str) -> Option<IpAddr> {
-    let ip: IpAddr = dest.parse().ok()?;
-    let bind: SocketAddr = if ip.is_ipv6() { "[::]:0".parse().ok()? } else { "0.0.0.0:0".parse().ok()? };
-    let s = UdpSocket::bind(bind).ok()?;
-    s.connect(SocketAddr::new(ip, 53)).ok()?;
-    s.local_addr().ok().map(|a| a.ip())
 }
 
 /// The Node's InternalIP of the family.
@@ -314,8 +305,8 @@ mod tests {
 
     #[test]
     fn can_reach_uses_the_kernel_source_choice() {
-        assert_eq!(source_towards("127.0.0.1"), Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(source_towards("not an ip"), None);
+        assert_eq!(kernel::source_towards("127.0.0.1"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(kernel::source_towards("not an ip"), None);
     }
 
     #[test]
