@@ -16,14 +16,11 @@
 //!
 //! Needs root, gobgpd, bird, iperf3 and the control plane (`make controlplane`).
 
-#[path = "../tests/routing_support/mod.rs"]
-mod routing_support;
-
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 const FEED_ADDR: &str = "192.168.50.100";
 const BIRD_ADDR: &str = "192.168.50.50";
@@ -69,15 +66,6 @@ fn mrt(n: u32, nh: [u8; 4]) -> Vec<u8> {
     out
 }
 
-fn veth_to_bridge(lab: &Lab, ns: &Netns, addr: &str) {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let peer = format!("vb{}x{}", std::process::id() % 10_000, N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    sh(&["ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &peer, "netns", &lab.ul.name]);
-    lab.ul.ip(&["link", "set", &peer, "master", "br0", "up"]);
-    ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "up"]);
-}
-
 struct Feed {
     ns: Netns,
     child: Child,
@@ -89,7 +77,7 @@ struct Feed {
 impl Feed {
     fn start(lab: &Lab, n: u32) -> Feed {
         let ns = Netns::new("feed");
-        veth_to_bridge(lab, &ns, FEED_ADDR);
+        lab.plug(&ns, FEED_ADDR);
         let dir = lab.dir.path().join(format!("feed-{n}"));
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(
@@ -330,7 +318,7 @@ fn fib_tabby(lab: &mut Lab, how: Sender, feed: &Feed, n: u32) -> FibRun {
 
 fn fib_bird(lab: &Lab, how: Sender, feed: &Feed, n: u32) -> FibRun {
     let ns = Netns::new("bird");
-    veth_to_bridge(lab, &ns, BIRD_ADDR);
+    lab.plug(&ns, BIRD_ADDR);
     // The injector does not listen, and BIRD's own attempts would reach gobgpd on the same address and
     // fail, taking the injector's session down with them.
     let passive = if matches!(how, Sender::Inject(_)) { "passive on; " } else { "" };
@@ -469,7 +457,7 @@ fn mib(kib: u64) -> f64 {
 /// there. Neither receiver can install faster than this.
 fn kernel_alone(n: u32) -> std::time::Duration {
     use std::sync::Arc;
-    use tabby_agent::routes::{Plan, Target, fib::Fib};
+    use tabby_agent::routes::{Diff, Target, fib::Fib};
     let ns = Netns::new("floor");
     ns.ip(&["link", "add", "f0", "type", "veth", "peer", "name", "f1"]);
     ns.ip(&["link", "set", "f0", "up"]);
@@ -484,7 +472,7 @@ fn kernel_alone(n: u32) -> std::time::Duration {
                 (ipnet::IpNet::V4(ipnet::Ipv4Net::new(a, 29).expect("prefix")), via.clone())
             })
             .collect();
-        let plan = Plan { put, ..Plan::default() };
+        let plan = Diff { put, ..Diff::default() };
         let t = Instant::now();
         let failed = fib.apply(&plan, &Default::default());
         let took = t.elapsed();
@@ -540,7 +528,7 @@ async fn main() {
         .map(|s| s.split_whitespace().filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000]);
     for t in ["gobgpd", "gobgp", "bird", "iperf3"] {
-        if !require_tool("bench-routing", t) {
+        if !require_tools("bench-routing", &[t]) {
             return;
         }
     }

@@ -1,121 +1,60 @@
-//! `tabby-agent cleanup`: removes everything Tabby put on the node — its routes (protocol tabby), its
-//! devices (`vxlan.tabby`, pod host veths `tby…`), tunl0's address, the nftables table, the CNI plugin
-//! binary and conflist, the route protocol name and the agent's state files — so the node is as it was
-//! before. `tunl0` itself belongs to the kernel's `ipip` module and cannot be deleted: it is left down
-//! without an address. Run by the
-//! agent on SIGTERM when the Installation is being deleted (an uninstall, not a rolling update), and by
-//! hand.
+//! `tabby-agent cleanup`: every reconciler's teardown, then install-cni's files and the socket — so the
+//! node is as it was before Tabby. The pod host veths and every `proto tabby` route go (their devices'
+//! routes with them), `vxlan.tabby`, tunl0's address (`tunl0` itself belongs to the kernel's `ipip` module
+//! and cannot be deleted: it is left down without an address), NAT's objects of table `inet tabby` (and the
+//! table once nothing else is in it), the CNI plugin binary and conflist, the route protocol name and the
+//! agent's state files. Run by the agent on SIGTERM when the Installation is being deleted (an uninstall,
+//! not a rolling update), and by hand.
 
-use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::TryStreamExt;
-use tabby_api::{agentenv, names};
+use kube::{Api, Client};
+use tabby_api::installation::Installation;
+use tabby_api::names;
 
-use crate::routes::kernel::{Kernel, KernelError, link_name};
-use crate::routes::{self, RT_PROTOS_FILE};
+use crate::config::Paths;
+use crate::encap::ipip::Ipip;
+use crate::encap::vxlan::Vxlan;
+use crate::kernel::nft::Nft;
+use crate::kernel::{Kernel, KernelError};
+use crate::nat::Nat;
+use crate::node::{Identity, remove_file};
+use crate::reconcile::{Reconciler, Removed, TeardownError};
+use crate::routes::RouteTable;
+use crate::routes::pods::PodRoutes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error("nftables: {0}")]
-    Nat(#[from] crate::nat::NatError),
-    #[error("removing {0}: {1}")]
-    File(String, std::io::Error),
+    #[error(transparent)]
+    Teardown(#[from] TeardownError),
+    #[error("{0}")]
+    File(String),
 }
-
-/// What cleanup removed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Report {
-    pub routes: usize,
-    pub links: Vec<String>,
-    /// tunl0 was in service and is now down without an address (or deleted, if Tabby had added it).
-    pub tunl0_cleared: bool,
-    pub nft_table: bool,
-    pub files: Vec<PathBuf>,
-}
-
-/// The files cleanup removes, from the same environment install-cni and the agent read.
-pub fn files(env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
-    let get = |k: &str| env(k).filter(|v| !v.is_empty());
-    let bin = PathBuf::from(get(agentenv::CNI_BIN_DIR).unwrap_or_else(|| agentenv::CONTAINER_CNI_BIN_DIR.into()));
-    let conf = PathBuf::from(get(agentenv::CNI_CONF_DIR).unwrap_or_else(|| agentenv::CONTAINER_CNI_CONF_DIR.into()));
-    let conf_name = get(agentenv::CNI_CONF_NAME).unwrap_or_else(|| names::CNI_CONFLIST_FILE.into());
-    let state = PathBuf::from(get(crate::config::ENV_STATE_DIR).unwrap_or_else(|| names::STATE_DIR.into()));
-    let socket = get(crate::config::ENV_SOCKET)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(names::RUN_DIR).join("agent.sock"));
-    let protos = get(ENV_RT_PROTOS_FILE).unwrap_or_else(|| RT_PROTOS_FILE.into());
-    vec![
-        bin.join(names::CNI_PLUGIN_BINARY),
-        conf.join(conf_name),
-        state.join("mtu"),
-        state.join("nodename"),
-        socket,
-        PathBuf::from(protos),
-    ]
-}
-
-/// Overrides where the route protocol name is written (tests).
-pub const ENV_RT_PROTOS_FILE: &str = "TABBY_RT_PROTOS_FILE";
 
 /// Removes Tabby's host state.
-pub async fn cleanup(env: &dyn Fn(&str) -> Option<String>) -> Result<Report, CleanupError> {
-    let mut rep = Report::default();
+pub async fn cleanup(paths: &Paths) -> Result<Removed, CleanupError> {
     let k = Kernel::open()?;
-    // Devices first: their routes go with them.
-    let links: Vec<_> = k.handle.link().get().execute().try_collect().await.map_err(KernelError::from)?;
-    for l in &links {
-        let Some(name) = link_name(l) else { continue };
-        if name == crate::vxlan::DEVICE || name.starts_with(tabby_cni::plugin::VETH_PREFIX) {
-            match k.handle.link().del(l.header.index).execute().await {
-                Ok(()) => rep.links.push(name),
-                Err(e) => tracing::warn!(link = %name, error = %e, "deleting link"),
-            }
+    let mut removed = Removed::default();
+    removed.add(Vxlan::new("", k.clone(), RouteTable::new(), None).teardown().await?);
+    removed.add(PodRoutes::new(RouteTable::new()).teardown().await?);
+    removed.add(Ipip::new("", k, None, false).teardown().await?);
+    removed.add(Nat::new(Arc::new(Mutex::new(Nft::default())), Duration::ZERO).teardown().await?);
+    removed.add(Identity::for_teardown(paths).teardown().await?);
+    for f in [paths.plugin(), paths.conflist(), paths.socket.clone()] {
+        if remove_file(&f).map_err(CleanupError::File)? {
+            removed.files.push(f);
         }
     }
-    rep.tunl0_cleared = crate::ipip::clear_device(&k).await?;
-    let names = k.links().await?;
-    let all = k.routes(&names).await?;
-    rep.routes = all.len();
-    let failed = k.delete(&all, &names).await;
-    if let Some((dst, why)) = failed.first() {
-        tracing::warn!(%dst, %why, left = failed.len(), "some routes were not removed");
-    }
-    rep.nft_table = crate::nat::delete()?;
-    for f in files(env) {
-        if remove(&f)? {
-            rep.files.push(f);
-        }
-    }
-    let _ = routes::RTPROT_TABBY;
-    Ok(rep)
+    Ok(removed)
 }
 
-fn remove(p: &Path) -> Result<bool, CleanupError> {
-    match std::fs::remove_file(p) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(CleanupError::File(p.display().to_string(), e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_follow_the_environment() {
-        let env = |k: &str| match k {
-            "TABBY_CNI_BIN_DIR" => Some("/x/bin".to_string()),
-            "TABBY_CNI_CONF_DIR" => Some("/x/net.d".to_string()),
-            "TABBY_STATE_DIR" => Some("/x/state".to_string()),
-            _ => None,
-        };
-        let f = files(&env);
-        assert_eq!(f[0], PathBuf::from("/x/bin/tabby"));
-        assert_eq!(f[1], PathBuf::from("/x/net.d/10-tabby.conflist"));
-        assert_eq!(f[2], PathBuf::from("/x/state/mtu"));
-        assert_eq!(f[5], PathBuf::from(RT_PROTOS_FILE));
+/// True when Installation/default exists with a deletionTimestamp.
+pub async fn uninstalling(client: &Client) -> bool {
+    match Api::<Installation>::all(client.clone()).get_opt(names::DEFAULT_NAME).await {
+        Ok(Some(i)) => i.metadata.deletion_timestamp.is_some(),
+        _ => false,
     }
 }

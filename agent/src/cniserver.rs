@@ -1,17 +1,19 @@
 //! The agent's side of the CNI socket: one JSON request line, one JSON response line per connection
-//! (protocol in tabby_cni::proto, documented in docs/cni.md). The socket is created mode 0600.
+//! (protocol in tabby_wire::proto, documented in docs/cni.md). The socket is created mode 0600.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tabby_cni::proto::{self, ErrorBody, Op, Request, Response};
-use tabby_cni::spec::code;
 use tabby_obs::prometheus_client::metrics::counter::Counter;
 use tabby_obs::prometheus_client::registry::Registry;
+use tabby_wire::code;
+use tabby_wire::proto::{self, ErrorBody, Op, Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
 
 use crate::ipam::allocator::{AllocRequest, ReleaseSel};
 use crate::ipam::{Allocator, IpamError};
@@ -39,28 +41,24 @@ impl Metrics {
     }
 }
 
-/// What the server answers with: the allocator once it is up, and readiness.
-#[derive(Clone, Default)]
+/// What the server answers with: the allocator once it is up, readiness, and the pod MTU.
+#[derive(Clone)]
 pub struct Shared {
     pub allocator: Arc<OnceLock<Allocator>>,
     pub ready: Arc<AtomicBool>,
-    /// The MTU handed to pods when the state file below cannot be read.
-    pub mtu: u32,
-    /// The agent's state directory: its `mtu` file is rewritten by the network pass when the underlay
-    /// or the encapsulation changes (VXLAN −50, IPIP −20), and every ADD hands out what it says.
-    pub state_dir: Option<PathBuf>,
+    /// The pod MTU, as the network pass last found it (the underlay's minus VXLAN's 50 or IPIP's 20).
+    pub mtu: watch::Receiver<u32>,
     pub metrics: Metrics,
 }
 
 impl Shared {
+    pub fn new(mtu: watch::Receiver<u32>, metrics: Metrics) -> Shared {
+        Shared { allocator: Arc::default(), ready: Arc::default(), mtu, metrics }
+    }
+
     /// The pod MTU right now.
     fn pod_mtu(&self) -> u32 {
-        self.state_dir
-            .as_ref()
-            .and_then(|d| std::fs::read_to_string(d.join("mtu")).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .filter(|m| *m != 0)
-            .unwrap_or(self.mtu)
+        *self.mtu.borrow()
     }
 }
 
@@ -113,10 +111,12 @@ fn ipam_error(e: IpamError) -> Response {
         IpamError::Exhausted(_) => code::POOL_EXHAUSTED,
         IpamError::NoPool(_) | IpamError::AddressTaken(..) | IpamError::BadAnnotation(..) => code::AGENT,
         IpamError::Api(_) | IpamError::Conflicts(_) | IpamError::Stopped => code::TRY_AGAIN_LATER,
+        IpamError::Invariant(_) => code::INTERNAL,
     };
     let msg = match c {
         code::POOL_EXHAUSTED => "no address available",
         code::TRY_AGAIN_LATER => "IPAM is unavailable; try again later",
+        code::INTERNAL => "the agent's IPAM state is inconsistent (a bug: see the agent's log)",
         _ => "IPAM refused the request",
     };
     error(c, msg, e.to_string())
@@ -200,7 +200,7 @@ mod tests {
 
     #[tokio::test]
     async fn protocol_errors_and_status() {
-        let shared = Shared::default();
+        let shared = Shared::new(watch::channel(1500).1, Metrics::default());
         let r = answer("nope", &shared).await;
         assert_eq!(r.error.unwrap().code, code::DECODE);
         let r = answer(r#"{"v":9,"op":"status"}"#, &shared).await;

@@ -28,10 +28,10 @@ pub fn problem(v4: Option<&str>, v6: Option<&str>, v6_pods: bool) -> Option<Stri
     })
 }
 
-/// [`problem`] for this node, read from /proc.
-pub fn check(v6_pods: bool) -> Option<String> {
+/// The switches of this node as read from /proc (`None`: unreadable), for [`problem`].
+pub fn read() -> (Option<String>, Option<String>) {
     let read = |p: &str| std::fs::read_to_string(p).ok();
-    problem(read(V4).as_deref(), if v6_pods { read(V6) } else { None }.as_deref(), v6_pods)
+    (read(V4), read(V6))
 }
 
 #[cfg(test)]

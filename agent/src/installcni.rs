@@ -55,10 +55,7 @@ pub fn install(env: &dyn Fn(&str) -> Option<String>) -> Result<Report, InstallEr
     if !parsed.get("plugins").is_some_and(serde_json::Value::is_array) {
         return Err(InstallError::BadConfig(agentenv::CNI_NETWORK_CONFIG, "no \"plugins\" list".into()));
     }
-    let bin_dir = PathBuf::from(get(agentenv::CNI_BIN_DIR).unwrap_or_else(|| agentenv::CONTAINER_CNI_BIN_DIR.into()));
-    let conf_dir =
-        PathBuf::from(get(agentenv::CNI_CONF_DIR).unwrap_or_else(|| agentenv::CONTAINER_CNI_CONF_DIR.into()));
-    let conf_name = get(agentenv::CNI_CONF_NAME).unwrap_or_else(|| names::CNI_CONFLIST_FILE.into());
+    let paths = crate::config::Paths::from_env(env);
     let source = match get(ENV_PLUGIN_SOURCE) {
         Some(s) => PathBuf::from(s),
         None => std::env::current_exe()
@@ -68,8 +65,8 @@ pub fn install(env: &dyn Fn(&str) -> Option<String>) -> Result<Report, InstallEr
     let plugin =
         std::fs::read(&source).map_err(|e| InstallError::Io { what: "reading the plugin", path: source, source: e })?;
     Ok(Report {
-        plugin_written: ensure_file(&bin_dir.join(names::CNI_PLUGIN_BINARY), &plugin, 0o755)?,
-        config_written: ensure_file(&conf_dir.join(conf_name), config.as_bytes(), 0o600)?,
+        plugin_written: ensure_file(&paths.plugin(), &plugin, 0o755)?,
+        config_written: ensure_file(&paths.conflist(), config.as_bytes(), 0o600)?,
     })
 }
 

@@ -1,35 +1,48 @@
-//! `tabby-agent`, the node agent. One module per subsystem; each is a reconciler of one shape (desired
-//! state from the API and local facts → diff → minimal change, on events and a resync timer):
+//! `tabby-agent`, the node agent (docs/agent.md, docs/ipam.md). Every subsystem of the node's network is a
+//! [`reconcile::Reconciler`] driven by one runner over one view of the API ([`facts`]); IPAM serves the
+//! CNI plugin on a socket.
 //!
-//! - [`ipam`]: Calico's block model with group commit, pre-claimed blocks and leak release;
-//! - [`cniserver`]: the unix socket the `tabby` CNI plugin asks for addresses;
-//! - [`installcni`]: the init container that installs the plugin and its conflist;
-//! - [`config`]: settings from the operator's environment ([`tabby_api::agentenv`]);
-//! - [`health`]: liveness, readiness and metrics through tabby-obs;
-//! - [`metrics`]: the agent's Prometheus metrics (reconciles, BGP peers, routes, IPAM).
+//! | module | what |
+//! |---|---|
+//! | [`config`] | settings from the environment, read once |
+//! | [`facts`] | the one informer set, trimmed, and the snapshot a pass reads |
+//! | [`reconcile`] | the reconciler trait and the runner (skip, timing, errors, problems → NodeStatus) |
+//! | [`network`] | the ordered list of reconcilers, the pass loop, shutdown |
+//! | [`kernel`] | the netlink handle, the interfaces snapshot, the nftables writer |
+//! | [`node`] | addresses, pod MTU, Node annotations |
+//! | [`encap`] | VXLAN and IPIP |
+//! | [`routes`] | the route table, its writer, this node's pod routes and blackholes |
+//! | [`bgp`] | peers, advertisements, the speaker |
+//! | [`nat`] | NAT outgoing |
+//! | [`forwarding`] | the node's forwarding switches |
+//! | [`status`] | NodeStatus and the Node condition |
+//! | [`ipam`] | Calico's block model: allocator, leak release |
+//! | [`cniserver`] | the unix socket the `tabby` CNI plugin asks for addresses |
+//! | [`installcni`] | the init container that installs the plugin and its conflist |
+//! | [`cleanup`] | `tabby-agent cleanup`: every reconciler's teardown |
+//! | [`health`], [`metrics`] | liveness, readiness and Prometheus metrics |
 
+pub mod bgp;
+pub mod cleanup;
 pub mod cniserver;
 pub mod config;
+pub mod encap;
+pub mod facts;
+pub mod forwarding;
 pub mod health;
 pub mod installcni;
 pub mod ipam;
+pub mod kernel;
 pub mod metrics;
-// Issue 7: the node's network (routes, BGP, VXLAN, NAT, status, cleanup).
-pub mod bgpmesh;
-pub mod cleanup;
-pub mod forwarding;
-pub mod ipip;
 pub mod nat;
 pub mod network;
 pub mod node;
+pub mod reconcile;
 pub mod routes;
 pub mod status;
-pub mod vxlan;
-
-use std::sync::Arc;
 
 use kube::Client;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::config::Config;
 
@@ -51,22 +64,23 @@ pub enum AgentError {
 /// `tabby-agent run`: serves until SIGTERM or Ctrl-C.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let client = Client::try_default().await?;
-    let mtu = config::detect_mtu(cfg.mtu);
-    write_state(&cfg, mtu)?;
+    write_nodename(&cfg)?;
     let health = tabby_obs::Health::new();
     health.set("ipam", true, false, "starting");
     let metrics = cniserver::Metrics::default();
     let health_addr = health::serve(&cfg, health.clone(), &metrics).await?;
-    tracing::info!(node = %cfg.node, %health_addr, socket = %cfg.socket.display(), mtu, "tabby-agent starting");
+    let socket = &cfg.paths.socket;
+    tracing::info!(node = %cfg.node, %health_addr, socket = %socket.display(), "tabby-agent starting");
 
     // The socket comes up first so STATUS can say "not ready" while IPAM and the first network pass start.
-    let shared = cniserver::Shared { mtu, state_dir: Some(cfg.state_dir.clone()), metrics, ..Default::default() };
-    let listener = cniserver::bind(&cfg.socket)?;
+    // The network pass sets the pod MTU before the agent reports ready; until then, the underlay's.
+    let (mtu, mtu_rx) = watch::channel(node::default_route_mtu(cfg.mtu));
+    let shared = cniserver::Shared::new(mtu_rx, metrics);
+    let listener = cniserver::bind(socket)?;
     tokio::spawn(cniserver::serve(listener, shared.clone()));
 
-    let pools_changed = Arc::new(Notify::new());
-    let caches = ipam::start_caches(&client, &cfg.node, pools_changed.clone()).await;
-    let alloc = ipam::Allocator::start(client.clone(), &cfg.node, caches.clone()).await?;
+    let facts = facts::Facts::start(&client, &cfg.node).await;
+    let alloc = ipam::Allocator::start(client.clone(), &cfg.node, facts.clone()).await?;
     if let Err(e) = alloc.preclaim().await {
         tracing::warn!(error = %e, "pre-claiming blocks failed; retrying on the resync");
     }
@@ -76,8 +90,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     health.set("ipam", true, true, "serving");
     tracing::info!(blocks = alloc.blocks().len(), "IPAM ready");
 
-    tokio::spawn(ipam::reconcile_blocks(alloc.clone(), pools_changed, cfg.gc_interval));
-    tokio::spawn(ipam::gc::release_local_leaks(alloc.clone(), client.clone(), caches.pods.clone(), cfg.leak_grace));
+    tokio::spawn(ipam::reconcile_blocks(alloc.clone(), facts.pools_changed.clone(), cfg.gc_interval));
+    tokio::spawn(ipam::gc::release_local_leaks(alloc.clone(), client.clone(), facts.pods.clone(), cfg.leak_grace));
     if cfg.gc_enabled {
         tokio::spawn(ipam::gc::run_cluster_gc(
             client.clone(),
@@ -87,32 +101,27 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             cfg.leak_grace,
         ));
     }
-    let env = |k: &str| std::env::var(k).ok();
-    let net = match network::NetConfig::from_env(&cfg, &env) {
-        Ok(nc) => network::Network::start(client.clone(), nc, Some(alloc.clone()), health.clone()).await,
-        Err(e) => Err(e),
-    };
+    let net = network::Network::start(client.clone(), &cfg, facts, Some(alloc.clone()), health.clone(), mtu).await;
     let net = net.map_err(|e| tracing::error!(error = %e, "the node network did not start")).ok();
     // Ready for the CNI once the first network pass has written the pod MTU (VXLAN/IPIP overhead included).
     shared.ready.store(true, std::sync::atomic::Ordering::Release);
     shutdown_signal().await;
     tracing::info!("stopping");
     if let Some(n) = net {
-        n.shutdown(&env).await;
+        n.shutdown(&cfg).await;
     }
-    let _ = std::fs::remove_file(&cfg.socket);
+    let _ = std::fs::remove_file(socket);
     Ok(())
 }
 
-fn write_state(cfg: &Config, mtu: u32) -> Result<(), AgentError> {
+/// The node name, for tools on the host (the pod MTU beside it is the network pass's).
+fn write_nodename(cfg: &Config) -> Result<(), AgentError> {
     let err = |p: &std::path::Path| {
         let p = p.display().to_string();
         move |e| AgentError::State(p, e)
     };
-    std::fs::create_dir_all(&cfg.state_dir).map_err(err(&cfg.state_dir))?;
-    let m = cfg.state_dir.join("mtu");
-    std::fs::write(&m, format!("{mtu}\n")).map_err(err(&m))?;
-    let n = cfg.state_dir.join("nodename");
+    let [_, n] = cfg.paths.state_files();
+    std::fs::create_dir_all(&cfg.paths.state_dir).map_err(err(&cfg.paths.state_dir))?;
     std::fs::write(&n, format!("{}\n", cfg.node)).map_err(err(&n))?;
     Ok(())
 }

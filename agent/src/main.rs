@@ -58,7 +58,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(tabby_agent::cleanup::cleanup(&env)) {
+            let paths = tabby_agent::config::Paths::from_env(&env);
+            match rt.block_on(tabby_agent::cleanup::cleanup(&paths)) {
                 Ok(r) => {
                     println!(
                         "cleanup: {} routes, {} links, nftables table {}, {} files removed",

@@ -1,13 +1,15 @@
 //! The agent's Prometheus metrics (docs/metrics.md), in one process-wide registry served on `/metrics`.
 //!
-//! Subsystems report with one line: [`reconcile_done`] after each reconcile pass. The node's state (BGP
-//! peers by state, routes by kind, owned blocks) is fed from the status snapshot by [`observe_status`],
-//! which the status reporter calls on every pass, and IPAM allocations are counted on each scrape from
-//! the source set with [`set_ipam_source`], so no subsystem has to feed them.
+//! A leaf: it knows the API's status types and nothing of the agent. Subsystems report with one line:
+//! [`reconcile_done`] after each reconcile pass. The node's state (BGP peers by state, routes by kind) is
+//! fed from the status snapshot by [`observe_status`], which the status reporter calls on every pass, and
+//! IPAM allocations are counted on each scrape from the source set with [`set_ipam_source`], so no
+//! subsystem has to feed them.
 
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
+use tabby_api::nodestatus::{BgpStatus, RouteCounts};
 use tabby_obs::prometheus_client::collector::Collector;
 use tabby_obs::prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use tabby_obs::prometheus_client::metrics::counter::Counter;
@@ -15,8 +17,6 @@ use tabby_obs::prometheus_client::metrics::family::Family;
 use tabby_obs::prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use tabby_obs::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tabby_obs::prometheus_client::registry::Registry;
-
-use crate::status::Facts;
 
 /// BGP session states (RFC 4271), each reported even when no peer is in it.
 pub const BGP_STATES: [&str; 6] = ["Idle", "Connect", "Active", "OpenSent", "OpenConfirm", "Established"];
@@ -71,8 +71,8 @@ pub fn reconcile_done(subsystem: &'static str, elapsed: Duration, ok: bool) {
 }
 
 /// Updates the gauges fed from the status snapshot: BGP peers by state and routes by kind.
-pub fn observe_status(f: &Facts) {
-    let peers = f.bgp.iter().flat_map(|b| b.peers_v4.iter().chain(&b.peers_v6));
+pub fn observe_status(bgp: Option<&BgpStatus>, routes: &RouteCounts) {
+    let peers = bgp.iter().flat_map(|b| b.peers_v4.iter().chain(&b.peers_v6));
     let mut by_state = [0i64; BGP_STATES.len()];
     for p in peers {
         if let Some(i) = BGP_STATES.iter().position(|s| *s == p.state) {
@@ -82,7 +82,7 @@ pub fn observe_status(f: &Facts) {
     for (state, n) in BGP_STATES.iter().zip(by_state) {
         METRICS.bgp_peers.get_or_create(&[("state", *state)]).set(n);
     }
-    let r = &f.routes;
+    let r = routes;
     for (kind, n) in ROUTE_KINDS.iter().zip([r.local, r.blackhole, r.remote]) {
         METRICS.routes.get_or_create(&[("kind", *kind)]).set(i64::from(n));
     }
@@ -147,7 +147,7 @@ pub fn encode() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tabby_api::nodestatus::{BgpPeerStatus, BgpStatus, RouteCounts};
+    use tabby_api::nodestatus::BgpPeerStatus;
 
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -156,16 +156,12 @@ mod tests {
     #[test]
     fn status_snapshot_feeds_peers_routes_and_reconciles_count() {
         let peer = |s: &str| BgpPeerStatus { peer_ip: "192.0.2.1".into(), state: s.into(), ..Default::default() };
-        let f = Facts {
-            bgp: Some(BgpStatus {
-                peers_established: 2,
-                peers_v4: vec![peer("Established"), peer("Established"), peer("Active")],
-                peers_v6: vec![peer("Connect")],
-            }),
-            routes: RouteCounts { local: 7, remote: 3, blackhole: 2 },
-            ..Default::default()
+        let bgp = BgpStatus {
+            peers_established: 2,
+            peers_v4: vec![peer("Established"), peer("Established"), peer("Active")],
+            peers_v6: vec![peer("Connect")],
         };
-        observe_status(&f);
+        observe_status(Some(&bgp), &RouteCounts { local: 7, remote: 3, blackhole: 2 });
         reconcile_done("test-a", Duration::from_millis(3), true);
         reconcile_done("test-a", Duration::from_millis(30), false);
         set_ipam_source(|| IpamCounts { allocations: 5, blocks: 1 });

@@ -7,13 +7,12 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use routing_support::*;
 use serde_json::Value;
+use tabby_testkit::nodelab::*;
+use tabby_testkit::poll::wait;
 
 const PORT: u16 = 9099;
 
@@ -58,17 +57,13 @@ fn routes_metric(m: &str) -> (f64, f64, f64) {
 
 /// Polls until `check(scrape)` holds; the metrics follow reconcile passes, so they may lag a moment.
 fn eventually(n: &Node, what: &str, check: impl Fn(&str) -> Result<(), String>) -> String {
-    let start = Instant::now();
-    loop {
+    wait(&format!("{}: {what}", n.name), Duration::from_secs(60)).every(Duration::from_millis(200)).until_ok(|| {
         let m = scrape(n);
         match check(&m) {
-            Ok(()) => return m,
-            Err(e) if start.elapsed() > Duration::from_secs(60) => {
-                panic!("{}: {what}: {e}\nmetrics:\n{m}\nagent log:\n{}", n.name, n.log_tail())
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            Ok(()) => Ok(m),
+            Err(e) => Err(format!("{e}\nmetrics:\n{m}\nagent log:\n{}", n.log_tail())),
         }
-    }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +132,7 @@ async fn metrics_match_the_node() {
     assert!(m.contains("# HELP tabby_agent_routes "), "{m}");
 
     // A real failure: without the NodeStatus CRD every status write fails, and is counted.
-    let crd = tabby_e2e::repo_root().join("crds/nodestatuses.tabby.dev.yaml");
+    let crd = tabby_testkit::repo_root().join("crds/nodestatuses.tabby.dev.yaml");
     let crd = crd.to_str().expect("utf-8 path");
     lab.cp.kubectl_ok(&["delete", "-f", crd, "--wait=true"]);
     eventually(n1, "status errors counted", |m| {
@@ -146,9 +141,6 @@ async fn metrics_match_the_node() {
     });
     lab.cp.kubectl_ok(&["create", "-f", crd]);
     lab.cp.kubectl_ok(&["wait", "--for=condition=Established", "-f", crd, "--timeout=60s"]);
-    let start = Instant::now();
-    while !lab.cp.kubectl(&["get", "nodestatus", "node1"]).status.success() {
-        assert!(start.elapsed() < Duration::from_secs(60), "NodeStatus not written again:\n{}", n1.log_tail());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait("NodeStatus written again", Duration::from_secs(60))
+        .until(|| lab.cp.kubectl(&["get", "nodestatus", "node1"]).status.success(), || n1.log_tail());
 }

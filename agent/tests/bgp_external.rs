@@ -7,12 +7,10 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 struct Bird {
     child: Child,
@@ -39,29 +37,12 @@ async fn bgp_external_bird_with_md5_learns_every_block() {
     let Some(mut lab) = Lab::new("bgp_external_bird_with_md5_learns_every_block", 3, Underlay::Flat).await else {
         return;
     };
-    if !require_tool("bgp_external", "bird") {
+    if !require_tools("bgp_external", &["bird"]) {
         return;
     }
     // The router: a namespace on the node network.
     let router = Netns::new("rtr");
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "netns",
-        &router.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "vrtr0",
-        "netns",
-        &lab.ul.name,
-    ]);
-    lab.ul.ip(&["link", "set", "vrtr0", "master", "br0", "up"]);
-    router.ip(&["addr", "add", "192.168.50.100/24", "dev", "eth0"]);
-    router.ip(&["link", "set", "eth0", "up"]);
+    lab.plug(&router, "192.168.50.100");
     let dir = lab.dir.path().join("bird");
     std::fs::create_dir_all(&dir).expect("bird dir");
     let mut conf = String::from("router id 192.168.50.100;\nprotocol device {}\n");

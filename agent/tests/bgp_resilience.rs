@@ -7,12 +7,10 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 /// `ip monitor route` in a namespace until killed.
 fn monitor(ns: &Netns) -> std::process::Child {

@@ -6,13 +6,11 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 fn snapshot(n: &Node, bin: &Path, conf: &Path) -> (String, String, String, String) {
     let links = n.ns.ip(&["-br", "link"]);
@@ -43,7 +41,7 @@ fn dirs(lab: &Lab) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBu
 async fn cleanup_leaves_the_node_as_before() {
     let _g = serial();
     let Some(mut lab) = Lab::new("cleanup_leaves_the_node_as_before", 2, Underlay::Flat).await else { return };
-    if !require_tool("cleanup", "nft") {
+    if !require_tools("cleanup", &["nft"]) {
         return;
     }
     let (bin, conf, protos) = dirs(&lab);
@@ -118,7 +116,7 @@ async fn cleanup_leaves_the_node_as_before() {
 async fn cleanup_runs_on_sigterm_during_uninstall() {
     let _g = serial();
     let Some(mut lab) = Lab::new("cleanup_runs_on_sigterm_during_uninstall", 1, Underlay::Flat).await else { return };
-    if !require_tool("cleanup", "nft") {
+    if !require_tools("cleanup", &["nft"]) {
         return;
     }
     let (bin, conf, protos) = dirs(&lab);

@@ -6,13 +6,11 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use routing_support::*;
 use serde_json::Value;
-use tabby_cni::spec::code;
+use tabby_testkit::nodelab::*;
+use tabby_wire::code;
 
 const PODS_PER_NODE: usize = 24;
 /// 10.250.0.0/27 in /29 blocks: four blocks of eight addresses.
@@ -44,7 +42,7 @@ async fn two_node_agents_race_for_a_small_pool() {
         let handles: Vec<_> = pods
             .iter()
             .map(|(node, name, ns)| {
-                let (n, path) = (lab.node(node), ns.path());
+                let (n, path) = (lab.node(node), ns.path.clone());
                 s.spawn(move || (name.clone(), cni_add(n, &path, name)))
             })
             .collect();

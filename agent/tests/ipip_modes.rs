@@ -14,13 +14,11 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 /// `None` when the kernel creates ipip links; otherwise what it answered.
 fn kernel_lacks_ipip() -> Option<String> {
@@ -108,7 +106,7 @@ fn has_encapsulated(dump: &str, outer_src: &str, outer_dst: &str, inner: &str) -
 async fn ipip_always_pod_to_pod() {
     let test = "ipip_always_pod_to_pod";
     let _g = serial();
-    if skip_without_ipip(test) || !require_tool(test, "tcpdump") {
+    if skip_without_ipip(test) || !require_tools(test, &["tcpdump"]) {
         return;
     }
     let Some(mut lab) = Lab::new(test, 3, Underlay::Flat).await else { return };
@@ -171,7 +169,7 @@ async fn ipip_always_pod_to_pod() {
 async fn ipip_cross_subnet_direct_inside_tunnel_across() {
     let test = "ipip_cross_subnet_direct_inside_tunnel_across";
     let _g = serial();
-    if skip_without_ipip(test) || !require_tool(test, "tcpdump") {
+    if skip_without_ipip(test) || !require_tools(test, &["tcpdump"]) {
         return;
     }
     let Some(mut lab) = Lab::new(test, 3, Underlay::TwoSubnets).await else { return };

@@ -1,16 +1,15 @@
 //! NAT outgoing: a pod reaches an address outside the pools (the "internet", 203.0.113.1 in the underlay
 //! namespace, which has no route back to pods) with its node's address as source, while pod-to-pod keeps
-//! pod addresses. The nftables table changes by elements only: adding a pool keeps the rules.
+//! pod addresses. The nftables table changes by elements only: adding a pool keeps the rules. A NAT batch
+//! that cannot be applied is reported on NodeStatus until it can.
 
 // Each test holds the lab lock for its whole run (one runtime per test, so nothing waits on it
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::time::{Duration, Instant};
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 fn rule_handles(n: &Node) -> Vec<String> {
     let out = n.ns.ok(&["nft", "-a", "list", "chain", "inet", "tabby", "postrouting"]);
@@ -26,7 +25,7 @@ async fn nat_outgoing_to_the_internet_but_not_between_pods() {
     let Some(mut lab) = Lab::new("nat_outgoing_to_the_internet_but_not_between_pods", 2, Underlay::Flat).await else {
         return;
     };
-    if !require_tool("nat_outgoing", "nft") {
+    if !require_tools("nat_outgoing", &["nft"]) {
         return;
     }
     lab.pool("10.247.0.0/16", "Never", true);
@@ -65,4 +64,50 @@ async fn nat_outgoing_to_the_internet_but_not_between_pods() {
     assert_eq!(rule_handles(n1), before, "rules untouched by an element change");
     let masq = n1.ns.ok(&["nft", "list", "set", "inet", "tabby", "masq4"]);
     assert!(!masq.contains("10.248.0.0/16"), "natOutgoing false is not masqueraded: {masq}");
+}
+
+fn condition(lab: &Lab, node: &str, t: &str) -> (String, String, String) {
+    let field = |f: &str| {
+        let path = format!("jsonpath={{.status.conditions[?(@.type==\"{t}\")].{f}}}");
+        String::from_utf8_lossy(&lab.cp.kubectl(&["get", "nodestatus", node, "-o", &path]).stdout).trim().to_string()
+    };
+    (field("status"), field("reason"), field("message"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nat_batch_that_fails_is_reported_on_node_status() {
+    let _g = serial();
+    let Some(mut lab) = Lab::new("a_nat_batch_that_fails_is_reported_on_node_status", 1, Underlay::Flat).await else {
+        return;
+    };
+    if !require_tools("nat_outgoing", &["nft"]) {
+        return;
+    }
+    lab.pool("10.247.0.0/16", "Never", true);
+    // The agent's PATH holds `ip` (which starts it in the node's namespace) and no `nft`.
+    let bin = lab.dir.path().join("no-nft-bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let ip = tabby_testkit::skip::which("ip").expect("ip is installed");
+    std::os::unix::fs::symlink(ip, bin.join("ip")).expect("link ip");
+    let no_nft = bin.to_str().expect("utf-8 path").to_string();
+    lab.start_agents(&[("TABBY_BGP", "Disabled"), ("PATH", &no_nft)]);
+    lab.wait_for("node1", "RoutesReady=False (NATOutgoingFailed)", Duration::from_secs(60), || {
+        condition(&lab, "node1", "RoutesReady").1 == "NATOutgoingFailed"
+    });
+    let (status, _, message) = condition(&lab, "node1", "RoutesReady");
+    assert_eq!(status, "False");
+    assert!(message.contains("nft"), "the message says what failed: {message}");
+    assert_eq!(condition(&lab, "node1", "Ready").0, "False", "a node without NAT outgoing is not Ready");
+    let log = lab.node("node1").log_tail();
+    assert!(log.contains("\"subsystem\":\"nat\""), "the failure is logged by subsystem:\n{log}");
+
+    // With nft back, the table is programmed and the node becomes Ready.
+    let n = lab.node_mut("node1");
+    n.kill_agent("-TERM");
+    n.set_env(&[("TABBY_BGP", "Disabled")]);
+    n.start_agent();
+    n.wait_ready();
+    lab.wait_node_status_ready("node1", Duration::from_secs(60));
+    let table = lab.node("node1").ns.ok(&["nft", "list", "table", "inet", "tabby"]);
+    assert!(table.contains("10.247.0.0/16") && table.contains("masquerade"), "{table}");
 }

@@ -6,18 +6,16 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_bgp_mesh_three_nodes_pod_to_pod() {
     let _g = serial();
     let Some(mut lab) = Lab::new("routing_bgp_mesh_three_nodes_pod_to_pod", 3, Underlay::Flat).await else { return };
-    if !require_tool("routing_bgp_mesh", "traceroute") {
+    if !require_tools("routing_bgp_mesh", &["traceroute"]) {
         return;
     }
     lab.pool("10.244.0.0/16", "Never", false);

@@ -7,11 +7,9 @@
 // inside a runtime): the lab tests must not overlap.
 #![allow(clippy::await_holding_lock)]
 
-mod routing_support;
-
 use std::time::Duration;
 
-use routing_support::*;
+use tabby_testkit::nodelab::*;
 
 fn tunnel_addr(lab: &Lab, node: &str) -> String {
     let out = lab.cp.kubectl_ok(&[

@@ -14,9 +14,6 @@ pub const DEFAULT_LISTEN_PORT: u16 = 179;
 /// How long mesh peers keep our routes while we restart, when BGPConfiguration does not say.
 pub const DEFAULT_MESH_MAX_RESTART_TIME: &str = "120s";
 
-/// A Go-style duration such as `90s`, `2m` or `1h30m`, as Calico's metav1.Duration fields take.
-const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')";
-
 /// Cluster-wide BGP settings.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -63,7 +60,7 @@ pub struct BGPConfigurationSpec {
     pub node_mesh_password: Option<BgpPassword>,
     /// How long mesh peers keep a restarting node's routes (graceful restart), e.g. `120s` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message("nodeMeshMaxRestartTime: must be a duration such as 120s or 2m"))]
+    #[x_kube(validation = Rule::new(crate::duration::RULE).message("nodeMeshMaxRestartTime: must be a duration such as 120s or 2m"))]
     #[schemars(length(max = 32))]
     pub node_mesh_max_restart_time: Option<String>,
 }
@@ -172,12 +169,12 @@ pub struct BGPPeerSpec {
     pub password: Option<BgpPassword>,
     /// How long the peer keeps our routes while we restart (graceful restart), e.g. `120s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message("maxRestartTime: must be a duration such as 120s or 2m"))]
+    #[x_kube(validation = Rule::new(crate::duration::RULE).message("maxRestartTime: must be a duration such as 120s or 2m"))]
     #[schemars(length(max = 32))]
     pub max_restart_time: Option<String>,
     /// Keepalive interval of the session, e.g. `20s`; the hold time is three times it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message("keepaliveTime: must be a duration such as 20s"))]
+    #[x_kube(validation = Rule::new(crate::duration::RULE).message("keepaliveTime: must be a duration such as 20s"))]
     #[schemars(length(max = 32))]
     pub keepalive_time: Option<String>,
     /// Next hop of the routes we send: Auto (default), Self, or Keep.

@@ -1,7 +1,10 @@
 //! Tabby's Kubernetes API: the custom resource types, their defaults and their validation rules.
 //!
 //! Everything here is pure: types, schemas, CEL rules and functions over values. Nothing does I/O,
-//! so the operator, the agent, the CLI and the manifest generator all share one definition.
+//! so the operator, the agent, the CLI and the manifest generator all share one definition — of the
+//! objects, and of the rules over them that more than one binary applies: Calico's block math
+//! ([`ipam::block`]), what counts as a leaked address ([`ipam::leak`]), the selector language
+//! ([`selector`]) and Go-style durations ([`duration`]).
 //!
 //! Two API groups:
 //! - `operator.tabby.dev/v1`: [`Installation`] (what the user asks for) and [`TabbyStatus`] (how it is going).
@@ -17,10 +20,12 @@ pub mod agentenv;
 pub mod bgp;
 pub mod condition;
 pub mod crds;
+pub mod duration;
 pub mod installation;
 pub mod ipam;
 pub mod names;
 pub mod nodestatus;
+pub mod selector;
 pub mod tabbystatus;
 
 pub use bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec};

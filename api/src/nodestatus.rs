@@ -161,3 +161,23 @@ pub struct RouteCounts {
     #[serde(default)]
     pub blackhole: i32,
 }
+
+/// `t` as NodeStatus writes times: RFC 3339 in UTC, to the second (`2026-01-02T08:27:05Z`).
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    use k8s_openapi::jiff::Timestamp;
+    let secs = Timestamp::try_from(t).map_or(0, |t| t.as_second());
+    Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_to_the_second() {
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_millis(1_700_000_000_900)), "2023-11-14T22:13:20Z");
+    }
+}

@@ -6,23 +6,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::cel::Validator;
-use serde::Deserialize;
 use serde_json::Value;
 use tabby_api::crds;
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    #[serde(default)]
-    field: Option<String>,
-    object: Value,
-    #[serde(default)]
-    old: Option<Value>,
-}
+use tabby_testkit::cases::{ValidationCase as Case, load};
 
 fn cases(file: &str) -> Vec<Case> {
-    let path = format!("{}/tests/cases/{file}", env!("CARGO_MANIFEST_DIR"));
-    serde_yaml::from_str(&std::fs::read_to_string(&path).expect("case file")).expect("case file parses")
+    load(file)
 }
 
 fn schemas() -> BTreeMap<String, Value> {

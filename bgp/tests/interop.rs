@@ -157,7 +157,7 @@ protocol bgp v6 {{
     });
     assert!(tabby.route("fd20:2::/48").unwrap().contains("from=fd77:2::2"));
     // Our side of both connections is port 179: BIRD connected to each listener.
-    let ss = t.exec(&["ss", "-tn", "state", "established", "sport", "= :179"]).1;
+    let ss = t.exec_text(&["ss", "-tn", "state", "established", "sport", "= :179"]).1;
     assert!(ss.contains("10.77.2.1:179") && ss.contains("[fd77:2::1]:179"), "both accepted on our listeners:\n{ss}");
 }
 
@@ -202,7 +202,7 @@ fn bird_keeps_our_routes_while_we_restart_until_end_of_rib() {
     let gr = r#", "graceful_restart": {"restart_time": 60}"#;
     let lab = bird_lab(None, None, gr);
     wait_until("Established", 30, || lab.bird.established("tabby"));
-    let in_kernel = |ns: &Netns, p: &str| ns.exec(&["ip", "route", "show", p]).1.contains("via 10.77.1.1");
+    let in_kernel = |ns: &Netns, p: &str| ns.exec_text(&["ip", "route", "show", p]).1.contains("via 10.77.1.1");
     wait_until("our routes in BIRD's kernel table", 20, || {
         in_kernel(&lab.b, "10.100.1.0/24") && in_kernel(&lab.b, "10.100.2.0/24")
     });
@@ -486,10 +486,10 @@ fn gtsm_enforces_the_hop_limit() {
     let (t1, r, t2) = (Netns::new("g"), Netns::new("r"), Netns::new("g"));
     link(&t1, &["10.80.1.1/24"], &r, &["10.80.1.2/24"]);
     link(&r, &["10.80.2.2/24"], &t2, &["10.80.2.1/24"]);
-    assert!(r.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]).0);
+    assert!(r.exec_text(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]).0);
     t1.ip(&["route", "add", "default", "via", "10.80.1.2"]);
     t2.ip(&["route", "add", "default", "via", "10.80.2.2"]);
-    assert!(t1.exec(&["ping", "-c1", "-W2", "10.80.2.1"]).0, "routed path works");
+    assert!(t1.exec_text(&["ping", "-c1", "-W2", "10.80.2.1"]).0, "routed path works");
     let cfg = |me: &str, asn: u32, peer: &str, peer_as: u32, passive: bool, hops: u8| {
         format!(
             r#"{{"router_id": "{me}", "asn": {asn}, "listen": "{me}:179", "connect_retry": 1,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tabby_bgp::*;
+use tabby_testkit::poll::wait;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -14,15 +15,8 @@ fn pfx(s: &str) -> Prefix {
     s.parse().unwrap()
 }
 
-async fn wait_for(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
-    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < end {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+async fn wait_for(what: &str, secs: u64, f: impl AsyncFnMut() -> bool) {
+    wait(what, Duration::from_secs(secs)).every(Duration::from_millis(50)).until_async(f, String::new).await;
 }
 
 async fn route(s: &Speaker, p: &str) -> Option<RouteEntry> {

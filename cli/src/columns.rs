@@ -1,12 +1,11 @@
 //! The resource types `get` knows and each one's columns, as calicoctl prints them.
 
 use k8s_openapi::jiff::Timestamp;
-use tabby_api::ipam::EncapsulationMode;
+use tabby_api::ipam::{EncapsulationMode, block};
 use tabby_api::{BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPPool, NodeStatus, condition};
 
 use crate::error::Error;
-use crate::ipam::math::{self, Cidr};
-use crate::table::Table;
+use crate::table::{Table, count_with_percent};
 use crate::timefmt;
 use crate::wep::WorkloadEndpoint;
 
@@ -131,10 +130,10 @@ pub fn ipamblocks(items: &[IPAMBlock], wide: bool) -> Table {
         let s = &b.spec;
         let mut row = vec![name_of(b), s.cidr.clone(), or_none(s.affinity.as_deref())];
         if wide {
-            let used = math::in_use(s) as u128;
-            let total = Cidr::parse(&s.cidr).map(|c| c.size()).unwrap_or(s.allocations.len() as u128);
-            row.push(math::count_with_percent(used, total));
-            row.push(math::count_with_percent(total.saturating_sub(used), total));
+            let used = block::in_use(s) as u128;
+            let total = block::parse_cidr(&s.cidr).map_or(s.allocations.len() as u128, |c| block::addresses(&c));
+            row.push(count_with_percent(used, total));
+            row.push(count_with_percent(total.saturating_sub(used), total));
             row.push(s.deleted.to_string());
         }
         t.rows.push(row);

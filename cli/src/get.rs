@@ -1,14 +1,15 @@
 //! `get TYPE [NAME] [-o wide|yaml|json]`.
 
+use ipnet::IpNet;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
+use tabby_api::ipam::block;
 use tabby_api::{BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPPool, NodeStatus};
 
 use crate::args::{GetArgs, OutputFormat};
 use crate::cluster::{Cluster, Kind};
 use crate::columns::{self, ResourceType};
 use crate::error::{Error, Result};
-use crate::ipam::math::Cidr;
 use crate::table::Table;
 use crate::{neat, output, wep};
 
@@ -87,8 +88,8 @@ fn emit(values: Vec<Value>, out: Option<OutputFormat>) -> Result<()> {
 }
 
 async fn workload_endpoints(cluster: &Cluster, name: Option<&str>, out: Option<OutputFormat>) -> Result<()> {
-    let pools: Vec<Cidr> =
-        cluster.list::<IPPool>().await?.iter().filter_map(|p| Cidr::parse(&p.spec.cidr).ok()).collect();
+    let pools: Vec<IpNet> =
+        cluster.list::<IPPool>().await?.iter().filter_map(|p| block::parse_cidr(&p.spec.cidr)).collect();
     let blocks: Vec<_> = cluster.list::<IPAMBlock>().await?.into_iter().map(|b| b.spec).collect();
     let mut pods = cluster.pods(cluster.all_namespaces).await?;
     if let Some(n) = name {

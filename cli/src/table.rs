@@ -85,6 +85,12 @@ impl Table {
     }
 }
 
+/// `used (pct%)` of `total`, as `calicoctl ipam show` prints cells: `81 (16%)`.
+pub fn count_with_percent(count: u128, total: u128) -> String {
+    let pct = if total == 0 { 0 } else { ((count as f64) * 100.0 / (total as f64)).round() as u64 };
+    format!("{count} ({pct}%)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +130,13 @@ mod tests {
         let mut n = Table::new(["TOTAL"]);
         n.push(["1"]);
         assert!(n.bordered(&[Align::Right]).contains("|     1 |"));
+    }
+
+    #[test]
+    fn percentages() {
+        assert_eq!(count_with_percent(81, 512), "81 (16%)");
+        assert_eq!(count_with_percent(0, 64), "0 (0%)");
+        assert_eq!(count_with_percent(64, 64), "64 (100%)");
+        assert_eq!(count_with_percent(0, 0), "0 (0%)");
     }
 }

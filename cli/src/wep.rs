@@ -5,21 +5,11 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
-use sha1::{Digest, Sha1};
 
-use crate::ipam::math::{self, Cidr};
+use ipnet::IpNet;
 use tabby_api::IPAMBlockSpec;
-
-/// Prefix of the host-side veth of a pod.
-pub const HOST_VETH_PREFIX: &str = "tby";
-
-/// The host-side veth name of a pod: `tby` + the first 12 hex digits of SHA-1(`<namespace>.<pod>`), 15
-/// characters (the kernel's limit). This must match the name the CNI plugin gives the interface.
-pub fn host_veth_name(namespace: &str, pod: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{HOST_VETH_PREFIX}{}", &hex[..12])
-}
+use tabby_api::ipam::block;
+use tabby_api::ipam::leak::PodFacts;
 
 /// One pod's attachment to the pod network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -47,12 +37,12 @@ struct Held {
 
 /// The endpoints of `pods`: each pod with an address inside a pool (or, while its status has no address yet,
 /// an allocation naming it). Host-network pods are not endpoints.
-pub fn derive(pods: &[Pod], pools: &[Cidr], blocks: &[IPAMBlockSpec]) -> Vec<WorkloadEndpoint> {
+pub fn derive(pods: &[Pod], pools: &[IpNet], blocks: &[IPAMBlockSpec]) -> Vec<WorkloadEndpoint> {
     let held: Vec<Held> = blocks
         .iter()
-        .filter_map(|b| Cidr::parse(&b.cidr).ok().map(|c| (c, b)))
+        .filter_map(|b| block::parse_cidr(&b.cidr).map(|c| (c, b)))
         .flat_map(|(cidr, spec)| {
-            math::allocated(&cidr, spec)
+            block::allocated(&cidr, spec)
                 .into_iter()
                 .map(|a| Held {
                     ip: a.ip,
@@ -72,8 +62,7 @@ pub fn derive(pods: &[Pod], pools: &[Cidr], blocks: &[IPAMBlockSpec]) -> Vec<Wor
         }
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let mut ips: Vec<IpAddr> =
-            pod_ips(pod).into_iter().filter(|ip| pools.iter().any(|p| p.contains(*ip))).collect();
+        let mut ips: Vec<IpAddr> = pod_ips(pod).into_iter().filter(|ip| pools.iter().any(|p| p.contains(ip))).collect();
         if pod_ips(pod).is_empty() {
             ips = held
                 .iter()
@@ -89,11 +78,11 @@ pub fn derive(pods: &[Pod], pools: &[Cidr], blocks: &[IPAMBlockSpec]) -> Vec<Wor
         let mut handles: Vec<String> = mine.iter().filter_map(|h| h.handle.clone()).collect();
         handles.dedup();
         out.push(WorkloadEndpoint {
-            interface: host_veth_name(&namespace, &name),
+            interface: tabby_wire::veth_name(&namespace, &name),
             namespace,
             pod: name,
             node,
-            networks: ips.into_iter().map(math::host_network).collect(),
+            networks: ips.into_iter().map(|ip| IpNet::from(ip).to_string()).collect(),
             handles,
         });
     }
@@ -103,12 +92,7 @@ pub fn derive(pods: &[Pod], pools: &[Cidr], blocks: &[IPAMBlockSpec]) -> Vec<Wor
 
 /// The addresses in a pod's status (`podIPs`, else `podIP`).
 pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    let Some(status) = pod.status.as_ref() else { return Vec::new() };
-    let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
-    if ips.is_empty() {
-        ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
-    }
-    ips
+    PodFacts::of(pod).ips
 }
 
 #[cfg(test)]
@@ -119,14 +103,6 @@ mod tests {
     use tabby_api::ipam::AllocationAttribute;
 
     use super::*;
-
-    #[test]
-    fn veth_names_are_sha1_based_and_fit_the_kernel_limit() {
-        // sha1sum of "default.nginx": c440f455693b69cdd48a37aa5ecd78038f50413d.
-        assert_eq!(host_veth_name("default", "nginx"), "tbyc440f455693b");
-        assert_eq!(host_veth_name("default", "nginx").len(), 15);
-        assert_ne!(host_veth_name("default", "a"), host_veth_name("other", "a"));
-    }
 
     fn pod(ns: &str, name: &str, node: Option<&str>, ip: Option<&str>, host_network: bool) -> Pod {
         Pod {
@@ -150,7 +126,7 @@ mod tests {
 
     #[test]
     fn endpoints_come_from_pods_in_pools_and_their_allocations() {
-        let pools = [Cidr::parse("10.244.0.0/16").unwrap()];
+        let pools = [block::parse_cidr("10.244.0.0/16").unwrap()];
         let block = IPAMBlockSpec {
             cidr: "10.244.1.0/30".into(),
             allocations: vec![Some(0), Some(1), None, None],
@@ -186,6 +162,6 @@ mod tests {
         assert_eq!(weps[1].pod, "web");
         assert_eq!(weps[1].node.as_deref(), Some("n1"));
         assert_eq!(weps[1].handles, vec!["h-web"]);
-        assert_eq!(weps[1].interface, host_veth_name("default", "web"));
+        assert_eq!(weps[1].interface, tabby_wire::veth_name("default", "web"));
     }
 }

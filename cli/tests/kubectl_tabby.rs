@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use support::*;
-use tabby_e2e::{ControlPlane, Options, repo_root, start_or_skip};
+use tabby_testkit::{ControlPlane, Options, repo_root, start_or_skip};
 
 const NGINX_VETH: &str = "tby3cc807f9f1c6"; // sha1sum of "web.nginx": 3cc807f9f1c6…
 const API_VETH: &str = "tby18286e7322b3"; // sha1sum of "web.api": 18286e7322b3…

@@ -3,14 +3,13 @@
 //! run on the same machine, Debian's reference plugins `ptp` + `host-local` (purely local IPAM on files).
 //! Each plugin wires pods inside its own node network namespace. Needs root.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::time::Instant;
 
-use common::*;
 use serde_json::json;
+use tabby_testkit::cluster::*;
+use tabby_testkit::netns::Netns;
+use tabby_testkit::skip::require_root;
 
 const SEQUENTIAL: usize = 100;
 const PARALLEL: usize = 100;
@@ -139,7 +138,7 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let Some(c) = rt.block_on(Cluster::start("bench-cni")) else {
-        std::process::exit(if tabby_e2e::in_ci() { 1 } else { 0 })
+        std::process::exit(if tabby_testkit::in_ci() { 1 } else { 0 })
     };
     c.node("node-a");
     c.pool("bench", "10.244.0.0/16", 26);

@@ -1,4 +1,5 @@
-//! The Tabby CNI plugin (`tabby`) and the protocol it speaks with the node agent.
+//! The Tabby CNI plugin (`tabby`). The protocol it speaks with the node agent, its error codes and the
+//! names it shares with the agent and the CLI are in `tabby-wire`.
 //!
 //! The plugin is thin on purpose: parse the configuration and `CNI_*`, ask the agent on its unix socket for
 //! the pod's addresses, wire the pod with netlink, print the result. It runs on one thread with no async
@@ -7,5 +8,4 @@
 pub mod log;
 pub mod netlink;
 pub mod plugin;
-pub mod proto;
 pub mod spec;

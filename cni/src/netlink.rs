@@ -50,7 +50,7 @@ pub const RT_SCOPE_UNIVERSE: u8 = 0;
 pub const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
 /// The route protocol Tabby's routes carry (`proto tabby`; docs/cni.md).
-pub const RTPROT_TABBY: u8 = 80;
+pub use tabby_wire::RTPROT_TABBY;
 /// Routes the plugin adds inside the pod are ordinary static ones.
 pub const RTPROT_BOOT: u8 = 3;
 

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sha1::{Digest, Sha1};
+use tabby_wire::proto::{self, ClientError, Op, Response};
+use tabby_wire::{attachment_veth, handle_id};
 
 use crate::log::{Level, Logger};
 use crate::netlink::{self, Link, NetNs, Netlink, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, RTPROT_BOOT, RTPROT_TABBY, Route};
-use crate::proto::{self, ClientError, Op, Response};
 use crate::spec::{self, AddResult, CniError, Interface, NetConf, code};
 
 /// The MAC of every host-side veth (the pod resolves its gateway to it by proxy ARP).
@@ -19,16 +19,6 @@ pub const HOST_MAC: [u8; 6] = [0xee; 6];
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The pod's IPv6 gateway: the host veth's EUI-64 link-local address derived from [`HOST_MAC`].
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
-/// Prefix of host-side veth names.
-pub const VETH_PREFIX: &str = "tby";
-
-/// The host-side veth of a pod: `tby` + the first 12 hex digits of SHA-1(`<namespace>.<pod>`).
-pub fn veth_name(namespace: &str, pod: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("{VETH_PREFIX}{hex}")
-}
-
 /// The invocation's environment (`CNI_*`).
 #[derive(Debug, Default, Clone)]
 pub struct Invocation {
@@ -96,10 +86,8 @@ impl Invocation {
 
     /// The host veth name: from the pod when the runtime names it, else from the container ID.
     pub fn host_veth(&self) -> String {
-        match self.pod() {
-            (Some(ns), Some(pod)) => veth_name(&ns, &pod),
-            _ => veth_name("", &self.container_id),
-        }
+        let (ns, pod) = self.pod();
+        attachment_veth(ns.as_deref(), pod.as_deref(), &self.container_id)
     }
 }
 
@@ -132,6 +120,11 @@ pub fn run(stdin: &[u8], env: &dyn Fn(&str) -> Option<String>) -> (i32, String) 
     let result = match inv.command.as_str() {
         "ADD" => inv.require_container(true).and_then(|()| add(&conf, &inv, &mut log, started)).map(Some),
         "DEL" => inv.require_container(false).and_then(|()| del(&conf, &inv, &mut log, started)).map(|()| None),
+        "CHECK" if !spec::allows_check(&conf.cni_version) => Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "incompatible CNI version",
+            format!("configuration version {} does not allow CHECK (0.4.0 and later do)", conf.cni_version),
+        )),
         "CHECK" => inv.require_container(true).and_then(|()| check(&conf, &inv, &mut log)).map(|()| None),
         "STATUS" => status(&conf).map(|()| None),
         "GC" => gc(&conf, &mut log).map(|()| None),
@@ -181,7 +174,7 @@ fn open_netns(path: &str) -> Result<NetNs, CniError> {
 fn add(conf: &NetConf, inv: &Invocation, log: &mut Logger, started: Instant) -> Result<Value, CniError> {
     let pod_ns = open_netns(&inv.netns)?;
     let host_ns = NetNs::current().map_err(nl_err)?;
-    let handle = proto::handle_id(&conf.name, &inv.container_id);
+    let handle = handle_id(&conf.name, &inv.container_id);
     let (namespace, pod) = inv.pod();
     let op = Op::Add {
         handle: handle.clone(),
@@ -388,7 +381,7 @@ fn del(conf: &NetConf, inv: &Invocation, log: &mut Logger, started: Instant) -> 
     // The release runs beside the interface teardown (the kernel's veth deletion waits for RCU grace
     // periods). Released addresses go to the end of their block's free list, so the address is not handed
     // out again in the moment both take.
-    let handle = proto::handle_id(&conf.name, &inv.container_id);
+    let handle = handle_id(&conf.name, &inv.container_id);
     let released = {
         let (conf, handle) = (conf.clone(), handle.clone());
         std::thread::spawn(move || agent_call(&conf, Op::Del { handle }))
@@ -475,7 +468,7 @@ fn check(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<(), CniEr
             }
         }
     }
-    let handle = proto::handle_id(&conf.name, &inv.container_id);
+    let handle = handle_id(&conf.name, &inv.container_id);
     let resp = agent_call(conf, Op::Check { handle: handle.clone() })?;
     let mut held: Vec<IpAddr> = resp.ips.iter().filter_map(|s| spec::parse_cidr(s).map(|(ip, _)| ip)).collect();
     let mut want: Vec<IpAddr> = prev.ips.iter().map(|(ip, _)| *ip).collect();
@@ -502,7 +495,7 @@ fn gc(conf: &NetConf, log: &mut Logger) -> Result<(), CniError> {
     let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
         CniError::new(code::INVALID_CONFIG, "invalid network configuration", "GC needs cni.dev/valid-attachments")
     })?;
-    let valid_handles = valid.iter().map(|a| proto::handle_id(&conf.name, &a.container_id)).collect();
+    let valid_handles = valid.iter().map(|a| handle_id(&conf.name, &a.container_id)).collect();
     let resp = agent_call(conf, Op::Gc { network: conf.name.clone(), valid_handles })?;
     log.info(&format!("gc released {} address(es)", resp.released));
     Ok(())
@@ -511,18 +504,6 @@ fn gc(conf: &NetConf, log: &mut Logger) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn veth_names() {
-        let n = veth_name("default", "web-0");
-        assert_eq!(n.len(), 15);
-        assert!(n.starts_with("tby"));
-        assert_eq!(n, veth_name("default", "web-0"));
-        assert_ne!(n, veth_name("default", "web-1"));
-        // SHA-1("default.web-0") starts with these 12 hex digits.
-        let digest = Sha1::digest(b"default.web-0");
-        assert_eq!(&n[3..5], format!("{:02x}", digest[0]));
-    }
 
     #[test]
     fn environment_errors() {
@@ -541,6 +522,16 @@ mod tests {
         let (rc, out) = run(conf, &env(&[("CNI_COMMAND", "VERSION")]));
         assert_eq!(rc, 0);
         assert!(out.contains("1.1.0"), "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        let old = br#"{"cniVersion":"0.3.1","name":"n","type":"tabby","log_file_path":""}"#;
+        let (_, out) = run(old, &env(&[("CNI_COMMAND", "VERSION")]));
+        assert!(out.starts_with(r#"{"cniVersion":"0.3.1""#), "answered in the configuration's version: {out}");
+        const CHECK: &[(&str, &str)] =
+            &[("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")];
+        let (rc, out) = run(old, &env(CHECK));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((rc, v["code"].as_u64(), v["cniVersion"].as_str()), (1, Some(1), Some("0.3.1")), "{out}");
         let (rc, out) = run(b"garbage", &env(&[("CNI_COMMAND", "VERSION")]));
         assert_eq!((rc, out.contains("supportedVersions")), (0, true));
         let (_, out) = run(conf, &env(&[("CNI_COMMAND", "ADD"), ("CNI_ARGS", "novalue")]));

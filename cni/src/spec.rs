@@ -1,5 +1,5 @@
 //! The CNI specification's data: versions, error codes, the network configuration Tabby reads and the
-//! result it prints (spec 1.1.0, also 1.0.0 and 0.4.0 output).
+//! result it prints (spec 1.1.0, also 1.0.0, 0.4.0, 0.3.1 and 0.3.0 output).
 
 use std::net::IpAddr;
 
@@ -8,29 +8,17 @@ use serde_json::{Value, json};
 
 /// The spec version this plugin implements.
 pub const SPEC_VERSION: &str = "1.1.0";
-/// Every config version accepted.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+/// Every config version accepted. 0.3.0 and 0.3.1 are still what Multus delegates with and what many
+/// existing conflists say; Calico and the reference plugins accept them too.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// Whether a configuration of `version` may ask for CHECK (the command came with 0.4.0).
+pub fn allows_check(version: &str) -> bool {
+    !matches!(version, "0.3.0" | "0.3.1")
+}
 
 /// Error codes: 1-99 are the spec's, 100+ Tabby's own (docs/cni.md lists them).
-pub mod code {
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    pub const UNSUPPORTED_FIELD: u32 = 2;
-    pub const UNKNOWN_CONTAINER: u32 = 3;
-    pub const INVALID_ENV: u32 = 4;
-    pub const IO: u32 = 5;
-    pub const DECODE: u32 = 6;
-    pub const INVALID_CONFIG: u32 = 7;
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
-    /// CHECK: the attachment differs from prevResult.
-    pub const CHECK_MISMATCH: u32 = 100;
-    /// No address left in the eligible pools.
-    pub const POOL_EXHAUSTED: u32 = 101;
-    /// The agent refused the request (details say why).
-    pub const AGENT: u32 = 102;
-    /// A netlink or sysctl operation failed.
-    pub const NETLINK: u32 = 103;
-}
+pub use tabby_wire::code;
 
 /// An error as the spec prints it: `{"cniVersion","code","msg","details"}` on stdout, non-zero exit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,7 +149,7 @@ pub struct AddResult {
 }
 
 impl AddResult {
-    /// The result in the shape of `cni_version` (0.4.0 adds `version` to each ip).
+    /// The result in the shape of `cni_version` (0.3.0, 0.3.1 and 0.4.0 add `version` to each ip).
     pub fn to_json(&self, cni_version: &str) -> Value {
         let interfaces: Vec<Value> = self
             .interfaces
@@ -182,7 +170,7 @@ impl AddResult {
                 if let Some(gw) = gw {
                     v["gateway"] = json!(gw.to_string());
                 }
-                if cni_version == "0.4.0" {
+                if cni_version.starts_with("0.") {
                     v["version"] = json!(if addr.is_ipv4() { "4" } else { "6" });
                 }
                 v
@@ -248,8 +236,13 @@ mod tests {
         assert_eq!(conf.agent_socket, "/var/run/tabby/agent.sock");
         assert_eq!(parse_conf(b"{").unwrap_err().code, code::DECODE);
         assert_eq!(parse_conf(b"[]").unwrap_err().code, code::DECODE);
-        let old = br#"{"cniVersion":"0.3.1","name":"n","type":"tabby"}"#;
-        assert_eq!(parse_conf(old).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        for v in ["0.3.0", "0.3.1", "0.4.0"] {
+            let old = format!(r#"{{"cniVersion":"{v}","name":"n","type":"tabby"}}"#);
+            assert_eq!(parse_conf(old.as_bytes()).unwrap().cni_version, v);
+        }
+        let older = br#"{"cniVersion":"0.2.0","name":"n","type":"tabby"}"#;
+        assert_eq!(parse_conf(older).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        assert!(!allows_check("0.3.1") && !allows_check("0.3.0") && allows_check("0.4.0") && allows_check("1.1.0"));
         let noname = br#"{"cniVersion":"1.1.0","type":"tabby"}"#;
         assert_eq!(parse_conf(noname).unwrap_err().code, code::INVALID_CONFIG);
         let mtu = br#"{"cniVersion":"1.1.0","name":"n","type":"tabby","mtu":100}"#;
@@ -271,6 +264,12 @@ mod tests {
         assert_eq!(v["ips"][0]["interface"], 1);
         assert!(v["ips"][0].get("version").is_none());
         assert_eq!(r.to_json("0.4.0")["ips"][0]["version"], "4");
+        for v in ["0.3.0", "0.3.1"] {
+            let old = r.to_json(v);
+            assert_eq!((old["cniVersion"].as_str(), old["ips"][0]["version"].as_str()), (Some(v), Some("4")));
+            assert_eq!(old["ips"][0]["interface"], 1);
+        }
+        assert!(r.to_json("1.0.0")["ips"][0].get("version").is_none());
         let prev = parse_prev_result(&v).unwrap();
         assert_eq!(prev.ips, vec![("10.244.0.5".parse().unwrap(), 32)]);
         assert_eq!(prev.interfaces[1].sandbox.as_deref(), Some("/x"));

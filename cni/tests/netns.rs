@@ -2,13 +2,14 @@
 //! agent is ready, ADD (ping both ways), CHECK, a chained reference plugin (portmap), DEL (twice), CHECK
 //! after the pod's eth0 is gone, GC, and the bad-input table.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{Value, json};
-use tabby_cni::spec::code;
+use tabby_testkit::cluster::*;
+use tabby_testkit::netns::Netns;
+use tabby_testkit::process::sh;
+use tabby_testkit::skip::require_root;
+use tabby_wire::code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_check_del_status_gc_in_netns() {
@@ -50,7 +51,7 @@ async fn add_check_del_status_gc_in_netns() {
     let ips = result_ips(&r.json);
     assert_eq!(ips.len(), 1, "{}", r.stdout);
     let ip = ips[0].clone();
-    let host_veth = tabby_cni::plugin::veth_name("default", "web-0");
+    let host_veth = tabby_wire::veth_name("default", "web-0");
     assert_eq!(r.json["cniVersion"], "1.1.0");
     assert_eq!(r.json["interfaces"][0]["name"], host_veth.as_str());
     assert_eq!(r.json["interfaces"][0]["mac"], "ee:ee:ee:ee:ee:ee");
@@ -83,21 +84,33 @@ async fn add_check_del_status_gc_in_netns() {
     assert_eq!(again.code, 0, "{}", again.stdout);
     assert_eq!(result_ips(&again.json), vec![ip.clone()]);
 
-    // A real consumer of our result: Debian's portmap, chained with prevResult (1.0.0: its newest version).
+    // A real consumer of our result: Debian's portmap, chained with prevResult, in 1.0.0 (its newest
+    // version) and in 0.3.1 (what Multus delegates with and many existing conflists say), which Tabby
+    // answers in that version: each ip with its "version".
     let cfg10 = conf("1.0.0", &agent.socket, &log);
     let add10 = Cni::new("ADD", &cfg10, cid, &pod.path, "eth0").pod("default", "web-0", cid).in_ns(&node).run();
     assert_eq!(add10.code, 0, "{}", add10.stdout);
+    let cfg031 = conf("0.3.1", &agent.socket, &log);
+    let add031 = Cni::new("ADD", &cfg031, cid, &pod.path, "eth0").pod("default", "web-0", cid).in_ns(&node).run();
+    assert_eq!(add031.code, 0, "{}", add031.stdout);
+    assert_eq!(
+        (add031.json["cniVersion"].as_str(), add031.json["ips"][0]["version"].as_str()),
+        (Some("0.3.1"), Some("4"))
+    );
+    assert_eq!(result_ips(&add031.json), vec![ip.clone()]);
     let portmap = std::path::Path::new("/usr/lib/cni/portmap");
     if portmap.exists() {
-        let pm_conf = json!({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "portmap",
-            "capabilities": {"portMappings": true}, "snat": true, "prevResult": add10.json});
-        let mut pm = Cni::new("ADD", &pm_conf, cid, &pod.path, "eth0").in_ns(&node);
-        pm.bin = Some(portmap.into());
-        let out = pm.run();
-        assert_eq!(out.code, 0, "portmap rejected our result: {}", out.stdout);
-        assert_eq!(result_ips(&out.json), vec![ip.clone()], "portmap passes our result on: {}", out.stdout);
-        assert_eq!(out.json["interfaces"], add10.json["interfaces"]);
-    } else if tabby_e2e::in_ci() {
+        for (version, prev) in [("1.0.0", &add10.json), ("0.3.1", &add031.json)] {
+            let pm_conf = json!({"cniVersion": version, "name": "k8s-pod-network", "type": "portmap",
+                "capabilities": {"portMappings": true}, "snat": true, "prevResult": prev});
+            let mut pm = Cni::new("ADD", &pm_conf, cid, &pod.path, "eth0").in_ns(&node);
+            pm.bin = Some(portmap.into());
+            let out = pm.run();
+            assert_eq!(out.code, 0, "portmap rejected our {version} result: {}", out.stdout);
+            assert_eq!(result_ips(&out.json), vec![ip.clone()], "portmap passes our result on: {}", out.stdout);
+            assert_eq!(out.json["interfaces"], prev["interfaces"]);
+        }
+    } else if tabby_testkit::in_ci() {
         panic!("/usr/lib/cni/portmap is missing: install containernetworking-plugins");
     } else {
         eprintln!("SKIP portmap chaining: containernetworking-plugins is not installed");
@@ -198,7 +211,7 @@ async fn bad_input_gets_spec_errors_and_leaves_nothing() {
         ("malformed JSON", with_stdin("{\"cniVersion\": "), code::DECODE),
         ("empty stdin", with_stdin(""), code::DECODE),
         ("JSON that is not an object", with_stdin("[1,2]"), code::DECODE),
-        ("cniVersion 0.3.1", with_conf(&|v| v["cniVersion"] = json!("0.3.1")), code::INCOMPATIBLE_VERSION),
+        ("cniVersion 0.2.0", with_conf(&|v| v["cniVersion"] = json!("0.2.0")), code::INCOMPATIBLE_VERSION),
         ("cniVersion 2.0.0", with_conf(&|v| v["cniVersion"] = json!("2.0.0")), code::INCOMPATIBLE_VERSION),
         ("no network name", with_conf(&|v| v["name"] = json!("")), code::INVALID_CONFIG),
         ("MTU out of range", with_conf(&|v| v["mtu"] = json!(100)), code::INVALID_CONFIG),

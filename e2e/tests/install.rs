@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use serde::Deserialize;
 use serde_json::Value;
+use tabby_e2e::cases::{ValidationCase as Case, load};
 use tabby_e2e::{ControlPlane, Options, helm, repo_root, start_or_skip};
 
 const CRD_COUNT: usize = 10;
@@ -45,19 +45,8 @@ async fn operator_yaml_installs_with_create_and_with_server_side_apply() {
     cp.stop();
 }
 
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    #[serde(default)]
-    field: Option<String>,
-    object: Value,
-    #[serde(default)]
-    old: Option<Value>,
-}
-
 fn cases(file: &str) -> Vec<Case> {
-    let path = repo_root().join("api/tests/cases").join(file);
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    load(file)
 }
 
 /// Runs `kubectl <verb> -f -` with `object` as JSON.

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tabby_api::NodeStatus;
-use tabby_e2e::{ControlPlane, Options, repo_root};
+use tabby_testkit::{ControlPlane, Options, repo_root};
 
 const NODES: usize = 1000;
 const EDITS: usize = 50;

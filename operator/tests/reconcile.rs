@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
-use tabby_e2e::repo_root;
+use tabby_testkit::repo_root;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn get_json(cp: &tabby_e2e::ControlPlane, args: &[&str]) -> Option<Value> {
+fn get_json(cp: &tabby_testkit::ControlPlane, args: &[&str]) -> Option<Value> {
     let mut full = vec!["get"];
     full.extend_from_slice(args);
     full.extend_from_slice(&["-o", "json"]);
@@ -19,7 +19,7 @@ fn get_json(cp: &tabby_e2e::ControlPlane, args: &[&str]) -> Option<Value> {
     out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
-async fn available(cp: &tabby_e2e::ControlPlane) {
+async fn available(cp: &tabby_testkit::ControlPlane) {
     eventually("TabbyStatus network Available", WAIT, || async {
         tabbystatus_condition(cp, "Available").filter(|(s, _, _)| s == "True")
     })
@@ -208,11 +208,11 @@ async fn invalid_specs_degrade_and_change_nothing() {
     let kubelet = fake_kubelet(cp.client());
     let valid = r#"{"apiVersion":"operator.tabby.dev/v1","kind":"Installation","metadata":{"name":"default"},
         "spec":{"network":{"ipPools":[{"name":"pods","cidr":"10.244.0.0/16"}]}}}"#;
-    let out = kubectl_stdin(&cp, &["apply", "--server-side", "--field-manager=test", "-f", "-"], valid);
+    let out = cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=test", "-f", "-"], valid);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     available(&cp).await;
 
-    let snapshot = |cp: &tabby_e2e::ControlPlane| {
+    let snapshot = |cp: &tabby_testkit::ControlPlane| {
         let mut versions = Vec::new();
         for args in [
             &["daemonset", "-n", "tabby-system", "tabby-node"][..],
@@ -280,8 +280,7 @@ async fn invalid_specs_degrade_and_change_nothing() {
     ];
     for (what, spec, field) in &table {
         let object = json!({"apiVersion": "operator.tabby.dev/v1", "kind": "Installation", "metadata": {"name": "default"}, "spec": spec});
-        let out =
-            kubectl_stdin(&cp, &["apply", "--server-side", "--field-manager=test", "-f", "-"], &object.to_string());
+        let out = cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=test", "-f", "-"], &object.to_string());
         assert!(out.status.success(), "{what}: the API server accepts it ({})", String::from_utf8_lossy(&out.stderr));
         let (_, reason, message) = eventually(what, WAIT, || async {
             tabbystatus_condition(&cp, "Degraded").filter(|(s, _, m)| s == "True" && m.contains(field))
@@ -295,7 +294,7 @@ async fn invalid_specs_degrade_and_change_nothing() {
         assert!(degraded["message"].as_str().unwrap().contains(field), "{what}: Installation status names the field");
         assert_eq!(snapshot(&cp), before, "{what}: nothing written");
         // Back to the valid spec before the next case.
-        let out = kubectl_stdin(&cp, &["apply", "--server-side", "--field-manager=test", "-f", "-"], valid);
+        let out = cp.kubectl_stdin(&["apply", "--server-side", "--field-manager=test", "-f", "-"], valid);
         assert!(out.status.success());
         eventually("valid again", WAIT, || async {
             tabbystatus_condition(&cp, "Degraded").filter(|(s, _, _)| s == "False")
@@ -470,14 +469,14 @@ async fn runs_with_its_own_rbac_and_applies_the_installation_from_helm_values() 
     // What the chart renders with installation.enabled=true.
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tabby-installation", "namespace": "tabby-operator"},
         "data": {"installation.yaml": "apiVersion: operator.tabby.dev/v1\nkind: Installation\nmetadata:\n  name: default\nspec:\n  network:\n    mtu: 1410\n"}});
-    let out = kubectl_stdin(&cp, &["apply", "-f", "-"], &cm.to_string());
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], &cm.to_string());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     available(&cp).await;
     let inst = get_json(&cp, &["installation", "default"]).unwrap();
     assert_eq!(inst["spec"]["network"]["mtu"], 1410);
     // helm upgrade with new values: the Installation follows.
     let cm = cm.to_string().replace("1410", "1420");
-    assert!(kubectl_stdin(&cp, &["apply", "-f", "-"], &cm).status.success());
+    assert!(cp.kubectl_stdin(&["apply", "-f", "-"], &cm).status.success());
     eventually("Installation follows the values", WAIT, || async {
         get_json(&cp, &["installation", "default"]).filter(|i| i["spec"]["network"]["mtu"] == 1420)
     })

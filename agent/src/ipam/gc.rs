@@ -1,13 +1,16 @@
-//! Finding and releasing leaked addresses.
+//! Finding and releasing leaked addresses, by the rule `kubectl tabby ipam check` reports them with
+//! ([`tabby_api::ipam::leak`]).
 //!
 //! - [`release_local_leaks`]: once at agent start, this node's allocations whose pod is not on this node
 //!   and whose host veth is absent are released after the grace period, each re-checked first.
 //! - [`run_cluster_gc`]: the agent holding the `tabby-ipam-gc` Lease (coordination.k8s.io) periodically
-//!   releases allocations whose pod is gone (or whose node is gone, for allocations without a pod), deletes
+//!   releases leaked allocations (their pod is gone, finished, elsewhere or has another address; or, for
+//!   allocations without a pod, their node is gone), deletes
 //!   empty blocks and affinities of deleted nodes and handles no block refers to. Every candidate must look
 //!   leaked for the whole grace period and is re-checked against the API right before it is released.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -18,51 +21,57 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, ObjectList, ObjectMeta, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
-use tabby_api::ipam::{BlockAffinity, IPAMBlock, IPAMHandle, block_affinity_name};
-use tabby_cni::plugin::veth_name;
+use tabby_api::ipam::leak::{self, Found, Holder, PodFacts, leak};
+use tabby_api::ipam::{BlockAffinity, IPAMBlock, IPAMHandle, IPPool, block, block_affinity_name};
+use tabby_wire::veth_name;
 
-use super::allocator::{self, Allocator, ReleaseSel, handle_object_name};
-use super::block;
+use super::allocator::{Allocator, ReleaseSel};
+use super::store::{self, handle_object_name};
 
 /// Seconds a GC lease is valid without renewal.
 const LEASE_SECONDS: i32 = 30;
-
-fn pod_on(pods: &HashMap<(String, String), Option<String>>, ns: &str, pod: &str, node: &str) -> bool {
-    pods.get(&(ns.to_string(), pod.to_string())).is_some_and(|n| n.as_deref().is_none_or(|n| n == node))
-}
 
 /// Whether the host side of a pod's veth exists in this network namespace.
 fn attachment_present(ns: &str, pod: &str) -> bool {
     std::path::Path::new(&format!("/proc/sys/net/ipv4/conf/{}", veth_name(ns, pod))).exists()
 }
 
-async fn pod_still_there(client: &Client, ns: &str, pod: &str, node: &str) -> bool {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    match api.get_opt(pod).await {
-        Ok(Some(p)) => p.spec.and_then(|s| s.node_name).is_none_or(|n| n == node),
-        Ok(None) => false,
-        Err(_) => true, // unsure: keep it
+/// The re-check right before a release: whether `h` is still leaked by the API's current word (its
+/// pod or node read again). Unsure (the API did not answer): no.
+async fn still_leaked(client: &Client, h: &Holder<'_>, pools: &[IpNet]) -> bool {
+    match (h.pod(), h.node) {
+        (Some((ns, pod)), _) => match Api::<Pod>::namespaced(client.clone(), ns).get_opt(pod).await {
+            Ok(p) => leak(h, p.as_ref().map(PodFacts::of).as_ref(), |_| true, in_pools(pools)).is_some(),
+            Err(_) => false,
+        },
+        (None, Some(node)) => Api::<Node>::all(client.clone()).get_opt(node).await.is_ok_and(|n| n.is_none()),
+        (None, None) => false,
     }
+}
+
+/// Whether an address lies in one of `pools`.
+fn in_pools(pools: &[IpNet]) -> impl Fn(IpAddr) -> bool + '_ {
+    move |ip| pools.iter().any(|p| p.contains(&ip))
+}
+
+fn pool_nets(pools: &[IPPool]) -> Vec<IpNet> {
+    pools.iter().filter_map(|p| block::parse_cidr(&p.spec.cidr)).collect()
 }
 
 /// At start: releases this node's allocations with no pod on this node and no veth, after `grace`.
 pub async fn release_local_leaks(alloc: Allocator, client: Client, pods: Store<Pod>, grace: Duration) {
-    let node = alloc.node().to_string();
+    // The cache holds this node's pods only: a pod missing from it is gone or runs elsewhere. Nodes exist
+    // (this one does), and the trimmed cache keeps no addresses, so only those two cases show here.
     let candidates = |alloc: &Allocator| -> Vec<(IpNet, usize, Option<String>, String, String)> {
         let mut out = Vec::new();
         for b in alloc.blocks() {
-            let Ok(cidr) = b.spec.cidr.parse::<IpNet>() else { continue };
-            for ord in 0..b.spec.allocations.len() {
-                let Some(a) = block::attribute_at(&b.spec, ord) else { continue };
-                let (Some(ns), Some(pod)) = (a.secondary.get(block::ATTR_NAMESPACE), a.secondary.get(block::ATTR_POD))
-                else {
-                    continue;
-                };
-                let on_node = pods
-                    .get(&ObjectRef::new(pod).within(ns))
-                    .is_some_and(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_none_or(|n| n == node));
-                if !on_node && !attachment_present(ns, pod) {
-                    out.push((cidr, ord, a.handle_id.clone(), ns.clone(), pod.clone()));
+            let Some(cidr) = block::parse_cidr(&b.spec.cidr) else { continue };
+            for a in block::allocated(&cidr, &b.spec) {
+                let h = Holder::of(&a, b.spec.affinity.as_deref());
+                let Some((ns, pod)) = h.pod() else { continue };
+                let facts = pods.get(&ObjectRef::new(pod).within(ns)).map(|p| PodFacts::of(&p));
+                if leak(&h, facts.as_ref(), |_| true, |_| false).is_some() && !attachment_present(ns, pod) {
+                    out.push((cidr, a.ordinal, a.handle().map(str::to_string), ns.to_string(), pod.to_string()));
                 }
             }
         }
@@ -79,9 +88,12 @@ pub async fn release_local_leaks(alloc: Allocator, client: Client, pods: Store<P
         "allocations without a pod; releasing after the grace period"
     );
     tokio::time::sleep(grace).await;
+    let node = alloc.node().to_string();
     let mut exact = Vec::new();
     for (c, o, h, ns, pod) in candidates(&alloc) {
-        if first.contains(&(c, o, h.clone())) && !pod_still_there(&client, &ns, &pod, &node).await {
+        let holder =
+            Holder { ip: block::addr_at(&c, o), namespace: Some(&ns), pod: Some(&pod), node: Some(node.as_str()) };
+        if first.contains(&(c, o, h.clone())) && still_leaked(&client, &holder, &[]).await {
             exact.push((c, o, h));
         }
     }
@@ -197,20 +209,50 @@ where
     }
 }
 
-/// Every pod's node, by (namespace, name), listed `POD_PAGE` at a time.
-async fn pod_nodes(api: &Api<Pod>) -> Result<HashMap<(String, String), Option<String>>, kube::Error> {
-    let mut out = HashMap::new();
+/// What a pass knows of the cluster for the leak rule: every pod (as the rule reads it), node and pool.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    pods: HashMap<(String, String), PodFacts>,
+    nodes: HashSet<String>,
+    pools: Vec<IpNet>,
+}
+
+impl ClusterView {
+    pub fn new(nodes: impl IntoIterator<Item = String>, pools: &[IPPool]) -> ClusterView {
+        ClusterView { pods: HashMap::new(), nodes: nodes.into_iter().collect(), pools: pool_nets(pools) }
+    }
+
+    pub fn add_pods<'a>(&mut self, pods: impl IntoIterator<Item = &'a Pod>) {
+        self.pods
+            .extend(pods.into_iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), PodFacts::of(p))));
+    }
+
+    /// The leaked allocations of `b` ([`tabby_api::ipam::leak::in_block`]).
+    pub fn leaked<'a>(&self, b: &'a IPAMBlock) -> Vec<Found<'a>> {
+        let Some(cidr) = block::parse_cidr(&b.spec.cidr) else { return Vec::new() };
+        leak::in_block(
+            &cidr,
+            &b.spec,
+            |ns, p| self.pods.get(&(ns.to_string(), p.to_string())).cloned(),
+            |n| self.nodes.contains(n),
+            in_pools(&self.pools),
+        )
+    }
+
+    fn has_node(&self, n: &str) -> bool {
+        self.nodes.contains(n)
+    }
+}
+
+/// Lists every pod into `view`, `POD_PAGE` at a time.
+async fn add_pods(api: &Api<Pod>, view: &mut ClusterView) -> Result<(), kube::Error> {
     let mut lp = ListParams::default().limit(POD_PAGE);
     loop {
         let page = api.list(&lp).await?;
         let more = next_page(&mut lp, &page);
-        out.extend(
-            page.items
-                .into_iter()
-                .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.spec.and_then(|s| s.node_name))),
-        );
+        view.add_pods(&page.items);
         if !more {
-            return Ok(out);
+            return Ok(());
         }
     }
 }
@@ -220,13 +262,10 @@ pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> R
     state.next_pass();
     let blocks_api: Api<IPAMBlock> = Api::all(client.clone());
     // Names only for nodes; pods, blocks and handles page by page, keeping only what the pass needs.
-    let nodes: HashSet<String> = Api::<Node>::all(client.clone())
-        .list_metadata(&ListParams::default())
-        .await?
-        .into_iter()
-        .map(|n| n.name_any())
-        .collect();
-    let pods = pod_nodes(&Api::<Pod>::all(client.clone())).await?;
+    let nodes = Api::<Node>::all(client.clone()).list_metadata(&ListParams::default()).await?;
+    let pools = Api::<IPPool>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let mut view = ClusterView::new(nodes.into_iter().map(|n| n.name_any()), &pools);
+    add_pods(&Api::<Pod>::all(client.clone()), &mut view).await?;
     let mut report = GcReport::default();
     let mut offered = HashSet::new();
     let mut referenced: HashSet<String> = HashSet::new();
@@ -238,39 +277,21 @@ pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> R
         let more = next_page(&mut lp, &page);
         for b in &page.items {
             owners.insert(b.spec.cidr.clone(), b.spec.affinity.clone());
-            let Ok(cidr) = b.spec.cidr.parse::<IpNet>() else { continue };
+            let Some(cidr) = block::parse_cidr(&b.spec.cidr) else { continue };
             let owner =
                 b.spec.affinity.as_deref().and_then(|a| a.strip_prefix("host:")).unwrap_or_default().to_string();
+            referenced.extend(block::allocated(&cidr, &b.spec).iter().filter_map(|a| a.handle()).map(str::to_string));
             let mut release: Vec<(usize, Option<String>)> = Vec::new();
-            for ord in 0..b.spec.allocations.len() {
-                let Some(a) = block::attribute_at(&b.spec, ord) else { continue };
-                if let Some(h) = &a.handle_id {
-                    referenced.insert(h.clone());
-                }
-                let node = a.secondary.get(block::ATTR_NODE).cloned().unwrap_or_else(|| owner.clone());
-                let pod = (a.secondary.get(block::ATTR_NAMESPACE), a.secondary.get(block::ATTR_POD));
-                let leaked = match pod {
-                    (Some(ns), Some(p)) => !pod_on(&pods, ns, p, &node),
-                    _ => !nodes.contains(&node),
-                };
-                if !leaked {
-                    continue;
-                }
-                let key = format!("alloc/{cidr}/{ord}/{:?}", a.handle_id);
-                if !state.ripe(key, grace, &mut offered) {
-                    continue;
-                }
+            for f in view.leaked(b) {
+                let (ord, handle) = (f.allocation.ordinal, f.allocation.handle());
+                let key = format!("alloc/{cidr}/{ord}/{handle:?}");
                 // Re-check against the API right before releasing.
-                let still = match pod {
-                    (Some(ns), Some(p)) => !pod_still_there(client, ns, p, &node).await,
-                    _ => Api::<Node>::all(client.clone()).get_opt(&node).await.is_ok_and(|n| n.is_none()),
-                };
-                if still {
-                    release.push((ord, a.handle_id.clone()));
+                if state.ripe(key, grace, &mut offered) && still_leaked(client, &f.holder, &view.pools).await {
+                    release.push((ord, handle.map(str::to_string)));
                 }
             }
             if !release.is_empty() {
-                let n = allocator::release_in_block(&blocks_api, &cidr, |o, a| {
+                let n = store::release_in_block(&blocks_api, &cidr, |o, a| {
                     release.iter().any(|(ro, rh)| *ro == o && *rh == a.handle_id)
                 })
                 .await
@@ -279,11 +300,11 @@ pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> R
                 tracing::info!(block = %cidr, released = n, "released leaked allocations");
             }
             // Empty blocks of deleted nodes go, with their affinities.
-            if !owner.is_empty() && !nodes.contains(&owner) {
+            if !owner.is_empty() && !view.has_node(&owner) {
                 let Some(fresh) = blocks_api.get_opt(&b.name_any()).await? else { continue };
                 if fresh.spec.allocations.iter().all(Option::is_none)
                     && state.ripe(format!("block/{cidr}"), grace, &mut offered)
-                    && allocator::delete_block_if_unchanged(&blocks_api, &fresh).await.unwrap_or(false)
+                    && store::delete_block_if_unchanged(&blocks_api, &fresh).await.unwrap_or(false)
                 {
                     report.blocks_deleted += 1;
                     let aff: Api<BlockAffinity> = Api::all(client.clone());
@@ -302,7 +323,7 @@ pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> R
     for a in aff_api.list(&ListParams::default()).await? {
         let owned =
             owners.get(&a.spec.cidr).is_some_and(|o| o.as_deref() == Some(format!("host:{}", a.spec.node).as_str()));
-        if !nodes.contains(&a.spec.node)
+        if !view.has_node(&a.spec.node)
             && !owned
             && state.ripe(format!("affinity/{}", a.name_any()), grace, &mut offered)
             && aff_api.delete(&a.name_any(), &DeleteParams::default()).await.is_ok()
@@ -344,7 +365,9 @@ pub async fn run_cluster_gc(client: Client, me: String, namespace: String, inter
             last = Some(Instant::now());
             let r = gc_pass(&client, &mut state, grace).await;
             let took = last.map(|l| l.elapsed()).unwrap_or_default();
-            crate::metrics::reconcile_done("ipam-gc", took, r.is_ok());
+            if let Some(l) = last {
+                crate::reconcile::observe("ipam-gc", l, r.is_ok());
+            }
             match r {
                 Ok(r) if r != GcReport::default() => tracing::info!(
                     released = r.released,
@@ -384,5 +407,20 @@ mod tests {
         // The grace period still applies.
         st.next_pass();
         assert!(!st.ripe("handle/h".into(), Duration::from_secs(3600), &mut HashSet::new()));
+    }
+
+    #[test]
+    fn leaks_agree_with_the_shared_table() {
+        for case in tabby_testkit::cases::leak_cases() {
+            let mut view = ClusterView::new(case.nodes.clone(), &case.pools());
+            view.add_pods(&case.pods());
+            let blocks = case.blocks();
+            let mut leaked: Vec<std::net::IpAddr> =
+                blocks.iter().flat_map(|b| view.leaked(b)).map(|f| f.allocation.ip).collect();
+            leaked.sort();
+            let mut want = case.leaked.clone();
+            want.sort();
+            assert_eq!(leaked, want, "{}", case.name);
+        }
     }
 }

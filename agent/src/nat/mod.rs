@@ -1,30 +1,30 @@
-//! NAT outgoing with nftables: table `inet tabby` masquerades traffic from pools with natOutgoing to
+//! NAT outgoing: in table `inet tabby`, interval sets `pools4`/`pools6` (every pool) and `masq4`/`masq6`
+//! (pools with natOutgoing), and a `postrouting` nat chain that masquerades traffic from the `masq` pools to
 //! destinations outside every pool (pod-to-pod keeps pod addresses).
 //!
-//! Through the `nft` CLI: the current state is read with `nft -j` (JSON) and every change is one
-//! `nft -f -` batch, which the kernel applies as a single transaction (atomic). A batch carries only what
-//! changed: added and deleted set elements, and the table, sets and chain only when missing. The CLI
-//! was chosen over raw nftables netlink because its JSON and batch formats are stable, documented
-//! interfaces, while the netlink encoding of expressions has no maintained Rust crate.
+//! The NAT section of the table's one writer ([`crate::kernel::nft`]): what the pools want ([`desired`],
+//! pure) becomes a [`Section`] ([`section`], pure), and the writer applies only what changed — set
+//! elements, or the chain refilled when its rules differ — in one transaction. A pool change never
+//! rewrites rules.
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ipnet::IpNet;
-use serde_json::Value;
 use tabby_api::ipam::IPPool;
 
-pub const TABLE: &str = "tabby";
-const FAMILY: &str = "inet";
+use crate::facts::Snapshot;
+use crate::kernel::nft::{Chain, Element, Hook, Nft, Section, Set};
+use crate::reconcile::{Condition, Local, Outcome, Reconciler, Removed, TeardownError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum NatError {
-    #[error("running nft: {0}")]
-    Spawn(std::io::Error),
-    #[error("nft {what} failed: {stderr}")]
-    Failed { what: &'static str, stderr: String },
-}
+/// NodeStatus RoutesReady reason while NAT outgoing cannot be programmed.
+pub const REASON_FAILED: &str = "NATOutgoingFailed";
+
+/// The names of the NAT section in table `inet tabby`.
+const SETS: [(&str, &str); 4] =
+    [("pools4", "ipv4_addr"), ("pools6", "ipv6_addr"), ("masq4", "ipv4_addr"), ("masq6", "ipv6_addr")];
+const CHAIN: &str = "postrouting";
 
 /// The sets the table holds.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,9 +38,9 @@ pub struct NatState {
 }
 
 /// What the pools ask for.
-pub fn desired(pools: &[IPPool]) -> NatState {
+pub fn desired<P: std::borrow::Borrow<IPPool>>(pools: &[P]) -> NatState {
     let mut s = NatState::default();
-    for p in pools {
+    for p in pools.iter().map(std::borrow::Borrow::borrow) {
         let Ok(c) = p.spec.cidr.parse::<IpNet>() else { continue };
         let c = c.trunc();
         let v6 = c.addr().is_ipv6();
@@ -52,169 +52,145 @@ pub fn desired(pools: &[IPPool]) -> NatState {
     s
 }
 
-/// What `nft -j list table inet tabby` shows; `None` when the table is missing or incomplete.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Current {
-    pub sets: NatState,
-    pub rules: usize,
+fn owns(name: &str) -> bool {
+    name == CHAIN || SETS.iter().any(|(n, _)| *n == name)
 }
 
-/// Parses `nft -j list table` output.
-pub fn parse_current(json: &str) -> Option<Current> {
-    let v: Value = serde_json::from_str(json).ok()?;
-    let mut cur = Current::default();
-    let mut sets_seen = 0;
-    for o in v.get("nftables")?.as_array()? {
-        if let Some(s) = o.get("set") {
-            let name = s.get("name").and_then(Value::as_str).unwrap_or("");
-            let target = match name {
-                "pools4" => &mut cur.sets.pools4,
-                "pools6" => &mut cur.sets.pools6,
-                "masq4" => &mut cur.sets.masq4,
-                "masq6" => &mut cur.sets.masq6,
-                _ => continue,
-            };
-            sets_seen += 1;
-            for e in s.get("elem").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(n) = elem(e) {
-                    target.insert(n);
-                }
-            }
-        }
-        if o.get("rule").and_then(|r| r.get("chain")).and_then(Value::as_str) == Some("postrouting") {
-            cur.rules += 1;
-        }
+/// The NAT section of table `inet tabby` for `want`.
+pub fn section(want: &NatState) -> Section {
+    let elements = |s: &BTreeSet<IpNet>| s.iter().map(|n| Element::net(*n)).collect();
+    let sets = [&want.pools4, &want.pools6, &want.masq4, &want.masq6];
+    Section {
+        owner: "nat",
+        sets: SETS
+            .iter()
+            .zip(sets)
+            .map(|((name, ty), s)| Set {
+                name: name.to_string(),
+                ty: ty.to_string(),
+                interval: true,
+                elements: elements(s),
+            })
+            .collect(),
+        chains: vec![Chain {
+            name: CHAIN.into(),
+            hook: Some(Hook { ty: "nat".into(), hook: "postrouting".into(), priority: 100, policy: "accept".into() }),
+            rules: vec![
+                "ip saddr @masq4 ip daddr != @pools4 masquerade".into(),
+                "ip6 saddr @masq6 ip6 daddr != @pools6 masquerade".into(),
+            ],
+        }],
+        owns,
     }
-    (sets_seen == 4).then_some(cur)
 }
 
-fn elem(e: &Value) -> Option<IpNet> {
-    if let Some(s) = e.as_str() {
-        return s.parse::<std::net::IpAddr>().ok().map(IpNet::from);
-    }
-    if let Some(p) = e.get("prefix") {
-        let addr: std::net::IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
-        let len = p.get("len")?.as_u64()? as u8;
-        return IpNet::new(addr, len).ok();
-    }
-    if let Some(e) = e.get("elem") {
-        return elem(e.get("val").unwrap_or(e));
-    }
-    None
+/// The writer of table `inet tabby`, shared by its owners.
+pub type SharedNft = Arc<Mutex<Nft>>;
+
+/// The NAT outgoing reconciler.
+pub struct Nat {
+    nft: SharedNft,
+    resync: Duration,
 }
 
-const RULES: usize = 2;
+impl Nat {
+    /// NAT through `nft`, re-checked against the kernel every `resync` even when the pools did not change.
+    pub fn new(nft: SharedNft, resync: Duration) -> Nat {
+        Nat { nft, resync }
+    }
 
-/// The batch that turns `cur` into `want`, or `None` when nothing changes.
-pub fn batch(cur: Option<&Current>, want: &NatState) -> Option<String> {
-    let mut b = String::new();
-    let t = format!("{FAMILY} {TABLE}");
-    let empty = Current::default();
-    let fresh = cur.is_none();
-    let cur = cur.unwrap_or(&empty);
-    if fresh {
-        b += &format!("add table {t}\n");
-        for (name, ty) in
-            [("pools4", "ipv4_addr"), ("pools6", "ipv6_addr"), ("masq4", "ipv4_addr"), ("masq6", "ipv6_addr")]
+    async fn with_nft<T: Send + 'static>(&self, job: impl FnOnce(&mut Nft) -> T + Send + 'static) -> Result<T, String> {
+        let nft = self.nft.clone();
+        // `nft` is a process: run it off the async workers.
+        tokio::task::spawn_blocking(move || job(&mut nft.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| format!("NAT task: {e}"))
+    }
+}
+
+impl Reconciler for Nat {
+    const NAME: &'static str = "nat";
+    type Desired = NatState;
+
+    fn desired(&self, facts: &Snapshot, _: &Local) -> NatState {
+        desired(&facts.pools)
+    }
+
+    async fn apply(&mut self, want: &NatState, _: &mut Local) -> Outcome {
+        let s = section(want);
+        match self
+            .with_nft(move |n| {
+                n.stage(s);
+                n.commit()
+            })
+            .await
         {
-            b += &format!("add set {t} {name} {{ type {ty}; flags interval; }}\n");
-        }
-        b += &format!("add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n");
-    }
-    if fresh || cur.rules != RULES {
-        b += &format!("flush chain {t} postrouting\n");
-        b += &format!("add rule {t} postrouting ip saddr @masq4 ip daddr != @pools4 masquerade\n");
-        b += &format!("add rule {t} postrouting ip6 saddr @masq6 ip6 daddr != @pools6 masquerade\n");
-    }
-    for (name, have, need) in [
-        ("pools4", &cur.sets.pools4, &want.pools4),
-        ("pools6", &cur.sets.pools6, &want.pools6),
-        ("masq4", &cur.sets.masq4, &want.masq4),
-        ("masq6", &cur.sets.masq6, &want.masq6),
-    ] {
-        let del: Vec<String> = have.difference(need).map(ToString::to_string).collect();
-        let add: Vec<String> = need.difference(have).map(ToString::to_string).collect();
-        if !del.is_empty() {
-            b += &format!("delete element {t} {name} {{ {} }}\n", del.join(", "));
-        }
-        if !add.is_empty() {
-            b += &format!("add element {t} {name} {{ {} }}\n", add.join(", "));
+            Ok(Ok(0)) => Outcome::default(),
+            Ok(Ok(n)) => {
+                tracing::info!(changes = n, "nftables table tabby updated");
+                Outcome::changed(n)
+            }
+            Ok(Err(e)) => Outcome::failed(Condition::Routes, REASON_FAILED, format!("programming NAT outgoing: {e}")),
+            Err(e) => Outcome::failed(Condition::Routes, REASON_FAILED, e),
         }
     }
-    (!b.is_empty()).then_some(b)
-}
 
-fn nft(args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<String, NatError> {
-    let mut cmd = Command::new("nft");
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let mut child = cmd.spawn().map_err(NatError::Spawn)?;
-    if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
-        i.write_all(s.as_bytes()).map_err(NatError::Spawn)?;
+    fn resync(&self) -> Duration {
+        self.resync
     }
-    let out = child.wait_with_output().map_err(NatError::Spawn)?;
-    if !out.status.success() {
-        return Err(NatError::Failed { what, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
-/// Reads the table (`None` if missing).
-pub fn read() -> Result<Option<Current>, NatError> {
-    match nft(&["-j", "list", "table", FAMILY, TABLE], None, "list") {
-        Ok(s) => Ok(parse_current(&s)),
-        Err(NatError::Failed { stderr, .. }) if stderr.contains("No such file") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Brings the table to `want`; returns whether a batch was applied. Reported as subsystem `nat`.
-pub fn reconcile(want: &NatState) -> Result<bool, NatError> {
-    let started = std::time::Instant::now();
-    let r = apply(want);
-    crate::metrics::reconcile_done("nat", started.elapsed(), r.is_ok());
-    r
-}
-
-fn apply(want: &NatState) -> Result<bool, NatError> {
-    let cur = read()?;
-    let Some(b) = batch(cur.as_ref(), want) else { return Ok(false) };
-    // A half-built table (a set or the chain deleted by hand) is rebuilt from scratch, in the same
-    // transaction, so traffic never sees an empty table.
-    let b = if cur.is_none() { format!("destroy table {FAMILY} {TABLE}\n{b}") } else { b };
-    match nft(&["-f", "-"], Some(&b), "batch") {
-        Ok(_) => Ok(true),
-        // `destroy` needs nftables ≥ 1.0.8; older ones get the add-only batch.
-        Err(NatError::Failed { .. }) if cur.is_none() => {
-            let _ = nft(&["delete", "table", FAMILY, TABLE], None, "delete");
-            nft(&["-f", "-"], batch(None, want).as_deref(), "batch").map(|_| true)
+    async fn teardown(&mut self) -> Result<Removed, TeardownError> {
+        let gone = self.with_nft(|n| {
+            n.stage(section(&NatState::default()));
+            n.teardown("nat")
+        });
+        match gone.await {
+            Ok(Ok(t)) => Ok(Removed { nft_table: t, ..Removed::default() }),
+            Ok(Err(e)) => Err(TeardownError::new(Self::NAME, e)),
+            Err(e) => Err(TeardownError::new(Self::NAME, e)),
         }
-        Err(e) => Err(e),
-    }
-}
-
-/// Deletes the table (cleanup). Returns whether it existed.
-pub fn delete() -> Result<bool, NatError> {
-    match nft(&["delete", "table", FAMILY, TABLE], None, "delete") {
-        Ok(_) => Ok(true),
-        Err(NatError::Failed { stderr, .. }) if stderr.contains("No such file") => Ok(false),
-        Err(e) => Err(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::nft::{Current, CurrentChain, CurrentSet, plan, rule_tag};
 
     fn nets(v: &[&str]) -> BTreeSet<IpNet> {
         v.iter().map(|s| s.parse().unwrap()).collect()
     }
 
+    /// The kernel after `want` was applied.
+    fn applied(want: &NatState) -> Current {
+        let s = section(want);
+        Current {
+            sets: s
+                .sets
+                .iter()
+                .map(|x| {
+                    (x.name.clone(), CurrentSet { ty: x.ty.clone(), interval: true, elements: x.elements.clone() })
+                })
+                .collect(),
+            chains: s
+                .chains
+                .iter()
+                .map(|c| {
+                    let rules = c.rules.iter().map(|r| Some(rule_tag(r))).collect();
+                    (c.name.clone(), CurrentChain { hook: c.hook.clone(), rules })
+                })
+                .collect(),
+        }
+    }
+
     #[test]
     fn fresh_table_is_built_in_one_batch() {
         let want = NatState { pools4: nets(&["10.0.0.0/16"]), masq4: nets(&["10.0.0.0/16"]), ..Default::default() };
-        let b = batch(None, &want).unwrap();
+        let b = plan(None, &[section(&want)]).render();
         assert!(b.starts_with("add table inet tabby\n"));
+        assert!(
+            b.contains("add chain inet tabby postrouting { type nat hook postrouting priority 100; policy accept; }")
+        );
         assert!(b.contains("ip saddr @masq4 ip daddr != @pools4 masquerade"));
         assert!(b.contains("add element inet tabby pools4 { 10.0.0.0/16 }"));
         assert!(b.contains("add element inet tabby masq4 { 10.0.0.0/16 }"));
@@ -223,44 +199,49 @@ mod tests {
 
     #[test]
     fn only_changes_are_sent() {
-        let cur = Current {
-            sets: NatState {
-                pools4: nets(&["10.0.0.0/16", "10.1.0.0/16"]),
-                masq4: nets(&["10.0.0.0/16"]),
-                ..Default::default()
-            },
-            rules: 2,
+        let cur = NatState {
+            pools4: nets(&["10.0.0.0/16", "10.1.0.0/16"]),
+            masq4: nets(&["10.0.0.0/16"]),
+            ..Default::default()
         };
-        assert_eq!(batch(Some(&cur), &cur.sets), None);
+        let have = applied(&cur);
+        assert!(plan(Some(&have), &[section(&cur)]).is_empty());
         let want = NatState {
             pools4: nets(&["10.0.0.0/16", "10.2.0.0/16"]),
             masq4: nets(&["10.0.0.0/16"]),
             ..Default::default()
         };
         assert_eq!(
-            batch(Some(&cur), &want).unwrap(),
+            plan(Some(&have), &[section(&want)]).render(),
             "delete element inet tabby pools4 { 10.1.0.0/16 }\nadd element inet tabby pools4 { 10.2.0.0/16 }\n"
         );
-        let broken = Current { rules: 0, ..cur.clone() };
-        assert!(batch(Some(&broken), &cur.sets).unwrap().contains("flush chain inet tabby postrouting"));
+        let mut broken = have.clone();
+        broken.chains.get_mut(CHAIN).unwrap().rules.clear();
+        assert!(plan(Some(&broken), &[section(&cur)]).render().contains("flush chain inet tabby postrouting"));
+        // The rules an older agent wrote (no comments) are replaced once.
+        let mut old = have;
+        old.chains.get_mut(CHAIN).unwrap().rules = vec![None, None];
+        assert!(plan(Some(&old), &[section(&cur)]).render().starts_with("flush chain inet tabby postrouting\n"));
     }
 
     #[test]
-    fn parses_nft_json() {
-        let j = r#"{"nftables":[{"metainfo":{}},{"table":{"family":"inet","name":"tabby"}},
-          {"set":{"family":"inet","name":"pools4","table":"tabby","type":"ipv4_addr","flags":["interval"],
-            "elem":[{"prefix":{"addr":"10.0.0.0","len":16}},"10.9.9.9"]}},
-          {"set":{"family":"inet","name":"pools6","table":"tabby","type":"ipv6_addr","flags":["interval"]}},
-          {"set":{"family":"inet","name":"masq4","table":"tabby","type":"ipv4_addr","flags":["interval"],
-            "elem":[{"prefix":{"addr":"10.0.0.0","len":16}}]}},
-          {"set":{"family":"inet","name":"masq6","table":"tabby","type":"ipv6_addr","flags":["interval"]}},
-          {"chain":{"family":"inet","table":"tabby","name":"postrouting"}},
-          {"rule":{"family":"inet","table":"tabby","chain":"postrouting","handle":5,"expr":[]}},
-          {"rule":{"family":"inet","table":"tabby","chain":"postrouting","handle":6,"expr":[]}}]}"#;
-        let c = parse_current(j).unwrap();
-        assert_eq!(c.rules, 2);
-        assert_eq!(c.sets.pools4, nets(&["10.0.0.0/16", "10.9.9.9/32"]));
-        assert_eq!(c.sets.masq4, nets(&["10.0.0.0/16"]));
-        assert!(parse_current(r#"{"nftables":[]}"#).is_none());
+    fn pools_decide_the_sets() {
+        let pool = |cidr: &str, nat: bool, disabled: bool| -> IPPool {
+            let mut p: IPPool = serde_json::from_value(serde_json::json!({
+                "apiVersion": "tabby.dev/v1", "kind": "IPPool", "metadata": {"name": "p"}, "spec": {"cidr": cidr}
+            }))
+            .unwrap();
+            p.spec.nat_outgoing = nat;
+            p.spec.disabled = disabled;
+            p
+        };
+        let s = desired(&[
+            pool("10.0.0.7/16", true, false),
+            pool("fd00::/48", true, true),
+            pool("10.9.0.0/16", false, false),
+        ]);
+        assert_eq!(s.pools4, nets(&["10.0.0.0/16", "10.9.0.0/16"]));
+        assert_eq!(s.masq4, nets(&["10.0.0.0/16"]));
+        assert_eq!((s.pools6.len(), s.masq6.len()), (1, 0), "a disabled pool is never masqueraded");
     }
 }

@@ -1,100 +1,34 @@
 //! This node's identity: its name (NODENAME), its addresses by the Installation's autodetection method
 //! (Calico's syntax, [`Method`]), the pod MTU, and the Node annotations other agents read.
+//!
+//! Two reconcilers: [`Identity`] (first in a pass: the addresses and the pod MTU, which it hands to the
+//! CNI server in memory and writes to the state directory), and [`Annotations`] (after the
+//! encapsulations: publishes what the pass found on the Node, only what differs).
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
-use futures::TryStreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::Value;
+use tokio::sync::watch;
 
-use crate::routes::kernel::{Kernel, KernelError, link_name};
+use crate::config::{Config, Method, Paths};
+use crate::encap::{self, ipip, vxlan};
+use crate::facts::Snapshot;
+use crate::kernel;
+pub use crate::kernel::Iface;
+use crate::reconcile::{Local, Outcome, Reconciler, Removed, TeardownError};
 
-/// Node annotation: the node's IPv4 address with its prefix length (`192.168.100.2/24`).
-pub const ANNOTATION_V4: &str = "tabby.dev/IPv4Address";
-/// Node annotation: the node's IPv6 address with its prefix length.
-pub const ANNOTATION_V6: &str = "tabby.dev/IPv6Address";
-/// Node annotation: the node's VXLAN tunnel address.
-pub const ANNOTATION_VXLAN_ADDR: &str = "tabby.dev/IPv4VXLANTunnelAddr";
-/// Node annotation: the MAC address of the node's `vxlan.tabby`.
-pub const ANNOTATION_VXLAN_MAC: &str = "tabby.dev/VXLANTunnelMACAddr";
-/// Node label or annotation: this node is a route reflector with this cluster ID.
-pub const RR_CLUSTER_ID: &str = "tabby.dev/route-reflector-cluster-id";
-
-/// Interfaces never considered the node's uplink (first-found, MTU): loopback, container and overlay
-/// devices, Tabby's own.
-const SKIP_BY_DEFAULT: &str = r"^(lo|docker.*|cbr.*|dummy.*|virbr.*|lxcbr.*|veth.*|tby.*|vxlan\.tabby|vxlan\..*|kube-ipvs.*|cni.*|flannel.*|tunl.*|cali.*|br-.*)$";
-
-/// An autodetection method.
-#[derive(Debug, Clone)]
-pub enum Method {
-    FirstFound,
-    KubernetesInternalIp,
-    Interface(regex::Regex),
-    SkipInterface(regex::Regex),
-    CanReach(String),
-    Cidrs(Vec<IpNet>),
-    /// `none`: no address of this family.
-    None,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    #[error("autodetection method {0:?}: {1}")]
-    Method(String, String),
-    #[error(transparent)]
-    Kernel(#[from] KernelError),
-    #[error("Kubernetes: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-impl Method {
-    /// Parses Calico's syntax (`first-found`, `kubernetes-internal-ip`, `interface=RE`, `skip-interface=RE`,
-    /// `can-reach=DEST`, `cidr=CIDR[,CIDR…]`, `none`).
-    pub fn parse(s: &str) -> Result<Method, NodeError> {
-        let bad = |why: String| NodeError::Method(s.to_string(), why);
-        let s = s.trim();
-        let (k, v) = s.split_once('=').map(|(k, v)| (k.trim(), v.trim())).unwrap_or((s, ""));
-        let re = |v: &str| regex::Regex::new(&format!("^(?:{v})$")).map_err(|e| bad(e.to_string()));
-        Ok(match k {
-            "" | "first-found" | "firstFound" => Method::FirstFound,
-            "kubernetes-internal-ip" | "kubernetes" => Method::KubernetesInternalIp,
-            "interface" => Method::Interface(re(v)?),
-            "skip-interface" => Method::SkipInterface(re(v)?),
-            "can-reach" if !v.is_empty() => Method::CanReach(v.to_string()),
-            "cidr" | "cidrs" => Method::Cidrs(
-                v.split(',')
-                    .filter(|c| !c.trim().is_empty())
-                    .map(|c| c.trim().parse::<IpNet>().map_err(|e| bad(e.to_string())))
-                    .collect::<Result<_, _>>()?,
-            ),
-            "none" => Method::None,
-            _ => return Err(bad("unknown method".into())),
-        })
-    }
-}
-
-/// One interface as the detection sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Iface {
-    pub index: u32,
-    pub name: String,
-    pub up: bool,
-    pub mtu: u32,
-    pub addrs: Vec<IpNet>,
-}
+pub use crate::facts::{ANNOTATION_V4, ANNOTATION_V6};
 
 fn usable(a: &IpNet, v6: bool) -> bool {
     match a.addr() {
         IpAddr::V4(x) => !v6 && !x.is_loopback() && !x.is_link_local(),
         IpAddr::V6(x) => v6 && !x.is_loopback() && !x.is_unicast_link_local(),
     }
-}
-
-fn default_skip() -> regex::Regex {
-    // A constant pattern that is known to compile.
-    regex::Regex::new(SKIP_BY_DEFAULT).expect("static regex")
 }
 
 /// Picks the node address of one family among `ifaces` (sorted by index). `internal_ip` is the Node's
@@ -106,7 +40,7 @@ pub fn select(
     internal_ip: Option<IpAddr>,
     reach_src: Option<IpAddr>,
 ) -> Option<IpNet> {
-    let skip = default_skip();
+    let skip = kernel::not_uplink();
     let with_addr = |pred: &dyn Fn(&Iface) -> bool| -> Option<IpNet> {
         ifaces.iter().filter(|i| i.up && pred(i)).find_map(|i| i.addrs.iter().find(|a| usable(a, v6)).copied())
     };
@@ -135,65 +69,7 @@ pub fn select(
 
 /// The pod MTU: the smallest MTU of the up underlay interfaces (1500 if none) minus `overhead`.
 pub fn pod_mtu(ifaces: &[Iface], overhead: u32) -> u32 {
-    let skip = default_skip();
-    let base = ifaces.iter().filter(|i| i.up && !skip.is_match(&i.name)).map(|i| i.mtu).min().unwrap_or(1500);
-    base.saturating_sub(overhead)
-}
-
-/// Encapsulation overheads (bytes).
-pub const VXLAN_OVERHEAD_V4: u32 = 50;
-pub const VXLAN_OVERHEAD_V6: u32 = 70;
-pub const IPIP_OVERHEAD: u32 = 20;
-
-/// The interfaces of this network namespace with their addresses.
-pub async fn interfaces(k: &Kernel) -> Result<Vec<Iface>, NodeError> {
-    let links: Vec<_> = k.handle.link().get().execute().try_collect().await.map_err(KernelError::from)?;
-    let addrs: Vec<_> = k.handle.address().get().execute().try_collect().await.map_err(KernelError::from)?;
-    let mut out: Vec<Iface> = links
-        .iter()
-        .map(|m| Iface {
-            index: m.header.index,
-            name: link_name(m).unwrap_or_default(),
-            up: m.header.flags.contains(LinkFlags::Up),
-            mtu: m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::Mtu(v) => Some(*v),
-                    _ => None,
-                })
-                .unwrap_or(1500),
-            addrs: Vec::new(),
-        })
-        .collect();
-    for a in &addrs {
-        let ip = a.attributes.iter().find_map(|x| match x {
-            AddressAttribute::Local(ip) => Some(*ip),
-            _ => None,
-        });
-        let ip = ip.or_else(|| {
-            a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            })
-        });
-        if let (Some(ip), Some(i)) = (ip, out.iter_mut().find(|i| i.index == a.header.index))
-            && let Ok(n) = IpNet::new(ip, a.header.prefix_len)
-        {
-            i.addrs.push(n);
-        }
-    }
-    out.sort_by_key(|i| i.index);
-    Ok(out)
-}
-
-/// The source address the kernel would use towards `dest` (no packet is sent).
-pub fn source_towards(dest: &str) -> Option<IpAddr> {
-    let ip: IpAddr = dest.parse().ok()?;
-    let bind: SocketAddr = if ip.is_ipv6() { "[::]:0".parse().ok()? } else { "0.0.0.0:0".parse().ok()? };
-    let s = UdpSocket::bind(bind).ok()?;
-    s.connect(SocketAddr::new(ip, 53)).ok()?;
-    s.local_addr().ok().map(|a| a.ip())
+    kernel::underlay_mtu(ifaces).saturating_sub(overhead)
 }
 
 /// The Node's InternalIP of the family.
@@ -203,39 +79,181 @@ pub fn internal_ip(node: &Node, v6: bool) -> Option<IpAddr> {
     })
 }
 
-/// Detects the node's address of one family. Reported as subsystem `node`.
-pub async fn detect(k: &Kernel, method: &Method, v6: bool, node: Option<&Node>) -> Result<Option<IpNet>, NodeError> {
-    let started = std::time::Instant::now();
-    let r = detect_now(k, method, v6, node).await;
-    crate::metrics::reconcile_done("node", started.elapsed(), r.is_ok());
-    r
+/// The pod MTU when nothing else is known yet: the configured one, else the MTU of the interface
+/// holding the IPv4 default route, else 1500.
+pub fn default_route_mtu(configured: u32) -> u32 {
+    if configured != 0 {
+        return configured;
+    }
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let iface = routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    });
+    iface
+        .and_then(|i| std::fs::read_to_string(format!("/sys/class/net/{i}/mtu")).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1500)
 }
 
-async fn detect_now(k: &Kernel, method: &Method, v6: bool, node: Option<&Node>) -> Result<Option<IpNet>, NodeError> {
-    let ifaces = interfaces(k).await?;
-    let internal = node.and_then(|n| internal_ip(n, v6));
-    let reach = match method {
-        Method::CanReach(d) => source_towards(d),
-        _ => None,
-    };
-    Ok(select(method, &ifaces, v6, internal, reach))
+/// The node's addresses and the pod MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub v4: Option<IpNet>,
+    pub v6: Option<IpNet>,
+    pub mtu: u32,
 }
 
-/// A node's address from its annotation (other nodes' addresses, for peers and routes).
-pub fn node_address(node: &Node, v6: bool) -> Option<IpNet> {
-    let key = if v6 { ANNOTATION_V6 } else { ANNOTATION_V4 };
-    let v = node.metadata.annotations.as_ref()?.get(key)?;
-    v.parse::<IpNet>().ok().or_else(|| v.parse::<IpAddr>().ok().map(IpNet::from))
+/// The identity reconciler.
+pub struct Identity {
+    v4: Method,
+    v6: Option<Method>,
+    /// `TABBY_MTU` (0: detect).
+    mtu: u32,
+    paths: Paths,
+    /// The CNI server's pod MTU.
+    mtu_tx: watch::Sender<u32>,
+    /// What the last pass found (kept while the interfaces cannot be read).
+    last: Found,
 }
 
-/// A node's annotation or label.
-pub fn node_meta<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
-    let m = &node.metadata;
-    m.annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .or_else(|| m.labels.as_ref().and_then(|l| l.get(key)))
-        .map(String::as_str)
+impl Identity {
+    pub fn new(cfg: &Config, mtu_tx: watch::Sender<u32>) -> Identity {
+        let last = Found { v4: None, v6: None, mtu: 0 };
+        Identity { v4: cfg.v4.clone(), v6: cfg.v6.clone(), mtu: cfg.mtu, paths: cfg.paths.clone(), mtu_tx, last }
+    }
+
+    /// For cleanup: only the paths.
+    pub fn for_teardown(paths: &Paths) -> Identity {
+        let (mtu_tx, _) = watch::channel(0);
+        let last = Found { v4: None, v6: None, mtu: 0 };
+        Identity { v4: Method::None, v6: None, mtu: 0, paths: paths.clone(), mtu_tx, last }
+    }
+
+    /// The methods that need the kernel's source address towards a destination (`can-reach`).
+    pub fn reach_destinations(&self) -> (Option<&str>, Option<&str>) {
+        fn dest(m: Option<&Method>) -> Option<&str> {
+            match m {
+                Some(Method::CanReach(d)) => Some(d.as_str()),
+                _ => None,
+            }
+        }
+        (dest(Some(&self.v4)), dest(self.v6.as_ref()))
+    }
+}
+
+impl Reconciler for Identity {
+    const NAME: &'static str = "node";
+    /// `None` while the interfaces cannot be read.
+    type Desired = Option<Found>;
+
+    fn desired(&self, facts: &Snapshot, local: &Local) -> Option<Found> {
+        if local.ifaces_error.is_some() {
+            return None;
+        }
+        let me = facts.my_node();
+        let detect =
+            |m: &Method, v6: bool, reach| select(m, &local.ifaces, v6, me.and_then(|n| internal_ip(n, v6)), reach);
+        let overhead = encap::overhead(vxlan::enabled(&facts.pools), ipip::enabled(&facts.pools));
+        Some(Found {
+            v4: detect(&self.v4, false, local.reach.0),
+            v6: self.v6.as_ref().and_then(|m| detect(m, true, local.reach.1)),
+            mtu: if self.mtu != 0 { self.mtu } else { pod_mtu(&local.ifaces, overhead) },
+        })
+    }
+
+    async fn apply(&mut self, want: &Option<Found>, local: &mut Local) -> Outcome {
+        let found = want.unwrap_or(self.last);
+        let mut out = Outcome::default();
+        if want.is_none() {
+            out.error = local.ifaces_error.clone().map(|e| format!("reading the interfaces: {e}"));
+        }
+        if found.mtu != self.last.mtu && found.mtu != 0 {
+            self.mtu_tx.send_replace(found.mtu);
+            let (dir, file) = (&self.paths.state_dir, &self.paths.state_files()[0]);
+            if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(file, format!("{}\n", found.mtu)))
+            {
+                tracing::warn!(error = %e, "writing the MTU file");
+            }
+            out.changes += 1;
+        }
+        if (found.v4, found.v6) != (self.last.v4, self.last.v6) {
+            tracing::info!(v4 = ?found.v4, v6 = ?found.v6, "node addresses");
+            out.changes += 1;
+        }
+        self.last = found;
+        (local.addr_v4, local.addr_v6, local.mtu) = (found.v4, found.v6, found.mtu);
+        local.annotations.insert(ANNOTATION_V4.into(), found.v4.map(|a| a.to_string()));
+        local.annotations.insert(ANNOTATION_V6.into(), found.v6.map(|a| a.to_string()));
+        out
+    }
+
+    /// The state files and the route protocol's name.
+    async fn teardown(&mut self) -> Result<Removed, TeardownError> {
+        let mut removed = Removed::default();
+        for f in self.paths.state_files().into_iter().chain([self.paths.protos_file.clone()]) {
+            if remove_file(&f).map_err(|e| TeardownError::new(Self::NAME, e))? {
+                removed.files.push(f);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Removes `p`; whether it was there.
+pub fn remove_file(p: &std::path::Path) -> Result<bool, String> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("removing {}: {e}", p.display())),
+    }
+}
+
+/// The annotations to change on a Node that has `have` so that it has `want` (`null` removes one).
+pub fn annotation_patch(
+    have: Option<&BTreeMap<String, String>>,
+    want: &BTreeMap<String, Option<String>>,
+) -> BTreeMap<String, Value> {
+    want.iter()
+        .filter(|(k, v)| have.and_then(|h| h.get(*k)) != v.as_ref())
+        .map(|(k, v)| (k.clone(), v.clone().map_or(Value::Null, Value::String)))
+        .collect()
+}
+
+/// Publishes what the pass found on this node's Node (addresses, tunnel addresses, VTEP MAC).
+pub struct Annotations {
+    client: Client,
+    node: String,
+}
+
+impl Annotations {
+    pub fn new(client: Client, node: &str) -> Annotations {
+        Annotations { client, node: node.to_string() }
+    }
+}
+
+impl Reconciler for Annotations {
+    const NAME: &'static str = "annotations";
+    type Desired = BTreeMap<String, Value>;
+
+    fn desired(&self, facts: &Snapshot, local: &Local) -> BTreeMap<String, Value> {
+        match facts.my_node() {
+            Some(n) => annotation_patch(n.metadata.annotations.as_ref(), &local.annotations),
+            None => BTreeMap::new(),
+        }
+    }
+
+    async fn apply(&mut self, patch: &BTreeMap<String, Value>, _: &mut Local) -> Outcome {
+        if patch.is_empty() {
+            return Outcome::default();
+        }
+        let body = serde_json::json!({"metadata": {"annotations": patch}});
+        let api: Api<Node> = Api::all(self.client.clone());
+        match api.patch(&self.node, &PatchParams::default(), &Patch::Merge(body)).await {
+            Ok(_) => Outcome::changed(patch.len()),
+            Err(e) => Outcome { error: Some(format!("annotating the Node: {e}")), ..Outcome::default() },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -254,22 +272,6 @@ mod tests {
             iface(4, "eth1", 1500, &["192.168.100.2/24"]),
             iface(5, "tby0123456789ab", 1450, &[]),
         ]
-    }
-
-    #[test]
-    fn methods_parse_in_calico_syntax() {
-        assert!(matches!(Method::parse("first-found").unwrap(), Method::FirstFound));
-        assert!(matches!(Method::parse("").unwrap(), Method::FirstFound));
-        assert!(matches!(Method::parse("kubernetes-internal-ip").unwrap(), Method::KubernetesInternalIp));
-        assert!(matches!(Method::parse("interface=eth.*").unwrap(), Method::Interface(_)));
-        assert!(matches!(Method::parse("can-reach=8.8.8.8").unwrap(), Method::CanReach(_)));
-        match Method::parse("cidr=10.0.0.0/8, 192.168.0.0/16").unwrap() {
-            Method::Cidrs(c) => assert_eq!(c.len(), 2),
-            m => panic!("{m:?}"),
-        }
-        assert!(Method::parse("cidr=nonsense").is_err());
-        assert!(Method::parse("interface=(").is_err());
-        assert!(Method::parse("guess").is_err());
     }
 
     #[test]
@@ -296,14 +298,37 @@ mod tests {
     fn mtu_is_the_smallest_underlay_minus_overhead() {
         let i = ifaces();
         assert_eq!(pod_mtu(&i, 0), 1500);
-        assert_eq!(pod_mtu(&i, VXLAN_OVERHEAD_V4), 1450);
-        assert_eq!(pod_mtu(&i[..3], VXLAN_OVERHEAD_V4), 8950);
+        assert_eq!(pod_mtu(&i, encap::VXLAN_OVERHEAD_V4), 1450);
+        assert_eq!(pod_mtu(&i[..3], encap::VXLAN_OVERHEAD_V4), 8950);
         assert_eq!(pod_mtu(&[], 0), 1500);
     }
 
     #[test]
     fn can_reach_uses_the_kernel_source_choice() {
-        assert_eq!(source_towards("127.0.0.1"), Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(source_towards("not an ip"), None);
+        assert_eq!(kernel::source_towards("127.0.0.1"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(kernel::source_towards("not an ip"), None);
+    }
+
+    #[test]
+    fn only_differing_annotations_are_patched() {
+        let have: BTreeMap<String, String> = [
+            (ANNOTATION_V4.to_string(), "10.1.0.5/24".to_string()),
+            (ANNOTATION_V6.to_string(), "fd00::5/64".to_string()),
+            ("other".to_string(), "x".to_string()),
+        ]
+        .into();
+        let want: BTreeMap<String, Option<String>> = [
+            (ANNOTATION_V4.to_string(), Some("10.1.0.5/24".to_string())),
+            (ANNOTATION_V6.to_string(), None),
+            (vxlan::ANNOTATION_VXLAN_ADDR.to_string(), None),
+            (vxlan::ANNOTATION_VXLAN_MAC.to_string(), Some("66:00:00:00:00:01".to_string())),
+        ]
+        .into();
+        let p = annotation_patch(Some(&have), &want);
+        // The address that did not change stays out, and so does removing one the Node does not have.
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[ANNOTATION_V6], Value::Null);
+        assert_eq!(p[vxlan::ANNOTATION_VXLAN_MAC], "66:00:00:00:00:01");
+        assert!(annotation_patch(Some(&have), &BTreeMap::new()).is_empty());
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use tokio::io::unix::AsyncFd;
 
-use super::{KernelRoute, Plan, RTPROT_TABBY, Target};
+use super::{Diff, KernelRoute, RTPROT_TABBY, Target};
 
 const NLMSG_HDR: usize = 16;
 const RTMSG: usize = 12;
@@ -286,7 +286,7 @@ impl Fib {
     }
 
     /// Applies `plan` (deletions first); returns the prefixes whose change failed, with the reason.
-    pub fn apply(&mut self, plan: &Plan, links: &BTreeMap<u32, String>) -> Vec<(IpNet, String)> {
+    pub fn apply(&mut self, plan: &Diff, links: &BTreeMap<u32, String>) -> Vec<(IpNet, String)> {
         let by_name: HashMap<&str, u32> = links.iter().map(|(i, n)| (n.as_str(), *i)).collect();
         let oif_of = |t: &Target| match t {
             Target::Dev(d) | Target::Via { dev: Some(d), .. } => by_name.get(d.as_str()).copied(),

@@ -14,10 +14,10 @@
 //! dirty prefix that is wanted and deletes exactly that earlier route for one that is not, so a route
 //! someone else put there meanwhile (the CNI plugin's, for a pod) is left alone. Full passes compare
 //! against a kernel dump. Bulk kernel work (batched changes, dumps, events) goes through
-//! [`fib`]; [`kernel`] keeps the link queries.
+//! [`fib`]; link queries through `crate::kernel`.
 
 pub mod fib;
-pub mod kernel;
+pub mod pods;
 pub mod prefixmap;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,10 +30,8 @@ use tokio::sync::Notify;
 
 use prefixmap::{PrefixMap, PrefixSet};
 
-/// The route protocol number of every route Tabby installs (shared with the CNI plugin).
-pub const RTPROT_TABBY: u8 = tabby_cni::netlink::RTPROT_TABBY;
-/// Where iproute2 learns the protocol's name.
-pub const RT_PROTOS_FILE: &str = "/etc/iproute2/rt_protos.d/tabby.conf";
+/// The route protocol number of every route Tabby installs (shared with the CNI plugin through tabby-wire).
+pub use tabby_wire::RTPROT_TABBY;
 
 /// What a route to one prefix does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,14 +78,14 @@ pub fn matches(want: &Target, actual: &Target) -> bool {
 
 /// The changes that turn `actual` into `desired`.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct Diff {
     /// Routes to add or replace.
     pub put: Vec<(IpNet, Arc<Target>)>,
     /// Kernel routes to delete.
     pub del: Vec<KernelRoute>,
 }
 
-impl Plan {
+impl Diff {
     pub fn is_empty(&self) -> bool {
         self.put.is_empty() && self.del.is_empty()
     }
@@ -107,8 +105,8 @@ pub fn diff<'a>(
     actual: &[KernelRoute],
     has_dev: &dyn Fn(&str) -> bool,
     keep: &dyn Fn(&KernelRoute) -> bool,
-) -> Plan {
-    let mut plan = Plan::default();
+) -> Diff {
+    let mut plan = Diff::default();
     let mut seen = PrefixSet::default();
     for r in actual {
         match desired(&r.dst) {
@@ -392,7 +390,7 @@ type SharedFib = Arc<Mutex<fib::Fib>>;
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
     #[error(transparent)]
-    Kernel(#[from] kernel::KernelError),
+    Kernel(#[from] crate::kernel::KernelError),
     #[error("netlink route dump: {0}")]
     Dump(std::io::Error),
     #[error("route writer task: {0}")]
@@ -411,7 +409,7 @@ async fn with_fib<T: Send + 'static>(
 /// Keeps the kernel equal to `table` until the task is dropped: on table changes, netlink events and
 /// every `resync`.
 pub async fn run(table: RouteTable, resync: Duration) {
-    let opened = kernel::Kernel::open().map_err(|e| e.to_string()).and_then(|k| {
+    let opened = crate::kernel::Kernel::open().map_err(|e| e.to_string()).and_then(|k| {
         let f = fib::Fib::open().map_err(|e| e.to_string())?;
         Ok((k, Arc::new(Mutex::new(f))))
     });
@@ -441,7 +439,7 @@ pub async fn run(table: RouteTable, resync: Duration) {
         };
         let started = Instant::now();
         let res = if full { full_pass(&table, &k, &fib).await } else { incremental_pass(&table, &k, &fib).await };
-        crate::metrics::reconcile_done("routes", started.elapsed(), res.is_ok());
+        crate::reconcile::observe("routes", started, res.is_ok());
         match res {
             Ok(n) if n > 0 => {
                 tracing::debug!(full, changes = n, elapsed_ms = started.elapsed().as_millis() as u64, "routes")
@@ -470,7 +468,7 @@ pub async fn run(table: RouteTable, resync: Duration) {
     }
 }
 
-async fn full_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> Result<usize, PassError> {
+async fn full_pass(table: &RouteTable, k: &crate::kernel::Kernel, fib: &SharedFib) -> Result<usize, PassError> {
     let links = Arc::new(k.links().await?);
     let l2 = links.clone();
     let actual = with_fib(fib, move |f| f.dump(&l2)).await?.map_err(PassError::Dump)?;
@@ -512,7 +510,7 @@ async fn full_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> R
 /// Changes one incremental pass takes on (a 64 KiB netlink batch holds ~1,300 of them).
 const CHUNK: usize = 8192;
 
-async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFib) -> Result<usize, PassError> {
+async fn incremental_pass(table: &RouteTable, k: &crate::kernel::Kernel, fib: &SharedFib) -> Result<usize, PassError> {
     let mut plan = {
         let mut st = table.lock();
         // At most CHUNK prefixes a pass, so a burst of 100k changes is never copied into one plan.
@@ -525,7 +523,7 @@ async fn incremental_pass(table: &RouteTable, k: &kernel::Kernel, fib: &SharedFi
             // Replaced, not just emptied: the burst's capacity is not kept.
             st.dirty = PrefixMap::default();
         }
-        let mut plan = Plan::default();
+        let mut plan = Diff::default();
         for (d, was) in some {
             match (st.merged(&d), was) {
                 (Some(w), _) => plan.put.push((d, w.clone())),

@@ -1,6 +1,10 @@
 //! Reporting: the node's `NodeStatus` (conditions Ready, IPAMReady, RoutesReady, BGPReady; BGP peers;
 //! owned blocks; route counts; MTU; version; heartbeat), written only when something changed plus a slow
 //! heartbeat, and the Node condition NetworkUnavailable=False (reason TabbyIsUp) once the node is ready.
+//!
+//! [`Status`] is the last reconciler of a pass: it reports what the others found, including the first
+//! problem any of them had (RoutesReady=False with its reason and message), and sets the health component
+//! `network`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,7 +15,9 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use tabby_api::nodestatus::{BgpStatus, NodeStatus, NodeStatusSpec, RouteCounts};
 
-use crate::bgpmesh::chrono_like;
+use crate::facts::Snapshot;
+use crate::reconcile::{Condition, Local, Outcome, Reconciler};
+use crate::routes::RouteTable;
 
 /// Reason of the Node condition NetworkUnavailable=False.
 pub const REASON_UP: &str = "TabbyIsUp";
@@ -124,15 +130,12 @@ impl Reporter {
 
     /// Writes when something changed or the heartbeat is due; updates the metrics fed from `f` either way.
     pub async fn report(&mut self, f: &Facts) -> Result<(), kube::Error> {
-        crate::metrics::observe_status(f);
-        let started = Instant::now();
-        let r = self.write(f).await;
-        crate::metrics::reconcile_done("status", started.elapsed(), r.is_ok());
-        r
+        crate::metrics::observe_status(f.bgp.as_ref(), &f.routes);
+        self.write(f).await
     }
 
     async fn write(&mut self, f: &Facts) -> Result<(), kube::Error> {
-        let now = chrono_like::now();
+        let now = tabby_api::nodestatus::timestamp(std::time::SystemTime::now());
         let trans = &mut self.transitions;
         let seen = std::cell::RefCell::new(BTreeMap::new());
         let body = render(f, &|t, ok| {
@@ -178,6 +181,80 @@ impl Reporter {
             "message": "Tabby is running on this node", "lastTransitionTime": now, "lastHeartbeatTime": now,
         }]}});
         nodes.patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(patch)).await.map(|_| ())
+    }
+}
+
+/// The status reconciler.
+pub struct Status {
+    reporter: Reporter,
+    table: RouteTable,
+    health: tabby_obs::Health,
+    ipam_ready: bool,
+}
+
+impl Status {
+    pub fn new(reporter: Reporter, table: RouteTable, health: tabby_obs::Health, ipam_ready: bool) -> Status {
+        Status { reporter, table, health, ipam_ready }
+    }
+}
+
+impl Reconciler for Status {
+    const NAME: &'static str = "status";
+    type Desired = Facts;
+
+    /// Everything but the route table's counts, which its writer task changes between passes.
+    fn desired(&self, facts: &Snapshot, local: &Local) -> Facts {
+        let host = format!("host:{}", facts.node);
+        let mut blocks: Vec<String> = facts
+            .blocks
+            .iter()
+            .filter(|b| !b.spec.deleted && b.spec.affinity.as_deref() == Some(host.as_str()))
+            .map(|b| b.spec.cidr.clone())
+            .collect();
+        blocks.sort();
+        let problem = local.problems.iter().find(|p| p.condition == Condition::Routes);
+        Facts {
+            address_v4: local.addr_v4.map(|a| a.to_string()),
+            address_v6: local.addr_v6.map(|a| a.to_string()),
+            ipam_ready: self.ipam_ready,
+            routes_ready: false,
+            routes_problem: problem.map(|p| (p.reason.to_string(), p.message.clone())),
+            bgp: local.bgp.clone(),
+            bgp_ready: local.bgp_ready,
+            blocks,
+            routes: RouteCounts::default(),
+            mtu: local.mtu,
+        }
+    }
+
+    async fn apply(&mut self, want: &Facts, _: &mut Local) -> Outcome {
+        let counts = self.table.counts();
+        let f = Facts {
+            routes_ready: self.table.synced() && want.routes_problem.is_none(),
+            routes: RouteCounts {
+                local: counts.local as i32,
+                remote: counts.remote as i32,
+                blackhole: counts.blackhole as i32,
+            },
+            ..want.clone()
+        };
+        let ready = f.ready();
+        let written = self.reporter.writes;
+        let r = self.reporter.report(&f).await;
+        let detail = if ready {
+            "network programmed".to_string()
+        } else if let Some((reason, message)) = &f.routes_problem {
+            format!("{reason}: {message}")
+        } else if f.address_v4.is_none() {
+            "no node address detected".to_string()
+        } else {
+            "converging".to_string()
+        };
+        self.health.set("network", true, ready || f.address_v4.is_some() && f.routes_ready, detail);
+        match r {
+            Ok(()) => Outcome::changed((self.reporter.writes - written) as usize),
+            Err(e) => Outcome { error: Some(format!("writing NodeStatus: {e}")), ..Outcome::default() },
+        }
     }
 }
 

@@ -6,102 +6,33 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{ChildStdin, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+pub use tabby_testkit::netns::Netns;
+use tabby_testkit::poll::wait;
+pub use tabby_testkit::process::{Proc, run_quiet, sh as run};
+use tabby_testkit::process::{next_seq, sibling_example};
+pub use tabby_testkit::skip::require_lab as lab_available;
 
 fn unique() -> String {
-    format!("{}{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::SeqCst))
-}
-
-/// Whether the lab can run: root, iproute2 and the given programs. Missing pieces fail the test
-/// when `CI=true` and skip it (with a message) elsewhere.
-pub fn lab_available(test: &str, programs: &[&str]) -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for p in ["ip"].iter().chain(programs) {
-        if which(p).is_none() {
-            missing.push(p.to_string());
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{test}: needs {} (install deps/apt-packages.txt, run as root)", missing.join(", "));
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}");
-    }
-    // Written to the stderr handle directly: the test harness captures `eprintln!` of passing
-    // tests, and a skip must be visible.
-    let _ = writeln!(std::io::stderr(), "SKIPPED {msg}");
-    false
-}
-
-pub fn which(p: &str) -> Option<PathBuf> {
-    if p.contains('/') {
-        return Path::new(p).exists().then(|| PathBuf::from(p));
-    }
-    std::env::var("PATH")
-        .ok()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/lib/frr"])
-        .map(|d| Path::new(d).join(p))
-        .find(|c| c.exists())
-}
-
-pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-pub fn run_quiet(args: &[&str]) -> (bool, String) {
-    match Command::new(args[0]).args(&args[1..]).output() {
-        Ok(o) => (
-            o.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
-        ),
-        Err(e) => (false, e.to_string()),
-    }
+    format!("{}{}", std::process::id() % 100_000, next_seq())
 }
 
 /// Polls `f` until it returns true or `secs` pass.
-pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
+pub fn wait_until(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    wait_until_diag(what, secs, f, String::new);
 }
 
 /// Like [`wait_until`], printing `diag()` on timeout.
-pub fn wait_until_diag(what: &str, secs: u64, mut f: impl FnMut() -> bool, diag: impl FnOnce() -> String) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs}s waiting for {what}\n{}", diag());
+pub fn wait_until_diag(what: &str, secs: u64, f: impl FnMut() -> bool, diag: impl FnOnce() -> String) {
+    wait(what, Duration::from_secs(secs)).every(Duration::from_millis(200)).until(f, diag);
 }
 
 /// Checks that `f` stays true for `secs`.
-pub fn holds_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        assert!(f(), "{what} stopped holding");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+pub fn holds_for(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    wait(what, Duration::from_secs(secs)).every(Duration::from_millis(200)).holds(f);
 }
 
 /// A temp directory removed on drop.
@@ -128,45 +59,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("tbgp{tag}{}", unique());
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut a = vec!["ip", "-n", &self.name];
-        a.extend_from_slice(args);
-        run(&a)
-    }
-
-    pub fn exec(&self, args: &[&str]) -> (bool, String) {
-        let mut a = vec!["ip", "netns", "exec", &self.name];
-        a.extend_from_slice(args);
-        run_quiet(&a)
-    }
-
-    pub fn command(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -210,63 +102,19 @@ pub fn attach(hub: &Netns, client: &Netns, addrs: &[&str]) {
     client.ip(&["link", "set", &ic, "up"]);
 }
 
-/// A child process, killed (after SIGCONT, in case it was stopped) on drop.
-pub struct Proc {
-    pub child: Child,
-    pub name: String,
-}
-
-impl Proc {
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).output();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.signal("CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Spawns `args` in `ns` with stdout/stderr to `log`.
 pub fn spawn(ns: &Netns, name: &str, args: &[&str], log: &Path) -> Proc {
-    let f = std::fs::File::create(log).unwrap();
-    let child = ns
-        .command(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    Proc { child, name: name.to_string() }
+    let mut cmd = ns.command(args[0]);
+    cmd.args(&args[1..]);
+    Proc::spawn(name, cmd, log)
 }
 
 // ---------------------------------------------------------------- Tabby example speaker
 
-/// Path of the example speaker built by `cargo test` next to the test binary.
+/// The example speaker (built with the `inject` example, once per test process: `cargo test --test X`
+/// builds no examples).
 pub fn speaker_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let p = dir.join("examples").join("speaker");
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        // `cargo test --test X` does not build examples: make sure they are current (a no-op
-        // after `cargo test --workspace`, which builds them).
-        let target = dir.parent().unwrap();
-        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(["build", "-q", "-p", "tabby-bgp", "--example", "speaker", "--example", "inject"])
-            .env("CARGO_TARGET_DIR", target);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            c.arg("--release");
-        }
-        let st = c.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
-        assert!(st.success(), "building the example speaker failed");
-    });
-    assert!(p.exists(), "example speaker not built at {}", p.display());
-    p
+    sibling_example("tabby-bgp", "speaker", &["speaker", "inject"])
 }
 
 /// Tabby's example speaker running in a namespace, driven over stdin/stdout.
@@ -415,55 +263,16 @@ impl Frr {
         let d = dir.0.to_str().unwrap().to_string();
         // FRR daemons insist on a user in the frrvty group: run them as the package's frr user.
         run(&["chown", "-R", "frr:frr", &d]);
-        let zebra = spawn(
-            ns,
-            "zebra",
-            &[
-                "/usr/lib/frr/zebra",
-                "-f",
-                zcfg.to_str().unwrap(),
-                "-z",
-                zsock.to_str().unwrap(),
-                "--vty_socket",
-                &d,
-                "-i",
-                &format!("{d}/zebra.pid"),
-                "-u",
-                "frr",
-                "-g",
-                "frr",
-                "--log",
-                "stdout",
-                "-P",
-                "0",
-            ],
-            &dir.file("zebra.out"),
-        );
+        // Both daemons: a config, the zebra socket, the vty directory and a pid file, as the frr user.
+        let daemon = |name: &str, config: &std::path::Path| {
+            let (bin, pid) = (format!("/usr/lib/frr/{name}"), format!("{d}/{name}.pid"));
+            let (config, zsock) = (config.to_str().unwrap(), zsock.to_str().unwrap());
+            let args = [&bin, "-f", config, "-z", zsock, "--vty_socket", &d, "-i", &pid, "-u", "frr", "-g", "frr"];
+            spawn(ns, name, &[&args[..], &["--log", "stdout", "-P", "0"]].concat(), &dir.file(&format!("{name}.out")))
+        };
+        let zebra = daemon("zebra", &zcfg);
         wait_until("zebra socket", 10, || zsock.exists());
-        let bgpd = spawn(
-            ns,
-            "bgpd",
-            &[
-                "/usr/lib/frr/bgpd",
-                "-f",
-                cfg.to_str().unwrap(),
-                "-z",
-                zsock.to_str().unwrap(),
-                "--vty_socket",
-                &d,
-                "-i",
-                &format!("{d}/bgpd.pid"),
-                "-u",
-                "frr",
-                "-g",
-                "frr",
-                "--log",
-                "stdout",
-                "-P",
-                "0",
-            ],
-            &dir.file("bgpd.out"),
-        );
+        let bgpd = daemon("bgpd", &cfg);
         let f = Frr { zebra, bgpd, dir };
         wait_until("bgpd vty socket", 10, || f.dir.file("bgpd.vty").exists());
         f

@@ -1,23 +1,23 @@
-//! `ipam show`, `ipam check` and `ipam release`: the cluster side. The arithmetic is in [`math`], the
-//! consistency rules in [`check`].
+//! `ipam show`, `ipam check` and `ipam release`: the cluster side. The block arithmetic and the leak rule
+//! are `tabby_api::ipam::{block, leak}` (the agent's too), the checks in [`check`].
 
 pub mod check;
-pub mod math;
 mod release;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
+use tabby_api::ipam::block;
 use tabby_api::{BlockAffinity, IPAMBlock, IPAMHandle, IPPool};
 
 use self::check::{PodInfo, Problem, Report, Snapshot};
-use self::math::Cidr;
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::output;
-use crate::table::{Align, Table};
+use crate::table::{Align, Table, count_with_percent};
 use crate::wep::pod_ips;
 
 /// Pods that hold their addresses: not host-network, not finished (a finished pod's address has been released).
@@ -67,29 +67,29 @@ pub async fn show(cluster: &Cluster, show_blocks: bool, ip: Option<IpAddr>) -> R
 /// GROUPING | CIDR | IPS TOTAL | IPS IN USE | IPS FREE, a row per pool and, with `show_blocks`, per block.
 pub fn usage_table(pools: &[IPPool], blocks: &[IPAMBlock], show_blocks: bool) -> Table {
     let mut t = Table::new(["GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE"]);
-    let parsed: Vec<(Cidr, &IPAMBlock)> =
-        blocks.iter().filter_map(|b| Cidr::parse(&b.spec.cidr).ok().map(|c| (c, b))).collect();
-    let mut pools: Vec<(Cidr, &IPPool)> =
-        pools.iter().filter_map(|p| Cidr::parse(&p.spec.cidr).ok().map(|c| (c, p))).collect();
+    let parsed: Vec<(IpNet, &IPAMBlock)> =
+        blocks.iter().filter_map(|b| block::parse_cidr(&b.spec.cidr).map(|c| (c, b))).collect();
+    let mut pools: Vec<(IpNet, &IPPool)> =
+        pools.iter().filter_map(|p| block::parse_cidr(&p.spec.cidr).map(|c| (c, p))).collect();
     pools.sort_by_key(|(c, _)| *c);
-    let row = |t: &mut Table, grouping: &str, cidr: &Cidr, used: u128| {
-        let total = cidr.size();
+    let row = |t: &mut Table, grouping: &str, cidr: &IpNet, used: u128| {
+        let total = block::addresses(cidr);
         t.push([
             grouping.to_string(),
             cidr.to_string(),
             total.to_string(),
-            math::count_with_percent(used, total),
-            math::count_with_percent(total - used.min(total), total),
+            count_with_percent(used, total),
+            count_with_percent(total - used.min(total), total),
         ]);
     };
     for (pool, _) in &pools {
-        let mut inside: Vec<&(Cidr, &IPAMBlock)> = parsed.iter().filter(|(c, _)| pool.contains_cidr(c)).collect();
+        let mut inside: Vec<&(IpNet, &IPAMBlock)> = parsed.iter().filter(|(c, _)| pool.contains(c)).collect();
         inside.sort_by_key(|(c, _)| *c);
-        let used: u128 = inside.iter().map(|(_, b)| math::in_use(&b.spec) as u128).sum();
+        let used: u128 = inside.iter().map(|(_, b)| block::in_use(&b.spec) as u128).sum();
         row(&mut t, "IP Pool", pool, used);
         if show_blocks {
             for (cidr, b) in inside {
-                row(&mut t, "Block", cidr, math::in_use(&b.spec) as u128);
+                row(&mut t, "Block", cidr, block::in_use(&b.spec) as u128);
             }
         }
     }
@@ -98,7 +98,7 @@ pub fn usage_table(pools: &[IPPool], blocks: &[IPAMBlock], show_blocks: bool) ->
 
 /// Who holds `ip`, in calicoctl's words.
 pub fn describe_ip(ip: IpAddr, pools: &[IPPool], blocks: &[IPAMBlock], pods: &[Pod]) -> String {
-    let pool = pools.iter().find(|p| Cidr::parse(&p.spec.cidr).is_ok_and(|c| c.contains(ip)));
+    let pool = pools.iter().find(|p| block::parse_cidr(&p.spec.cidr).is_some_and(|c| c.contains(&ip)));
     let user = pods.iter().find(|p| pod_ips(p).contains(&ip)).map(|p| {
         format!(
             "{}/{}",
@@ -106,10 +106,11 @@ pub fn describe_ip(ip: IpAddr, pools: &[IPPool], blocks: &[IPAMBlock], pods: &[P
             p.metadata.name.as_deref().unwrap_or_default()
         )
     });
-    let block = blocks.iter().find_map(|b| Cidr::parse(&b.spec.cidr).ok().filter(|c| c.contains(ip)).map(|c| (c, b)));
+    let held_in =
+        blocks.iter().find_map(|b| block::parse_cidr(&b.spec.cidr).filter(|c| c.contains(&ip)).map(|c| (c, b)));
     let mut out = String::new();
-    let allocation = block.and_then(|(cidr, b)| {
-        math::allocated(&cidr, &b.spec)
+    let allocation = held_in.and_then(|(cidr, b)| {
+        block::allocated(&cidr, &b.spec)
             .into_iter()
             .find(|a| a.ip == ip)
             .map(|a| (a.handle().map(str::to_string), a.attribute.map(|x| x.secondary.clone()).unwrap_or_default()))
@@ -121,7 +122,7 @@ pub fn describe_ip(ip: IpAddr, pools: &[IPPool], blocks: &[IPAMBlock], pods: &[P
             if let Some(p) = pool {
                 field("pool", &name(p));
             }
-            if let Some((cidr, b)) = block {
+            if let Some((cidr, b)) = held_in {
                 field("block", &format!("{cidr} ({})", b.spec.affinity.as_deref().unwrap_or("no affinity")));
             }
             field("handle", handle.as_deref().unwrap_or("<none>"));
@@ -136,7 +137,7 @@ pub fn describe_ip(ip: IpAddr, pools: &[IPPool], blocks: &[IPAMBlock], pods: &[P
         }
         (None, Some(p)) => {
             out.push_str(&format!("IP {ip} is not assigned (pool {}", name(p)));
-            match block {
+            match held_in {
                 Some((cidr, b)) => {
                     out.push_str(&format!(", block {cidr} of {})\n", b.spec.affinity.as_deref().unwrap_or("no node")))
                 }
@@ -154,14 +155,26 @@ pub fn describe_ip(ip: IpAddr, pools: &[IPPool], blocks: &[IPAMBlock], pods: &[P
 }
 
 async fn snapshot(cluster: &Cluster) -> Result<Snapshot> {
-    Ok(Snapshot {
-        pools: cluster.list::<IPPool>().await?.iter().map(|p| (name(p), p.spec.cidr.clone())).collect(),
-        blocks: cluster.list::<IPAMBlock>().await?.into_iter().map(|b| (name(&b), b.spec)).collect(),
-        affinities: cluster.list::<BlockAffinity>().await?.into_iter().map(|a| (name(&a), a.spec)).collect(),
-        handles: cluster.list::<IPAMHandle>().await?.into_iter().map(|h| (name(&h), h.spec)).collect(),
-        pods: live_pods(cluster.pods(true).await?).iter().map(pod_info).collect(),
-        nodes: cluster.node_names().await?.into_iter().collect::<BTreeSet<_>>(),
-    })
+    let mut s = objects_snapshot(
+        &cluster.list::<IPPool>().await?,
+        cluster.list::<IPAMBlock>().await?,
+        cluster.pods(true).await?,
+        cluster.node_names().await?,
+    );
+    s.affinities = cluster.list::<BlockAffinity>().await?.into_iter().map(|a| (name(&a), a.spec)).collect();
+    s.handles = cluster.list::<IPAMHandle>().await?.into_iter().map(|h| (name(&h), h.spec)).collect();
+    Ok(s)
+}
+
+/// The snapshot's pools, blocks, pods and nodes from the API's objects.
+fn objects_snapshot(pools: &[IPPool], blocks: Vec<IPAMBlock>, pods: Vec<Pod>, nodes: Vec<String>) -> Snapshot {
+    Snapshot {
+        pools: pools.iter().map(|p| (name(p), p.spec.cidr.clone())).collect(),
+        blocks: blocks.into_iter().map(|b| (name(&b), b.spec)).collect(),
+        pods: live_pods(pods).iter().map(pod_info).collect(),
+        nodes: nodes.into_iter().collect::<BTreeSet<_>>(),
+        ..Snapshot::default()
+    }
 }
 
 /// `ipam check`: prints every problem grouped by kind; with `report`, also writes them as JSON.
@@ -337,5 +350,21 @@ mod tests {
             used.ends_with("but pod x/squat uses it: its allocation is missing (run kubectl tabby ipam check)\n"),
             "{used}"
         );
+    }
+
+    #[test]
+    fn leaks_agree_with_the_shared_table() {
+        for case in tabby_testkit::cases::leak_cases() {
+            let s = objects_snapshot(&case.pools(), case.blocks(), case.pods(), case.nodes.clone());
+            let mut leaked: Vec<IpAddr> = check::check(&s)
+                .into_iter()
+                .filter(|p| p.kind.is_leak())
+                .filter_map(|p| p.ip.and_then(|ip| ip.parse().ok()))
+                .collect();
+            leaked.sort();
+            let mut want = case.leaked.clone();
+            want.sort();
+            assert_eq!(leaked, want, "{}", case.name);
+        }
     }
 }

@@ -2,11 +2,12 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
+use tabby_api::ipam::block;
 use tabby_api::{IPAMBlock, IPAMHandle};
 
 use super::check::Problem;
-use super::math::{self, Cidr};
 use super::{live_pods, name};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
@@ -61,12 +62,13 @@ impl Store for Cluster {
 pub(crate) async fn release_one(store: &impl Store, ip: IpAddr, expected: Option<&Problem>) -> Result<String> {
     for _ in 0..CAS_ATTEMPTS {
         let blocks = store.blocks().await?;
-        let Some((cidr, mut block)) =
-            blocks.into_iter().find_map(|b| Cidr::parse(&b.spec.cidr).ok().filter(|c| c.contains(ip)).map(|c| (c, b)))
+        let Some((cidr, mut held)) = blocks
+            .into_iter()
+            .find_map(|b| block::parse_cidr(&b.spec.cidr).filter(|c| c.contains(&ip)).map(|c| (c, b)))
         else {
             return Err(Error::Ipam(format!("{ip} is in no IPAM block; nothing to release")));
         };
-        let Some(allocation) = math::allocated(&cidr, &block.spec).into_iter().find(|a| a.ip == ip) else {
+        let Some(allocation) = block::allocated(&cidr, &held.spec).into_iter().find(|a| a.ip == ip) else {
             return Err(Error::Ipam(format!("{ip} is not allocated; nothing to release")));
         };
         let handle = allocation.handle().map(str::to_string);
@@ -102,8 +104,8 @@ pub(crate) async fn release_one(store: &impl Store, ip: IpAddr, expected: Option
                 "refusing to release {ip}: its pod {ns}/{pod} exists and has no address in its status yet (it may be starting)"
             )));
         }
-        math::release(&mut block.spec, &cidr, ip).map_err(|e| Error::Ipam(e.to_string()))?;
-        if !store.replace_block(&block).await? {
+        block::release(&mut held.spec, &cidr, ip).map_err(|e| Error::Ipam(e.to_string()))?;
+        if !store.replace_block(&held).await? {
             continue; // someone wrote the block since we read it: read again and re-check
         }
         if let Some(h) = &handle {
@@ -122,10 +124,10 @@ pub(crate) async fn release_one(store: &impl Store, ip: IpAddr, expected: Option
 }
 
 /// Takes one address in `cidr` off handle `handle_id`'s IPAMHandle; deletes the handle when it holds none.
-async fn forget_in_handle(store: &impl Store, handle_id: &str, cidr: &Cidr) -> Result<()> {
+async fn forget_in_handle(store: &impl Store, handle_id: &str, cidr: &IpNet) -> Result<()> {
     for _ in 0..CAS_ATTEMPTS {
         let Some(mut handle) = store.handle(handle_id).await? else { return Ok(()) };
-        let key = handle.spec.block.keys().find(|k| Cidr::parse(k).is_ok_and(|c| c == *cidr)).cloned();
+        let key = handle.spec.block.keys().find(|k| block::parse_cidr(k) == Some(*cidr)).cloned();
         let Some(key) = key else { return Ok(()) };
         let left = handle.spec.block.get(&key).copied().unwrap_or(0) - 1;
         if left > 0 {

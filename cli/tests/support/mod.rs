@@ -1,11 +1,10 @@
 //! Running `kubectl-tabby` and `kubectl` against a test control plane, and seeding objects.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
-use tabby_e2e::{ControlPlane, repo_root};
+use tabby_testkit::{ControlPlane, repo_root};
 
 /// What a run of the binary produced.
 #[derive(Debug)]
@@ -44,16 +43,7 @@ pub fn tabby_ok(cp: &ControlPlane, args: &[&str]) -> String {
 
 /// `kubectl <verb> -f -` with `input` on stdin; panics on failure.
 pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> String {
-    let mut child = Command::new(&cp.kubectl)
-        .args(args)
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl starts");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = cp.kubectl_stdin(args, input);
     assert!(out.status.success(), "kubectl {}: {}\n{input}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

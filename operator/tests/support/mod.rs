@@ -4,15 +4,16 @@
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use tabby_e2e::{ControlPlane, Options, repo_root, start_or_skip};
 use tabby_operator::controller::{self, Context, Settings};
 use tabby_operator::metrics::Metrics;
+use tabby_testkit::poll::wait;
+use tabby_testkit::{ControlPlane, Options, repo_root, start_or_skip};
 use tokio::task::JoinHandle;
 
 pub const IMAGE: &str = "ghcr.io/tabby-dev/tabby:test";
@@ -126,14 +127,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let poll = || {
+        let f = check();
+        async move { f.await.ok_or_else(String::new) }
+    };
+    wait(what, timeout).every(Duration::from_millis(250)).until_ok_async(poll).await
 }
 
 /// The status of condition `type_` on TabbyStatus/network.
@@ -145,9 +143,4 @@ pub fn tabbystatus_condition(cp: &ControlPlane, type_: &str) -> Option<(String, 
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let c = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
     Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["message"].as_str().unwrap_or("").into()))
-}
-
-/// Runs kubectl with `input` on stdin.
-pub fn kubectl_stdin(cp: &ControlPlane, args: &[&str], input: &str) -> std::process::Output {
-    cp.kubectl_stdin(args, input)
 }

@@ -106,11 +106,6 @@ pub fn call(socket: &Path, op: Op, timeout: Duration) -> Result<Response, Client
     Ok(serde_json::from_str(&answer)?)
 }
 
-/// The IPAM handle of an attachment: `<network>.<containerID>` (Calico's form).
-pub fn handle_id(network: &str, container_id: &str) -> String {
-    format!("{network}.{container_id}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,126 +1,36 @@
-//! The lab for the node-network tests: network namespaces as nodes, joined by bridges in an "underlay"
-//! namespace that also routes between subnets and plays the internet (203.0.113.1 on its loopback); a
-//! real control plane reached from each node namespace through a loopback forwarder; agents as real
-//! processes inside the node namespaces; pods wired by the real `tabby` CNI plugin. Every address, link
-//! and route lives in namespaces the lab creates; everything goes away on drop.
-
-#![allow(dead_code)]
+//! A lab of nodes for the node-network tests and benchmarks: network namespaces as nodes, joined by
+//! bridges in an "underlay" namespace that also routes between subnets and plays the internet
+//! (203.0.113.1 on its loopback); a real control plane reached from each node namespace through a
+//! loopback forwarder; agents as real processes inside the node namespaces; pods wired by the real `tabby`
+//! CNI plugin. Every address, link and route lives in namespaces the lab creates; everything goes away on
+//! drop.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tabby_cni::netlink::NetNs;
-use tabby_cni::proto::{self, Op};
-use tabby_e2e::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
+use tabby_wire::proto::{self, Op};
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
+use crate::cluster::spawn_agent;
+pub use crate::netns::Netns;
+use crate::netns::{self};
+use crate::poll::wait;
+pub use crate::process::{agent_bin, plugin_bin, sh};
+use crate::process::{next_seq, unique};
+use crate::skip::require_lab;
+pub use crate::skip::{require_root, require_tools};
+use crate::{ControlPlane, Options, repo_root, start_or_skip};
+
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Lab tests run one at a time (each starts a control plane, agents and BGP sessions on port 179).
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// True when the test can create namespaces; otherwise skips visibly (fails in CI).
-pub fn require_root(test: &str) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    if in_ci() {
-        panic!("{test}: needs root (network namespaces) and CI=true");
-    }
-    eprintln!("SKIP {test}: needs root for network namespaces");
-    false
-}
-
-/// True when `tool` is on PATH; otherwise skips visibly (fails in CI).
-pub fn require_tool(test: &str, tool: &str) -> bool {
-    let ok = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
-    if ok {
-        return true;
-    }
-    if in_ci() {
-        panic!("{test}: needs {tool} (deps/apt-packages.txt) and CI=true");
-    }
-    eprintln!("SKIP {test}: {tool} is not installed");
-    false
-}
-
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn uniq(tag: &str) -> String {
-    format!("tbl{}-{}-{tag}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
-/// A named network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = uniq(tag);
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec runs")
-    }
-
-    pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.exec(args);
-        assert!(
-            o.status.success(),
-            "{} {args:?}: {}{}",
-            self.name,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut a = vec!["ip", "-n", self.name.as_str()];
-        a.extend(args);
-        sh(&a)
-    }
-
-    /// Runs `f` on a thread inside this namespace.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = self.path();
-        std::thread::spawn(move || {
-            NetNs::open_checked(&path).expect("netns").enter().expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in netns")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
 }
 
 /// Forwards 127.0.0.1:`port` inside a namespace to 127.0.0.1:`port` of the test's namespace (the API
@@ -131,16 +41,16 @@ struct Forwarder {
 
 impl Forwarder {
     fn start(ns: &Netns, port: u16) -> Forwarder {
-        let host = NetNs::current().expect("own netns");
-        let path = ns.path();
+        let host = netns::current().expect("own netns");
+        let path = ns.path.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            NetNs::open_checked(&path).expect("netns").enter().expect("setns");
+            netns::enter(&path).expect("setns");
             let l = TcpListener::bind(("127.0.0.1", port)).expect("bind forwarder");
             l.set_nonblocking(true).expect("nonblocking");
-            host.enter().expect("back to the host netns");
+            netns::enter_file(&host).expect("back to the host netns");
             let _ = tx.send(());
             while !st.load(Ordering::Relaxed) {
                 match l.accept() {
@@ -179,28 +89,6 @@ impl Drop for Forwarder {
     }
 }
 
-/// The `tabby` plugin, built once per test process.
-pub fn plugin_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let agent = PathBuf::from(env!("CARGO_BIN_EXE_tabby-agent"));
-            let release = agent.parent().is_some_and(|d| d.ends_with("release"));
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "-p", "tabby-cni", "--bin", "tabby"]);
-            if release {
-                cmd.arg("--release");
-            }
-            assert!(cmd.status().expect("cargo runs").success(), "building the tabby plugin failed");
-            agent.with_file_name("tabby")
-        })
-        .clone()
-}
-
-pub fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tabby-agent"))
-}
-
 /// A lab node: its namespace, address and agent.
 pub struct Node {
     pub name: String,
@@ -224,28 +112,22 @@ impl Node {
 
     /// Starts (or restarts) the agent inside the node namespace.
     pub fn start_agent(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).expect("agent log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
-            .arg(agent_bin())
-            .arg("run")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("NODENAME", &self.name)
-            .env("TABBY_AGENT_SOCKET", self.socket())
-            .env("TABBY_STATE_DIR", self.dir.join("state"))
-            .env("TABBY_HEALTH_PORT", "0")
-            .env("TABBY_IPAM_GC", "Disabled")
-            .env("TABBY_IP_AUTODETECTION_METHOD", "interface=eth0")
-            .env("TABBY_LOG_SEVERITY", "debug")
-            .env("TABBY_BGP_HOLD_TIME", "9")
-            .env("RUST_LOG", "tabby_agent=debug,tabby_bgp=debug,warn")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("tabby-agent starts");
-        self.agent = Some(child);
+        let env: Vec<(String, String)> = [
+            ("TABBY_IPAM_GC", "Disabled"),
+            ("TABBY_IP_AUTODETECTION_METHOD", "interface=eth0"),
+            ("TABBY_BGP_HOLD_TIME", "9"),
+            ("RUST_LOG", "tabby_agent=debug,tabby_bgp=debug,warn"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(self.env.iter().cloned())
+        .collect();
+        self.agent = Some(spawn_agent(Some(&self.ns), &self.kubeconfig, &self.name, &self.dir, &env));
+    }
+
+    /// Sets the environment the agent gets when it next starts (beside the lab's own settings).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     }
 
     pub fn kill_agent(&mut self, signal: &str) {
@@ -256,14 +138,10 @@ impl Node {
     }
 
     pub fn wait_ready(&self) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(90) {
-            if proto::call(&self.socket(), Op::Status, Duration::from_secs(5)).is_ok_and(|r| r.ready) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("agent {} not ready in 90s; log:\n{}", self.name, self.log_tail());
+        wait(&format!("agent {} ready", self.name), Duration::from_secs(90)).until(
+            || proto::call(&self.socket(), Op::Status, Duration::from_secs(5)).is_ok_and(|r| r.ready),
+            || format!("log:\n{}", self.log_tail()),
+        );
     }
 
     pub fn log_tail(&self) -> String {
@@ -300,16 +178,11 @@ impl Node {
         pred: impl Fn(&str) -> bool,
     ) -> Duration {
         let start = Instant::now();
-        loop {
+        wait(&format!("{}: {what}", self.name), timeout).every(Duration::from_millis(20)).until_ok(|| {
             let r = read(self);
-            if pred(&r) {
-                return start.elapsed();
-            }
-            if start.elapsed() > timeout {
-                panic!("{}: {what} not seen in {timeout:?}; routes:\n{r}\nagent log:\n{}", self.name, self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            if pred(&r) { Ok(()) } else { Err(format!("routes:\n{r}\nagent log:\n{}", self.log_tail())) }
+        });
+        start.elapsed()
     }
 }
 
@@ -364,7 +237,7 @@ impl Lab {
     /// Starts the control plane with Tabby's CRDs, the underlay and `n` node namespaces with Node objects
     /// (agents not started yet). `None` when the test is skipped.
     pub async fn new(test: &str, n: usize, underlay: Underlay) -> Option<Lab> {
-        if !require_root(test) || !require_tool(test, "ip") {
+        if !require_lab(test, &[]) {
             return None;
         }
         let cp = start_or_skip(test, Options::default()).await?;
@@ -395,30 +268,22 @@ impl Lab {
         Some(lab)
     }
 
-    fn add_node(&mut self, name: &str, subnet: usize, host: u8) {
-        let ns = Netns::new(name);
-        let peer = format!("v{}{}", SEQ.fetch_add(1, Ordering::Relaxed), name);
-        let peer: String = peer.chars().take(15).collect();
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            &self.ul.name,
-        ]);
-        let br = if subnet == 50 { "br0" } else { "br1" };
+    /// Plugs `ns` into the underlay: its `eth0` on 192.168.50.0/24 (bridge br0) or 192.168.51.0/24 (br1),
+    /// whichever `addr` is in, with `addr`/24.
+    pub fn plug(&self, ns: &Netns, addr: &str) {
+        let peer: String = format!("v{}{}", next_seq(), ns.name).chars().take(15).collect();
+        let link = ["ip", "link", "add", "eth0", "netns", &ns.name, "type", "veth", "peer", "name", &peer];
+        sh(&[&link[..], &["netns", &self.ul.name]].concat());
+        let br = if addr.starts_with("192.168.51.") { "br1" } else { "br0" };
         self.ul.ip(&["link", "set", &peer, "master", br, "up"]);
-        let addr = format!("192.168.{subnet}.{host}");
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
+    }
+
+    fn add_node(&mut self, name: &str, subnet: usize, host: u8) {
+        let ns = Netns::new(name);
+        let addr = format!("192.168.{subnet}.{host}");
+        self.plug(&ns, &addr);
         ns.ip(&["route", "add", "default", "via", &format!("192.168.{subnet}.254")]);
         ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         let dir = self.dir.path().join(name);
@@ -446,7 +311,7 @@ impl Lab {
     }
 
     pub fn apply(&self, yaml: &str) {
-        let path = self.dir.path().join(format!("obj-{}.yaml", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let path = self.dir.path().join(format!("{}.yaml", unique("obj")));
         std::fs::write(&path, yaml).expect("write yaml");
         self.cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
     }
@@ -476,7 +341,7 @@ impl Lab {
     /// Starts every agent with `env` and waits until each serves the CNI socket.
     pub fn start_agents(&mut self, env: &[(&str, &str)]) {
         for n in &mut self.nodes {
-            n.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            n.set_env(env);
             n.start_agent();
         }
         for n in &self.nodes {
@@ -490,7 +355,7 @@ impl Lab {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n"
         ));
         let pod_ns = Netns::new(name);
-        let ips = match cni_add_all(self.node(node), &pod_ns.path(), name) {
+        let ips = match cni_add_all(self.node(node), &pod_ns.path, name) {
             Ok(ips) => ips,
             Err((_, out)) => panic!("CNI ADD {name} on {node}: {out}"),
         };
@@ -534,18 +399,11 @@ impl Lab {
 
     /// Waits until `pred` holds; past `timeout`, fails with `what`, the node's NodeStatus and agent log.
     pub fn wait_for(&self, node: &str, what: &str, timeout: Duration, pred: impl Fn() -> bool) {
-        let start = Instant::now();
-        while !pred() {
-            if start.elapsed() > timeout {
-                let st = self.cp.kubectl(&["get", "nodestatus", node, "-o", "yaml"]);
-                panic!(
-                    "{node}: {what} not seen in {timeout:?}\nNodeStatus:\n{}\nagent log:\n{}",
-                    String::from_utf8_lossy(&st.stdout),
-                    self.node(node).log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let diagnose = || {
+            let st = self.cp.kubectl(&["get", "nodestatus", node, "-o", "yaml"]);
+            format!("NodeStatus:\n{}\nagent log:\n{}", String::from_utf8_lossy(&st.stdout), self.node(node).log_tail())
+        };
+        wait(&format!("{node}: {what}"), timeout).every(Duration::from_millis(200)).until(pred, diagnose);
     }
 }
 
@@ -613,10 +471,10 @@ pub fn ping(from: &Netns, to: &str, count: u32) -> bool {
 /// Connects from `client` to a TCP server in `server` at `ip`; returns the source address the server saw.
 pub fn seen_source(server: &Netns, client: &Netns, ip: &str, port: u16) -> IpAddr {
     let (tx, rx) = std::sync::mpsc::channel();
-    let spath = server.path();
+    let spath = server.path.clone();
     let v6 = ip.contains(':');
     let t = std::thread::spawn(move || {
-        NetNs::open_checked(&spath).expect("netns").enter().expect("setns");
+        netns::enter(&spath).expect("setns");
         let any: IpAddr = if v6 { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
         let l = TcpListener::bind((any, port)).expect("bind server");
         let _ = tx.send(());

@@ -3,6 +3,9 @@
 //! [`IPAMBlock`] itself, and hands out the block's addresses to its pods, recording each one in the block
 //! and, by handle, in an [`IPAMHandle`]. [`IPAMConfig`] holds the cluster-wide IPAM settings.
 
+pub mod block;
+pub mod leak;
+
 use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};

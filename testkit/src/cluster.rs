@@ -1,146 +1,30 @@
-//! Test support: network namespaces, a control plane with Tabby's CRDs, agents as real processes, and
-//! running the plugin as a container runtime does (inside a per-test "node" network namespace, so every
-//! address, route and link the tests make lives in namespaces the tests own).
-
-#![allow(dead_code)]
+//! A control plane with Tabby's CRDs and `tabby-agent` processes serving the CNI socket, and the `tabby`
+//! plugin run as a container runtime runs it (optionally inside a "node" network namespace, so every
+//! address, route and link a test makes lives in namespaces it owns). For the IPAM and plugin suites.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use tabby_api::ipam::{IPAMBlock, IPAMHandle};
-use tabby_cni::proto::{self, Op, Response};
-use tabby_e2e::{ControlPlane, Options, in_ci, repo_root, start_or_skip};
+use tabby_api::ipam::{IPAMBlock, IPAMHandle, block};
+use tabby_wire::proto::{self, Op, Response};
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
+use crate::netns::Netns;
+use crate::process::{agent_bin, plugin_bin, unique};
+use crate::{ControlPlane, Options, repo_root, start_or_skip};
 
-/// Tests run one at a time: each starts a control plane and many processes on a small machine.
-pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Tests that start control planes and agents run one at a time (a small machine; shared ports).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Holds the suite's lock for the caller's whole test (async tests).
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
-}
-
-/// True when the test can run as root; otherwise skips visibly (fails in CI).
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if in_ci() {
-        panic!("{test}: needs root (network namespaces) and CI=true");
-    }
-    eprintln!("SKIP {test}: needs root for network namespaces");
-    false
-}
-
-/// A named network namespace (`ip netns`), deleted on drop.
-pub struct Netns {
-    pub name: String,
-    pub path: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("tby-t{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns { path: format!("/run/netns/{name}"), name }
-    }
-
-    /// A node namespace: lo up, an uplink `up0` (one end of a veth pair whose other end stays in the same
-    /// namespace) with 192.168.100.1/24 and a default route, like a host's uplink.
-    pub fn node(tag: &str) -> Netns {
-        let ns = Netns::new(tag);
-        for args in [
-            vec!["link", "add", "up0", "type", "veth", "peer", "name", "up1"],
-            vec!["addr", "add", "192.168.100.1/24", "dev", "up0"],
-            vec!["link", "set", "up1", "up"],
-            vec!["link", "set", "up0", "up"],
-            vec!["route", "add", "default", "via", "192.168.100.254", "dev", "up0"],
-        ] {
-            let mut full = vec!["ip", "-n", ns.name.as_str()];
-            full.extend(args);
-            sh(&full);
-        }
-        ns
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec runs")
-    }
-
-    /// `ip -n <ns> <args>` stdout.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip").arg("-n").arg(&self.name).args(args).output().expect("ip runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Names of the `tby…` links in this namespace.
-    pub fn tabby_links(&self) -> Vec<String> {
-        self.ip(&["-o", "link", "show"])
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap_or(n).to_string())
-            .filter(|n| n.starts_with("tby"))
-            .collect()
-    }
-
-    /// Routes with Tabby's protocol number in this namespace (IPv4 and IPv6).
-    pub fn tabby_routes(&self) -> String {
-        format!("{}{}", self.ip(&["route", "show", "proto", "80"]), self.ip(&["-6", "route", "show", "proto", "80"]))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The `tabby` plugin binary: cargo's build of it, or the one `TABBY_CNI_PLUGIN` names (`make bench-cni`
-/// runs the statically linked plugin the image ships).
-pub fn plugin_bin() -> PathBuf {
-    std::env::var_os("TABBY_CNI_PLUGIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tabby")))
-}
-
-/// The `tabby-agent` binary beside the plugin, (re)built once per test process so it is never stale
-/// (cargo builds a dev-dependency's library for these tests, not its binary).
-pub fn agent_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let built = PathBuf::from(env!("CARGO_BIN_EXE_tabby"));
-            let release = built.parent().is_some_and(|d| d.ends_with("release"));
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "-p", "tabby-agent", "--bin", "tabby-agent"]);
-            if release {
-                cmd.arg("--release");
-            }
-            let st = cmd.status().expect("cargo runs");
-            assert!(st.success(), "building tabby-agent failed");
-            let path = built.with_file_name("tabby-agent");
-            assert!(path.is_file(), "{} is missing after the build", path.display());
-            path
-        })
-        .clone()
 }
 
 /// A control plane with Tabby's CRDs, the tabby-system namespace and nodes.
@@ -175,7 +59,7 @@ impl Cluster {
     }
 
     pub fn apply(&self, yaml: &str) {
-        let path = self.dir.path().join(format!("obj-{}.yaml", SEQ.fetch_add(1, Ordering::Relaxed)));
+        let path = self.dir.path().join(format!("{}.yaml", unique("obj")));
         std::fs::write(&path, yaml).expect("write yaml");
         self.cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
     }
@@ -210,13 +94,11 @@ impl Cluster {
     pub async fn allocations(&self) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for b in self.blocks().await {
-            tabby_agent::ipam::block::check_consistency(&b.spec).unwrap_or_else(|e| panic!("{e}"));
+            block::check_consistency(&b.spec).unwrap_or_else(|e| panic!("{e}"));
             let cidr: IpNet = b.spec.cidr.parse().expect("cidr");
             for ord in 0..b.spec.allocations.len() {
-                if let Some(h) = tabby_agent::ipam::block::handle_at(&b.spec, ord) {
-                    out.entry(h.to_string())
-                        .or_default()
-                        .push(tabby_agent::ipam::block::addr_at(&cidr, ord).to_string());
+                if let Some(h) = block::handle_at(&b.spec, ord) {
+                    out.entry(h.to_string()).or_default().push(block::addr_at(&cidr, ord).to_string());
                 }
             }
         }
@@ -255,23 +137,12 @@ impl Agent {
     }
 
     fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("agent log");
-        self.child = Command::new(agent_bin())
-            .arg("run")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("NODENAME", &self.node)
-            .env("TABBY_AGENT_SOCKET", &self.socket)
-            .env("TABBY_STATE_DIR", self.dir.join("state"))
-            .env("TABBY_HEALTH_PORT", "0")
-            .env("TABBY_MTU", "1450")
-            .env("TABBY_LOG_SEVERITY", "debug")
-            .env("RUST_LOG", "tabby_agent=debug,warn")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("tabby-agent starts");
+        let env: Vec<(String, String)> = [("TABBY_MTU", "1450"), ("RUST_LOG", "tabby_agent=debug,warn")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(self.env.iter().cloned())
+            .collect();
+        self.child = spawn_agent(None, &self.kubeconfig, &self.node, &self.dir, &env);
     }
 
     /// Starts an agent and waits until it reports ready.
@@ -329,6 +200,31 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Starts `tabby-agent run` for `node` (inside `ns` when given, through `ip netns exec` so that `/sys`
+/// shows that namespace): its socket `agent.sock`, state and log `agent.log` (appended) in `dir`, health on
+/// a free port, debug logging; `env` comes last and overrides.
+pub fn spawn_agent(ns: Option<&Netns>, kubeconfig: &Path, node: &str, dir: &Path, env: &[(String, String)]) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).expect("agent log");
+    let bin = agent_bin();
+    let mut cmd = match ns {
+        Some(ns) => ns.command(bin.to_str().expect("a UTF-8 path")),
+        None => Command::new(bin),
+    };
+    cmd.arg("run")
+        .env("KUBECONFIG", kubeconfig)
+        .env("NODENAME", node)
+        .env("TABBY_AGENT_SOCKET", dir.join("agent.sock"))
+        .env("TABBY_STATE_DIR", dir.join("state"))
+        .env("TABBY_HEALTH_PORT", "0")
+        .env("TABBY_LOG_SEVERITY", "debug")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("tabby-agent starts")
 }
 
 /// The plugin's network configuration.
@@ -389,18 +285,7 @@ impl Cni {
         let mut cmd = Command::new(self.bin.clone().unwrap_or_else(plugin_bin));
         cmd.env_clear().envs(&self.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(path) = &self.host_ns {
-            let ns = tabby_cni::netlink::NetNs::open_checked(path).expect("node netns");
-            let fd = ns.raw_fd();
-            // SAFETY: setns is async-signal-safe; `ns` outlives the spawn because it is moved in.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let _keep = &ns;
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            crate::netns::spawn_inside(path, &mut cmd);
         }
         cmd
     }

@@ -9,6 +9,8 @@
 //! cannot create `tunl0`: [`ensure_device`] says so with [`IpipError::NoModule`] and the agent reports
 //! it instead of routing those pools some other way.
 
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -19,9 +21,14 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use tabby_api::ipam::{EncapsulationMode, IPPool};
 
-use crate::node::{IPIP_OVERHEAD, VXLAN_OVERHEAD_V4};
+use tabby_wire::names as wire;
+
+use super::same_subnet;
+use crate::facts::Snapshot;
+use crate::ipam::{Allocator, Purpose, release_tunnel_address, tunnel_address};
+use crate::kernel::{self, Kernel, KernelError};
+use crate::reconcile::{Condition, Local, Outcome, Reconciler, Removed, TeardownError};
 use crate::routes::Target;
-use crate::routes::kernel::{Kernel, KernelError};
 
 /// The kernel's fallback IPIP device (created with the `ipip` module; it cannot be deleted).
 pub const DEVICE: &str = "tunl0";
@@ -49,30 +56,12 @@ impl From<rtnetlink::Error> for IpipError {
     }
 }
 
-/// IPAM handle of a node's IPIP tunnel address.
-pub fn tunnel_handle(node: &str) -> String {
-    format!("ipip-tunnel-addr-{node}")
-}
-
 /// Whether any IPv4 pool uses IPIP (a disabled one too: its pods still need the tunnel, and [`Encap`]
 /// still routes its blocks through tunl0).
-pub fn enabled(pools: &[IPPool]) -> bool {
-    pools.iter().any(|p| {
+pub fn enabled<P: Borrow<IPPool>>(pools: &[P]) -> bool {
+    pools.iter().map(Borrow::borrow).any(|p: &IPPool| {
         p.spec.ipip_mode != EncapsulationMode::Never && p.spec.cidr.parse::<IpNet>().is_ok_and(|c| c.addr().is_ipv4())
     })
-}
-
-/// Whether `other` is in this node's subnet (`mine` carries the prefix length): CrossSubnet routes such
-/// next hops directly. Unknown means different.
-pub fn same_subnet(mine: Option<IpNet>, other: IpAddr) -> bool {
-    mine.is_some_and(|m| m.contains(&other))
-}
-
-/// The pod MTU overhead of the encapsulations in use (the largest one: a node may carry both).
-pub fn encap_overhead(vxlan: bool, ipip: bool) -> u32 {
-    let v = if vxlan { VXLAN_OVERHEAD_V4 } else { 0 };
-    let i = if ipip { IPIP_OVERHEAD } else { 0 };
-    v.max(i)
 }
 
 /// What decides the kernel route of a learned prefix: the IPIP pools and this node's address.
@@ -86,10 +75,11 @@ pub struct Encap {
 }
 
 impl Encap {
-    pub fn new(pools: &[IPPool], local: Option<IpNet>) -> Encap {
+    pub fn new<P: Borrow<IPPool>>(pools: &[P], local: Option<IpNet>) -> Encap {
         let mut v: Vec<(IpNet, EncapsulationMode)> = pools
             .iter()
-            .filter_map(|p| p.spec.cidr.parse::<IpNet>().ok().map(|c| (c.trunc(), p.spec.ipip_mode)))
+            .map(Borrow::borrow)
+            .filter_map(|p: &IPPool| p.spec.cidr.parse::<IpNet>().ok().map(|c| (c.trunc(), p.spec.ipip_mode)))
             .filter(|(c, _)| c.addr().is_ipv4())
             .collect();
         if v.iter().all(|(_, m)| *m == EncapsulationMode::Never) {
@@ -244,6 +234,97 @@ pub async fn clear_device(k: &Kernel) -> Result<bool, KernelError> {
     Ok(true)
 }
 
+/// The IPIP reconciler: `tunl0` with the node's tunnel address (from IPAM) while an IPv4 pool uses IPIP,
+/// out of service otherwise. The routes through it are BGP's ([`Encap`], applied by the BGP reconciler).
+pub struct Ipip {
+    node: String,
+    kernel: Kernel,
+    alloc: Option<Allocator>,
+    /// BGP runs on this node (IPIP routes are learned over BGP).
+    bgp: bool,
+    /// The problem last reported, to log only its changes.
+    problem: Option<String>,
+}
+
+/// What IPIP wants this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub on: bool,
+    /// tunl0's MTU: the underlay's minus the IPIP overhead.
+    pub device_mtu: u32,
+}
+
+impl Ipip {
+    pub fn new(node: &str, kernel: Kernel, alloc: Option<Allocator>, bgp: bool) -> Ipip {
+        Ipip { node: node.to_string(), kernel, alloc, bgp, problem: None }
+    }
+
+    /// Brings up tunl0 with this node's tunnel address; returns why IPIP cannot work, if it cannot.
+    async fn device(&self, mtu: u32, ann: &mut BTreeMap<String, Option<String>>) -> Option<String> {
+        ann.insert(ANNOTATION_ADDR.into(), None);
+        if !self.bgp {
+            return Some("IPIP routes are learned over BGP, which is disabled on this node (TABBY_BGP)".into());
+        }
+        let alloc = self.alloc.as_ref()?;
+        let t = match tunnel_address(alloc, &wire::ipip_tunnel_handle(&self.node), Purpose::IpipTunnel).await {
+            Ok(t) => t,
+            Err(why) => return Some(why),
+        };
+        match ensure_device(&self.kernel, t, mtu).await {
+            Ok(()) => {
+                ann.insert(ANNOTATION_ADDR.into(), Some(t.to_string()));
+                None
+            }
+            Err(e @ IpipError::NoModule) => Some(e.to_string()),
+            Err(e) => Some(format!("setting up tunl0: {e}")),
+        }
+    }
+}
+
+impl Reconciler for Ipip {
+    const NAME: &'static str = "ipip";
+    type Desired = Want;
+
+    fn desired(&self, facts: &Snapshot, local: &Local) -> Want {
+        Want {
+            on: enabled(&facts.pools),
+            device_mtu: kernel::underlay_mtu(&local.ifaces).saturating_sub(super::IPIP_OVERHEAD),
+        }
+    }
+
+    async fn apply(&mut self, want: &Want, local: &mut Local) -> Outcome {
+        let problem = if want.on {
+            self.device(want.device_mtu, &mut local.annotations).await
+        } else {
+            local.annotations.insert(ANNOTATION_ADDR.into(), None);
+            match clear_device(&self.kernel).await {
+                Ok(true) => tracing::info!("no IPIP pool: tunl0 taken out of service"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "clearing tunl0"),
+            }
+            release_tunnel_address(self.alloc.as_ref(), &wire::ipip_tunnel_handle(&self.node)).await;
+            None
+        };
+        if problem != self.problem {
+            match &problem {
+                Some(p) => tracing::error!(problem = %p, "IPIP pools cannot be served on this node"),
+                None if want.on => tracing::info!("IPIP ready: tunl0 is up"),
+                None => {}
+            }
+            self.problem = problem.clone();
+        }
+        match problem {
+            Some(m) => Outcome::failed(Condition::Routes, REASON_UNAVAILABLE, m),
+            None => Outcome::default(),
+        }
+    }
+
+    async fn teardown(&mut self) -> Result<Removed, TeardownError> {
+        let cleared = clear_device(&self.kernel).await.map_err(|e| TeardownError::new(Self::NAME, e))?;
+        Ok(Removed { tunl0_cleared: cleared, ..Removed::default() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +384,7 @@ mod tests {
         assert_eq!(e.route(net("10.1.0.0/26"), "192.168.1.2".parse().unwrap()), direct("192.168.1.2"));
         assert_eq!(e.route(net("10.2.0.0/26"), "192.168.1.2".parse().unwrap()), tunnel("192.168.1.2"));
         assert_eq!(e.route(net("fd00::/122"), "fd01::2".parse().unwrap()), direct("fd01::2"));
-        assert_eq!(Encap::new(&[], None), Encap::default());
+        assert_eq!(Encap::new::<IPPool>(&[], None), Encap::default());
         assert_eq!(Encap::default().route(net("10.0.0.0/26"), "1.1.1.1".parse().unwrap()), direct("1.1.1.1"));
     }
 
@@ -327,18 +408,8 @@ mod tests {
     }
 
     #[test]
-    fn mtu_overhead_is_the_largest_encapsulation() {
-        assert_eq!(encap_overhead(false, false), 0);
-        assert_eq!(encap_overhead(false, true), 20);
-        assert_eq!(encap_overhead(true, false), 50);
-        assert_eq!(encap_overhead(true, true), 50);
-        let ifaces = [crate::node::Iface { index: 2, name: "eth0".into(), up: true, mtu: 1500, addrs: vec![] }];
-        assert_eq!(crate::node::pod_mtu(&ifaces, encap_overhead(false, true)), 1480);
-    }
-
-    #[test]
     fn handle_and_names_follow_calico() {
-        assert_eq!(tunnel_handle("node-1"), "ipip-tunnel-addr-node-1");
+        assert_eq!(tabby_wire::names::ipip_tunnel_handle("node-1"), "ipip-tunnel-addr-node-1");
         assert_eq!(DEVICE, "tunl0");
         assert!(IpipError::NoModule.to_string().contains("no ipip module"));
     }

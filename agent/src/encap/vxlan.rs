@@ -9,7 +9,8 @@
 //! no IPv6 tunnel address or second device is needed. CrossSubnet routes them directly to a node of the
 //! same subnet that publishes an IPv6 address.
 
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
@@ -20,17 +21,23 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use tabby_api::ipam::{EncapsulationMode, IPAMBlock, IPPool};
 
-use crate::node::{self, ANNOTATION_VXLAN_ADDR, ANNOTATION_VXLAN_MAC};
-use crate::routes::Target;
-use crate::routes::kernel::{Kernel, KernelError};
+use tabby_wire::names as wire;
+
+use crate::facts::{self, Snapshot};
+use crate::ipam::{Allocator, Purpose, release_tunnel_address, tunnel_address};
+use crate::kernel::{self, Kernel, KernelError};
+use crate::reconcile::{Condition, Local, Outcome, Reconciler, Removed, TeardownError};
+use crate::routes::{RouteTable, Source, Target};
 
 pub const DEVICE: &str = "vxlan.tabby";
+/// Node annotation: the node's VXLAN tunnel address.
+pub const ANNOTATION_VXLAN_ADDR: &str = "tabby.dev/IPv4VXLANTunnelAddr";
+/// Node annotation: the MAC address of the node's `vxlan.tabby`.
+pub const ANNOTATION_VXLAN_MAC: &str = "tabby.dev/VXLANTunnelMACAddr";
+/// NodeStatus RoutesReady reason while the device or its entries cannot be programmed.
+pub const REASON_UNAVAILABLE: &str = "VXLANUnavailable";
 pub const VNI: u32 = 4096;
 pub const PORT: u16 = 4789;
-/// IPAM handle of a node's tunnel address.
-pub fn tunnel_handle(node: &str) -> String {
-    format!("vxlan-tunnel-addr-{node}")
-}
 
 /// A remote node's tunnel endpoint as published on its Node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,32 +75,39 @@ pub fn link_local(m: &[u8; 6]) -> Ipv6Addr {
 fn vtep_of(n: &Node) -> Option<Vtep> {
     Some(Vtep {
         node: n.metadata.name.clone()?,
-        node_ip: node::node_address(n, false)?.addr(),
-        tunnel_ip: node::node_meta(n, ANNOTATION_VXLAN_ADDR)?.parse().ok()?,
-        mac: parse_mac(node::node_meta(n, ANNOTATION_VXLAN_MAC)?)?,
+        node_ip: facts::node_address(n, false)?.addr(),
+        tunnel_ip: facts::node_meta(n, ANNOTATION_VXLAN_ADDR)?.parse().ok()?,
+        mac: parse_mac(facts::node_meta(n, ANNOTATION_VXLAN_MAC)?)?,
     })
 }
 
 /// The encapsulation of the pool holding `cidr`.
-pub fn pool_mode(pools: &[IPPool], cidr: &IpNet) -> EncapsulationMode {
+pub fn pool_mode<P: Borrow<IPPool>>(pools: &[P], cidr: &IpNet) -> EncapsulationMode {
     pools
         .iter()
-        .find(|p| p.spec.cidr.parse::<IpNet>().is_ok_and(|pc| pc.contains(cidr)))
+        .map(Borrow::borrow)
+        .find(|p: &&IPPool| p.spec.cidr.parse::<IpNet>().is_ok_and(|pc| pc.contains(cidr)))
         .map_or(EncapsulationMode::Never, |p| p.spec.vxlan_mode)
 }
 
 /// Whether any pool uses VXLAN.
-pub fn enabled(pools: &[IPPool]) -> bool {
-    pools.iter().any(|p| !p.spec.disabled && p.spec.vxlan_mode != EncapsulationMode::Never)
+pub fn enabled<P: Borrow<IPPool>>(pools: &[P]) -> bool {
+    pools.iter().map(Borrow::borrow).any(|p: &IPPool| !p.spec.disabled && p.spec.vxlan_mode != EncapsulationMode::Never)
 }
 
 /// Routes, neighbours and FDB entries towards every other node's blocks in VXLAN pools. `my_addr` is this
 /// node's address with its prefix (CrossSubnet compares subnets with it).
-pub fn desired(me: &str, my_addr: Option<IpNet>, nodes: &[Node], blocks: &[IPAMBlock], pools: &[IPPool]) -> Desired {
+pub fn desired<N: Borrow<Node>, B: Borrow<IPAMBlock>, P: Borrow<IPPool>>(
+    me: &str,
+    my_addr: Option<IpNet>,
+    nodes: &[N],
+    blocks: &[B],
+    pools: &[P],
+) -> Desired {
     let mut d = Desired::default();
     let by_node: HashMap<String, &Node> =
-        nodes.iter().filter_map(|n| n.metadata.name.clone().map(|k| (k, n))).collect();
-    for b in blocks.iter().filter(|b| !b.spec.deleted) {
+        nodes.iter().map(Borrow::borrow).filter_map(|n: &Node| n.metadata.name.clone().map(|k| (k, n))).collect();
+    for b in blocks.iter().map(Borrow::borrow).filter(|b: &&IPAMBlock| !b.spec.deleted) {
         let Some(owner) = b.spec.affinity.as_deref().and_then(|a| a.strip_prefix("host:")) else { continue };
         if owner == me {
             continue;
@@ -106,10 +120,10 @@ pub fn desired(me: &str, my_addr: Option<IpNet>, nodes: &[Node], blocks: &[IPAMB
         let v6 = cidr.addr().is_ipv6();
         let Some(n) = by_node.get(owner) else { continue };
         // Subnets are the IPv4 underlay's, where the tunnel runs.
-        let node_v4 = node::node_address(n, false).map(|a| a.addr());
-        let same_subnet = node_v4.is_some_and(|ip| crate::ipip::same_subnet(my_addr, ip));
+        let node_v4 = facts::node_address(n, false).map(|a| a.addr());
+        let same_subnet = node_v4.is_some_and(|ip| super::same_subnet(my_addr, ip));
         if mode == EncapsulationMode::CrossSubnet && same_subnet {
-            let direct = if v6 { node::node_address(n, true).map(|a| a.addr()) } else { node_v4 };
+            let direct = if v6 { facts::node_address(n, true).map(|a| a.addr()) } else { node_v4 };
             if let Some(ip) = direct {
                 d.routes.insert(cidr, Target::Via { gw: ip, dev: None, onlink: false });
                 continue;
@@ -319,6 +333,102 @@ pub async fn delete_device(k: &Kernel) -> Result<bool, KernelError> {
     }
 }
 
+/// The VXLAN reconciler: the device and its tunnel address (from IPAM), the tunnel routes, and the
+/// neighbour and FDB entries towards the other nodes.
+pub struct Vxlan {
+    node: String,
+    kernel: Kernel,
+    table: RouteTable,
+    alloc: Option<Allocator>,
+}
+
+/// What VXLAN wants this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    /// Some enabled pool uses VXLAN.
+    pub on: bool,
+    /// The node's IPv4 address, the device's local end.
+    pub local: Option<Ipv4Addr>,
+    /// The device's MTU: the underlay's minus the VXLAN overhead.
+    pub device_mtu: u32,
+    pub desired: Desired,
+}
+
+impl Vxlan {
+    pub fn new(node: &str, kernel: Kernel, table: RouteTable, alloc: Option<Allocator>) -> Vxlan {
+        Vxlan { node: node.to_string(), kernel, table, alloc }
+    }
+
+    /// The device and its tunnel address; the annotations to publish, or why the device failed.
+    async fn device(
+        &self,
+        local: Ipv4Addr,
+        mtu: u32,
+        ann: &mut BTreeMap<String, Option<String>>,
+    ) -> Result<(), String> {
+        let Some(alloc) = &self.alloc else { return Ok(()) };
+        // Without a tunnel address (no IPv4 VXLAN pool with the Tunnel use) there is no device to make;
+        // allocating it says why in the log.
+        let Ok(t) = tunnel_address(alloc, &wire::vxlan_tunnel_handle(&self.node), Purpose::VxlanTunnel).await else {
+            return Ok(());
+        };
+        let mac = ensure_device(&self.kernel, local, t, mtu).await.map_err(|e| format!("creating {DEVICE}: {e}"))?;
+        ann.insert(ANNOTATION_VXLAN_ADDR.into(), Some(t.to_string()));
+        ann.insert(ANNOTATION_VXLAN_MAC.into(), Some(format_mac(&mac)));
+        Ok(())
+    }
+}
+
+impl Reconciler for Vxlan {
+    const NAME: &'static str = "vxlan";
+    type Desired = Want;
+
+    fn desired(&self, facts: &Snapshot, local: &Local) -> Want {
+        Want {
+            on: enabled(&facts.pools),
+            local: local.addr_v4.and_then(|a| match a.addr() {
+                IpAddr::V4(v) => Some(v),
+                IpAddr::V6(_) => None,
+            }),
+            device_mtu: kernel::underlay_mtu(&local.ifaces).saturating_sub(super::VXLAN_OVERHEAD_V4),
+            desired: desired(&facts.node, local.addr_v4, &facts.nodes, &facts.blocks, &facts.pools),
+        }
+    }
+
+    async fn apply(&mut self, want: &Want, local: &mut Local) -> Outcome {
+        let mut failed = None;
+        if want.on {
+            if let Some(addr) = want.local
+                && let Err(e) = self.device(addr, want.device_mtu, &mut local.annotations).await
+            {
+                failed = Some(e);
+            }
+        } else {
+            if let Err(e) = delete_device(&self.kernel).await {
+                tracing::warn!(error = %e, "deleting {DEVICE}");
+            }
+            local.annotations.insert(ANNOTATION_VXLAN_ADDR.into(), None);
+            local.annotations.insert(ANNOTATION_VXLAN_MAC.into(), None);
+            release_tunnel_address(self.alloc.as_ref(), &wire::vxlan_tunnel_handle(&self.node)).await;
+        }
+        self.table.set(Source::Tunnel, want.desired.routes.clone());
+        if want.on
+            && let Err(e) = program_vteps(&self.kernel, &want.desired.vteps).await
+        {
+            failed.get_or_insert(format!("programming the neighbour and FDB entries of {DEVICE}: {e}"));
+        }
+        match failed {
+            Some(m) => Outcome::failed(Condition::Routes, REASON_UNAVAILABLE, m),
+            None => Outcome::changed(want.desired.routes.len()),
+        }
+    }
+
+    async fn teardown(&mut self) -> Result<Removed, TeardownError> {
+        let gone = delete_device(&self.kernel).await.map_err(|e| TeardownError::new(Self::NAME, e))?;
+        Ok(Removed { links: if gone { vec![DEVICE.to_string()] } else { vec![] }, ..Removed::default() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,7 +439,7 @@ mod tests {
         let mut n = Node::default();
         n.metadata.name = Some(name.into());
         n.metadata.annotations = Some(BTreeMap::from([
-            (node::ANNOTATION_V4.to_string(), addr.to_string()),
+            (facts::ANNOTATION_V4.to_string(), addr.to_string()),
             (ANNOTATION_VXLAN_ADDR.to_string(), tunnel.to_string()),
             (ANNOTATION_VXLAN_MAC.to_string(), mac.to_string()),
         ]));
@@ -384,7 +494,7 @@ mod tests {
     #[test]
     fn ipv6_blocks_go_via_the_vtep_link_local_address_or_directly_to_a_neighbour_with_ipv6() {
         let mut b = node("b", "192.168.1.2/24", "10.0.0.65", "66:00:00:00:00:02");
-        b.metadata.annotations.as_mut().unwrap().insert(node::ANNOTATION_V6.into(), "fd50::2/64".into());
+        b.metadata.annotations.as_mut().unwrap().insert(facts::ANNOTATION_V6.into(), "fd50::2/64".into());
         let nodes = vec![b, node("c", "192.168.2.3/24", "10.0.0.129", "66:00:00:00:00:03")];
         let blocks = vec![block("fd00:10::40/122", "b"), block("fd00:10::80/122", "c")];
         let my: Option<IpNet> = Some("192.168.1.1/24".parse().unwrap());
