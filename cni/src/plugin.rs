@@ -138,8 +138,17 @@ pub fn run(stdin: &[u8], env: &dyn Fn(&str) -> Option<String>) -> (i32, String) 
 }
 
 fn agent_call(conf: &NetConf, op: Op) -> Result<Response, CniError> {
+    agent_call_within(conf, op, Duration::from_secs(conf.agent_timeout_seconds))
+}
+
+/// How long STATUS waits for the agent. The runtime calls STATUS inside its own status call, which the kubelet
+/// makes every few seconds and counts on to see the runtime alive: an agent that does not answer must make
+/// the network not ready (STATUS fails), not the runtime look down.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn agent_call_within(conf: &NetConf, op: Op, timeout: Duration) -> Result<Response, CniError> {
     let socket = Path::new(&conf.agent_socket);
-    let resp = proto::call(socket, op, Duration::from_secs(conf.agent_timeout_seconds)).map_err(|e| match e {
+    let resp = proto::call(socket, op, timeout).map_err(|e| match e {
         ClientError::Connect(..) => CniError::new(
             code::TRY_AGAIN_LATER,
             "the Tabby agent is not reachable; try again later",
@@ -484,7 +493,7 @@ fn check(conf: &NetConf, inv: &Invocation, log: &mut Logger) -> Result<(), CniEr
 fn status(conf: &NetConf) -> Result<(), CniError> {
     let not_ready =
         |details: String| CniError::new(code::PLUGIN_NOT_AVAILABLE, "the Tabby agent is not ready", details);
-    match agent_call(conf, Op::Status) {
+    match agent_call_within(conf, Op::Status, STATUS_TIMEOUT.min(Duration::from_secs(conf.agent_timeout_seconds))) {
         Ok(r) if r.ready => Ok(()),
         Ok(_) => Err(not_ready(format!("socket {}: agent reports not ready", conf.agent_socket))),
         Err(e) => Err(not_ready(format!("{}: {}", e.msg, e.details))),

@@ -27,6 +27,15 @@ async fn add_check_del_status_gc_in_netns() {
 
     let r = status(&missing);
     assert_eq!((r.code, r.json["code"].as_u64()), (1, Some(code::PLUGIN_NOT_AVAILABLE as u64)), "{}", r.stdout);
+    // An agent that accepts and never answers (stopped, or stuck): STATUS still answers at once. The runtime
+    // asks for STATUS within its own status call, which the kubelet runs every few seconds; a STATUS that waits
+    // as long as an ADD may would make the kubelet report the whole runtime down instead of the network.
+    let silent_path = c.dir.path().join("silent.sock");
+    let _silent = std::os::unix::net::UnixListener::bind(&silent_path).expect("a socket that never answers");
+    let asked = Instant::now();
+    let r = status(&silent_path);
+    assert_eq!(r.json["code"], code::PLUGIN_NOT_AVAILABLE, "{}", r.stdout);
+    assert!(asked.elapsed() < Duration::from_secs(5), "STATUS took {:?}", asked.elapsed());
     let agent = Agent::spawn(&c, "node-a", &[("TABBY_IPAM_LEAK_GRACE_SECONDS", "3600")]);
     let start = Instant::now();
     while !agent.socket.exists() && start.elapsed() < Duration::from_secs(30) {
