@@ -39,9 +39,10 @@ deps: ## Install every system package and tool the build, the tests and the lab 
 build: ## Build every binary (release)
 	$(CARGO) build --release --workspace --bins --exclude xtask
 
-test: controlplane helm ## Run every test (unit, control plane, network namespaces as root), then make e2e
+test: controlplane helm ## Run every test (unit, control plane, network namespaces as root), then make e2e and CI's conformance subset
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory conformance-ci
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

@@ -133,6 +133,9 @@ const NOBODY: User =
 /// The unprivileged user of distroless images, which the operator runs as.
 const NONROOT: User =
     User { name: "nonroot", group: "nonroot", id: 65532, home: "/home/nonroot", shell: "/usr/sbin/nologin" };
+/// The user Debian's nginx workers run as.
+const WWW_DATA: User =
+    User { name: "www-data", group: "www-data", id: 33, home: "/var/www", shell: "/usr/sbin/nologin" };
 /// Debian's tcpdump drops root to this user after opening the capture, and stops when it does not exist.
 const TCPDUMP: User =
     User { name: "tcpdump", group: "tcpdump", id: 101, home: "/nonexistent", shell: "/usr/sbin/nologin" };
@@ -172,6 +175,11 @@ pub enum Item {
     Accounts(&'static [User]),
     /// `/etc/nsswitch.conf` (hosts: files dns).
     NsSwitch,
+    /// A file written from the text given here (configuration the image's program reads).
+    Text {
+        path: &'static str,
+        content: &'static str,
+    },
     /// busybox-static at `/usr/bin/busybox`, linked as every applet no other program of the image provides.
     Busybox,
 }
@@ -401,10 +409,80 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
             Item::Dir { path: "/tmp", mode: 0o1777 },
             Item::Dir { path: "/root", mode: 0o700 },
         ],
-        run: RunConfig { cmd: strings(&["sh"]), env, ..RunConfig::default() },
+        run: RunConfig { cmd: strings(&["sh"]), env: env.clone(), ..RunConfig::default() },
     };
-    vec![tabby, pause, coredns, agnhost, netshoot, busybox]
+    // The e2e suite's DNS image (formerly jessie-dnsutils): a glibc userland with dig, for the DNS specs'
+    // probe loops (`dig`, `getent hosts`, `seq`, `test`, `echo` under `sh -c`), as upstream's Debian-based one.
+    let glibc_dns_testing = {
+        let mut items = tools_base(&[ROOT, NOBODY]);
+        items.extend([
+            host("/usr/bin/dig", "bind9-dnsutils"),
+            host("/usr/bin/nslookup", "bind9-dnsutils"),
+            host("/usr/bin/getent", "libc-bin"),
+            Item::Built { dir: BinDir::Node, file: "coredns", to: "/" },
+        ]);
+        items.extend(shell_and_runners());
+        items.push(Item::Busybox);
+        ImageSpec {
+            name: "glibc-dns-testing",
+            refs: strings(&["registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1"]),
+            items,
+            run: RunConfig { cmd: strings(&["sh"]), env: env.clone(), ..RunConfig::default() },
+        }
+    };
+    // The e2e suite's web server: Debian's nginx on port 80, serving a page, in the foreground.
+    let nginx = {
+        let mut items = tools_base(&[ROOT, NOBODY, WWW_DATA]);
+        items.extend([
+            host("/usr/sbin/nginx", "nginx-light"),
+            data("/etc/nginx/mime.types", "nginx-common"),
+            Item::Text { path: "/etc/nginx/nginx.conf", content: NGINX_CONF },
+            Item::Text { path: "/usr/share/nginx/html/index.html", content: NGINX_INDEX },
+            Item::Dir { path: "/var/log/nginx", mode: 0o755 },
+            Item::Dir { path: "/var/lib/nginx", mode: 0o755 },
+            Item::Dir { path: "/var/cache/nginx", mode: 0o755 },
+            Item::Dir { path: "/run", mode: 0o755 },
+        ]);
+        items.extend(shell_and_runners());
+        items.push(Item::Busybox);
+        ImageSpec {
+            name: "nginx",
+            refs: strings(&[
+                "registry.k8s.io/e2e-test-images/nginx:1.27.0-2",
+                "registry.k8s.io/e2e-test-images/nginx:1.28.0-2",
+            ]),
+            items,
+            run: RunConfig { cmd: strings(&["nginx", "-g", "daemon off;"]), env: env.clone(), ..RunConfig::default() },
+        }
+    };
+    vec![tabby, pause, coredns, agnhost, netshoot, busybox, glibc_dns_testing, nginx]
 }
+
+/// nginx's configuration in the lab's nginx image: a server on port 80 (IPv4 and IPv6) with a page.
+const NGINX_CONF: &str = "user www-data;
+worker_processes 1;
+pid /run/nginx.pid;
+error_log /dev/stderr;
+events { worker_connections 256; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log /dev/stdout;
+    client_body_temp_path /var/lib/nginx/body;
+    proxy_temp_path /var/lib/nginx/proxy;
+    fastcgi_temp_path /var/lib/nginx/fastcgi;
+    uwsgi_temp_path /var/lib/nginx/uwsgi;
+    scgi_temp_path /var/lib/nginx/scgi;
+    server {
+        listen 80 default_server;
+        listen [::]:80 default_server;
+        root /usr/share/nginx/html;
+        index index.html;
+    }
+}
+";
+
+const NGINX_INDEX: &str = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head>\n<body><h1>Welcome to nginx!</h1></body></html>\n";
 
 /// `/etc/passwd` of `users`.
 pub fn passwd(users: &[User]) -> String {
@@ -717,6 +795,9 @@ impl<H: Host> Assembler<'_, H> {
             }
             Item::NsSwitch => {
                 self.insert("/etc/nsswitch.conf", tar::Node::File { data: NSSWITCH.into(), mode: FILE_MODE })?
+            }
+            Item::Text { path, content } => {
+                self.insert(path, tar::Node::File { data: content.as_bytes().to_vec(), mode: FILE_MODE })?
             }
             Item::Busybox => {
                 let file = self.copy_chain(Path::new(BUSYBOX), &|| package_hint("busybox-static"))?;
@@ -1238,6 +1319,9 @@ mod tests {
         assert_eq!(get("netshoot").run.cmd, ["bash"]);
         assert_eq!(get("busybox").refs, ["registry.k8s.io/e2e-test-images/busybox:1.37.0-2"]);
         assert_eq!(get("busybox").run.cmd, ["sh"]);
+        assert_eq!(get("glibc-dns-testing").refs, ["registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1"]);
+        assert_eq!(get("nginx").refs[0], "registry.k8s.io/e2e-test-images/nginx:1.27.0-2");
+        assert_eq!(get("nginx").run.cmd, ["nginx", "-g", "daemon off;"]);
         // The workspace version is the one xtask is built with.
         let cargo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml")).unwrap();
         assert!(cargo.contains(&format!("version = \"{}\"", env!("CARGO_PKG_VERSION"))));
