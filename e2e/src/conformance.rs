@@ -70,6 +70,47 @@ pub fn parse_junit(xml: &str) -> Vec<Spec> {
     specs
 }
 
+/// The leaf tests of `go test -v` output (a test that has subtests is their sum, not a spec of its own), with
+/// the reason of every skip (the first log line under its `--- SKIP`) and the first log line of a failure.
+pub fn parse_go_test(output: &str) -> Vec<Spec> {
+    let lines: Vec<&str> = output.lines().collect();
+    let mut specs: Vec<Spec> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let Some((verdict, rest)) =
+            ["PASS", "FAIL", "SKIP"].iter().find_map(|v| trimmed.strip_prefix(&format!("--- {v}: ")).map(|r| (*v, r)))
+        else {
+            continue;
+        };
+        let (name, seconds) = match rest.rsplit_once(" (") {
+            Some((n, t)) => (n.to_string(), t.trim_end_matches(')').trim_end_matches('s').parse().unwrap_or(0.0)),
+            None => (rest.to_string(), 0.0),
+        };
+        // The log lines indented under the verdict, up to the next test line.
+        let detail = lines[i + 1..]
+            .iter()
+            .take_while(|l| {
+                !l.trim_start().starts_with("--- ")
+                    && !l.starts_with("=== ")
+                    && !l.starts_with("PASS")
+                    && !l.starts_with("FAIL")
+            })
+            .map(|l| l.trim())
+            .find(|l| !l.is_empty())
+            .map(|l| l.split_once(": ").map(|(_, m)| m).unwrap_or(l).to_string())
+            .unwrap_or_default();
+        let outcome = match verdict {
+            "PASS" => Outcome::Passed,
+            "SKIP" => Outcome::Skipped(if detail.is_empty() { "skipped".into() } else { detail }),
+            _ => Outcome::Failed(detail),
+        };
+        specs.push(Spec { name, outcome, seconds });
+    }
+    let names: Vec<String> = specs.iter().map(|s| format!("{}/", s.name)).collect();
+    specs.retain(|s| !names.iter().any(|n| n.len() > s.name.len() + 1 && n.starts_with(&format!("{}/", s.name))));
+    specs
+}
+
 fn attribute(head: &str, name: &str) -> Option<String> {
     let key = format!(" {name}=\"");
     let start = head.find(&key)? + key.len();
@@ -203,7 +244,10 @@ mod tests {
         assert_eq!(specs[0].outcome, Outcome::Passed);
         assert!(specs[0].name.starts_with("[sig-network] Networking Granular Checks"));
         assert_eq!(specs[0].seconds, 27.6);
-        assert_eq!(specs[1].outcome, Outcome::Failed("Told to stop trying after 60s.\nendpoints \"x\" not ready & more".into()));
+        assert_eq!(
+            specs[1].outcome,
+            Outcome::Failed("Told to stop trying after 60s.\nendpoints \"x\" not ready & more".into())
+        );
         assert_eq!(specs[2].outcome, Outcome::Skipped("Only supported for providers [gce gke aws] (not local)".into()));
         assert_eq!(counts(&specs), Counts { passed: 1, failed: 1, skipped: 1 });
     }
@@ -215,8 +259,47 @@ mod tests {
         let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| result")).collect();
         assert!(rows[0].starts_with("| **failed** | [sig-network] Services should serve"), "{t}");
         assert!(rows[0].ends_with("| Told to stop trying after 60s. |"), "{t}");
-        assert!(rows[1].contains("| skipped |") && rows[1].contains("Only supported for providers [gce gke aws]"), "{t}");
+        assert!(
+            rows[1].contains("| skipped |") && rows[1].contains("Only supported for providers [gce gke aws]"),
+            "{t}"
+        );
         assert!(rows[2].starts_with("| passed |"), "{t}");
+    }
+
+    #[test]
+    fn leaf_tests_of_go_test_output() {
+        let out = "=== RUN   TestConformance
+    conformance_test.go:60: Running conformance tests with cleanup: true
+=== RUN   TestConformance/CNPAdminTierEgressSCTP
+    suite.go:178: Skipping CNPAdminTierEgressSCTP: suite does not support SCTP
+=== RUN   TestConformance/CNPAdminTierEgressTCP
+=== RUN   TestConformance/CNPAdminTierEgressTCP/Should_deny_traffic
+    connectivity.go:51: Expected connection to be blocked, but it succeeded
+--- FAIL: TestConformance (45.02s)
+    --- SKIP: TestConformance/CNPAdminTierEgressSCTP (0.00s)
+        suite.go:178: Skipping CNPAdminTierEgressSCTP: suite does not support SCTP
+    --- FAIL: TestConformance/CNPAdminTierEgressTCP (40.10s)
+        --- FAIL: TestConformance/CNPAdminTierEgressTCP/Should_deny_traffic (30.00s)
+            connectivity.go:51: Expected connection to be blocked, but it succeeded
+        --- PASS: TestConformance/CNPAdminTierEgressTCP/Should_allow_traffic (10.10s)
+FAIL
+";
+        let specs = parse_go_test(out);
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "TestConformance/CNPAdminTierEgressSCTP",
+                "TestConformance/CNPAdminTierEgressTCP/Should_deny_traffic",
+                "TestConformance/CNPAdminTierEgressTCP/Should_allow_traffic"
+            ]
+        );
+        assert_eq!(
+            specs[0].outcome,
+            Outcome::Skipped("Skipping CNPAdminTierEgressSCTP: suite does not support SCTP".into())
+        );
+        assert_eq!(specs[1].outcome, Outcome::Failed("Expected connection to be blocked, but it succeeded".into()));
+        assert_eq!((specs[2].outcome.clone(), specs[2].seconds), (Outcome::Passed, 10.1));
     }
 
     #[test]

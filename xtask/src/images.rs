@@ -361,6 +361,8 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
             refs: strings(&[
                 "registry.k8s.io/e2e-test-images/agnhost:2.66.1",
                 "registry.k8s.io/e2e-test-images/agnhost:2.55",
+                // The network-policy-api conformance suite's pods.
+                "registry.k8s.io/e2e-test-images/agnhost:2.45",
             ]),
             items,
             run: RunConfig {
@@ -1313,7 +1315,11 @@ mod tests {
         assert_eq!(get("coredns").refs, ["registry.k8s.io/coredns/coredns:v1.14.6"]);
         assert_eq!(
             get("agnhost").refs,
-            ["registry.k8s.io/e2e-test-images/agnhost:2.66.1", "registry.k8s.io/e2e-test-images/agnhost:2.55"]
+            [
+                "registry.k8s.io/e2e-test-images/agnhost:2.66.1",
+                "registry.k8s.io/e2e-test-images/agnhost:2.55",
+                "registry.k8s.io/e2e-test-images/agnhost:2.45"
+            ]
         );
         assert_eq!(get("netshoot").refs, ["docker.io/nicolaka/netshoot:latest"]);
         assert_eq!(get("netshoot").run.cmd, ["bash"]);

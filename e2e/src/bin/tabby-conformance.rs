@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tabby_e2e::lab::suites::{self, Plugin, Run, Suite};
 use tabby_e2e::lab::daemon::LabConfig;
+use tabby_e2e::lab::suites::{self, Plugin, Run, Suite};
 
 const USAGE: &str = "usage: tabby-conformance [options]
 
@@ -19,8 +19,10 @@ Options:
                    granular: the Networking Granular Checks only
                    netpol: the NetworkPolicy e2e suite ([Feature:NetworkPolicy])
   --plugin P       tabby (default, installed as README says) or reference (Debian's bridge + host-local)
+  --dual-stack     IPv4 + IPv6: the lab (nodes, Services, kubelets) and Tabby's Installation with a pool of each
   --report DIR     where the JUnit report and summary go (default target/conformance/<suite>-<plugin>)
   --e2e-test PATH  upstream's e2e.test (default .cache/e2e/bin/e2e.test, from make e2e-test)
+  --netpol-api DIR the network-policy-api suite and its CRD (default .cache/e2e/netpol-api, make netpol-api-test)
   --images DIR     image archives (default target/images)   --node-bin DIR  (default .cache/node/bin)
   --bin DIR        Tabby's binaries for kubectl tabby (default target/lab-bin)
   --state DIR      lab state (default: a new directory under /tmp)
@@ -33,7 +35,9 @@ fn main() -> ExitCode {
     let mut plugin = Plugin::Tabby;
     let mut report = None;
     let mut keep = false;
+    let mut dual_stack = false;
     let mut e2e_test = root.join(".cache/e2e/bin/e2e.test");
+    let mut netpol_api = root.join(".cache/e2e/netpol-api");
     let mut cfg = LabConfig::new(std::env::temp_dir().join(format!("tabby-lab-conformance-{}", std::process::id())));
     while !args.is_empty() {
         let a = args.remove(0);
@@ -48,8 +52,10 @@ fn main() -> ExitCode {
                 None => return usage(),
             },
             "--keep" => keep = true,
+            "--dual-stack" => dual_stack = true,
             "--report" => report = Some(PathBuf::from(value())),
             "--e2e-test" => e2e_test = PathBuf::from(value()),
+            "--netpol-api" => netpol_api = PathBuf::from(value()),
             "--images" => cfg.images = PathBuf::from(value()),
             "--node-bin" => cfg.node_bin = PathBuf::from(value()),
             "--bin" => cfg.bin_dir = PathBuf::from(value()),
@@ -62,16 +68,20 @@ fn main() -> ExitCode {
         }
     }
     let cwd = std::env::current_dir().unwrap_or_default();
-    for p in [&mut cfg.state, &mut cfg.bin_dir, &mut cfg.images, &mut cfg.node_bin, &mut e2e_test] {
+    for p in [&mut cfg.state, &mut cfg.bin_dir, &mut cfg.images, &mut cfg.node_bin, &mut e2e_test, &mut netpol_api] {
         *p = cwd.join(&*p);
     }
     let report = cwd.join(report.unwrap_or_else(|| {
         root.join("target/conformance").join(format!(
-"{}-{}", suite.name(), plugin.name()))
+            "{}-{}{}",
+            suite.name(),
+            plugin.name(),
+            if dual_stack { "-dual-stack" } else { "" }
+        ))
     }));
     // The lab daemon is tabby-lab, built beside this binary.
     let lab_exe = std::env::current_exe().unwrap_or_default().with_file_name("tabby-lab");
-    let run = Run { suite, plugin, report, e2e_test, keep };
+    let run = Run { suite, plugin, report, e2e_test, netpol_api, keep, dual_stack };
     match suites::run(&mut cfg, &run, &lab_exe) {
         Ok(counts) if counts.failed == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

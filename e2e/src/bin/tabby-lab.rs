@@ -26,6 +26,8 @@ Options:
   --bin DIR        Tabby's binaries on this machine, for `kubectl tabby` (default target/lab-bin)
   --images DIR     image archives and images.json from `make images` (default target/images)
   --node-bin DIR   containerd, containerd-shim-runc-v2, ctr from `make node-software` (default .cache/node/bin)
+  --dual-stack     IPv4 and IPv6: node addresses fd00:100::(100+N), Services 10.96.0.0/16 and fd00:10:96::/112,
+                   kubelets with both node IPs (pods get both families from an Installation with both pools)
   --pod-network P  tabby (default) or reference: how kube-proxy tells pod traffic (Tabby's tby… veths, or
                    the reference plugins' bridge cni0); `cluster` with reference is a control for the suites";
 
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
             "--images" => cfg.images = value().map(PathBuf::from).unwrap_or(cfg.images),
             "--node-bin" => cfg.node_bin = value().map(PathBuf::from).unwrap_or(cfg.node_bin),
             "--nodes" => cfg.nodes = value().and_then(|v| v.parse().ok()).unwrap_or(cfg.nodes),
+            "--dual-stack" => cfg.dual_stack = true,
             "--pod-network" => match value().as_deref().and_then(PodNetwork::parse) {
                 Some(p) => cfg.pod_network = p,
                 None => {

@@ -135,6 +135,8 @@ metadata:
 spec:
   selector: {{k8s-app: kube-dns}}
   clusterIP: {CLUSTER_DNS}
+  # Both families where the cluster has both (the dual-stack lab), IPv4 alone otherwise.
+  ipFamilyPolicy: PreferDualStack
   ports:
   - {{name: dns, port: 53, protocol: UDP}}
   - {{name: dns-tcp, port: 53, protocol: TCP}}

@@ -16,7 +16,8 @@ use serde_json::Value;
 use super::node::LabNode;
 use super::render::NodeFacts;
 use super::{
-    BRIDGE, GATEWAY, LINK_PREFIX, NETNS_PREFIX, PREFIX, PodNetwork, REGISTRY_PORT, SERVICE_CIDR, addons, cgroups, pki, sh,
+    BRIDGE, GATEWAY, LINK_PREFIX, NETNS_PREFIX, NODE_NET6, PREFIX, PREFIX6, PodNetwork, REGISTRY_PORT, SERVICE_CIDR,
+    SERVICE_CIDR6, addons, cgroups, pki, sh,
 };
 use crate::{ControlPlane, Options};
 
@@ -33,6 +34,8 @@ pub struct LabConfig {
     pub node_bin: PathBuf,
     /// The pod network the nodes are set up for (kube-proxy's idea of pod traffic).
     pub pod_network: PodNetwork,
+    /// IPv4 and IPv6: node addresses, Services, kubelets' node IPs.
+    pub dual_stack: bool,
 }
 
 impl LabConfig {
@@ -46,6 +49,7 @@ impl LabConfig {
             images: root.join("target/images"),
             node_bin: root.join(".cache/node/bin"),
             pod_network: PodNetwork::Tabby,
+            dual_stack: false,
         }
     }
 }
@@ -132,6 +136,7 @@ pub fn start_cluster(cfg: &LabConfig, self_exe: &Path, start: Instant) -> Result
         .arg("--node-bin")
         .arg(&cfg.node_bin)
         .args(["--pod-network", cfg.pod_network.name()])
+        .args(if cfg.dual_stack { &["--dual-stack"][..] } else { &[] })
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
@@ -252,9 +257,12 @@ pub async fn serve(cfg: LabConfig) -> Result<(), String> {
     result
 }
 
-fn create_bridge() -> Result<(), String> {
+fn create_bridge(dual_stack: bool) -> Result<(), String> {
     sh::ip(&["link", "add", BRIDGE, "type", "bridge"])?;
     sh::ip(&["addr", "add", &format!("{GATEWAY}/{PREFIX}"), "dev", BRIDGE])?;
+    if dual_stack {
+        sh::ip(&["addr", "add", &format!("{NODE_NET6}1/{PREFIX6}"), "dev", BRIDGE, "nodad"])?;
+    }
     sh::ip(&["link", "set", BRIDGE, "up"])?;
     Ok(())
 }
@@ -277,10 +285,12 @@ async fn serve_inner(
             return Err(format!("{} is missing (make node-software)", cfg.node_bin.join(bin).display()));
         }
     }
-    step(start, "node network: bridge tabbylab0, 192.168.100.0/24");
-    create_bridge()?;
+    let family =
+        if cfg.dual_stack { format!("192.168.100.0/24 and {NODE_NET6}/{PREFIX6}") } else { "192.168.100.0/24".into() };
+    step(start, &format!("node network: bridge tabbylab0, {family}"));
+    create_bridge(cfg.dual_stack)?;
     for node in nodes {
-        node.create_network()?;
+        node.create_network(cfg.dual_stack)?;
     }
 
     // Credentials: the kubelets' client CA and the API server's client certificate, node and kube-proxy tokens.
@@ -308,7 +318,11 @@ async fn serve_inner(
             "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
             // The `kubernetes` Service gets the real endpoint (the control-plane node's address).
             "--endpoint-reconciler-type=lease".into(),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            if cfg.dual_stack {
+                format!("--service-cluster-ip-range={SERVICE_CIDR},{SERVICE_CIDR6}")
+            } else {
+                format!("--service-cluster-ip-range={SERVICE_CIDR}")
+            },
         ],
         // Kubelets heartbeat here: the node lifecycle controller runs (taints, NotReady nodes' pods).
         controller_manager_flags: vec!["--controllers=*".into()],
@@ -444,7 +458,11 @@ fn start_node(
         format!("--config={}", super::render::KUBELET_CONFIG),
         format!("--kubeconfig={}", super::render::KUBELET_KUBECONFIG),
         format!("--hostname-override={}", node.name),
-        format!("--node-ip={}", node.address),
+        if cfg.dual_stack {
+            format!("--node-ip={},{}", node.address, node.address6())
+        } else {
+            format!("--node-ip={}", node.address)
+        },
         "--root-dir=/var/lib/kubelet".into(),
         "--cert-dir=/var/lib/kubelet/pki".into(),
     ];

@@ -38,6 +38,11 @@ pub const BRIDGE: &str = "tabbylab0";
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 /// Prefix length of the node network.
 pub const PREFIX: u8 = 24;
+/// The node network's IPv6 prefix in a dual-stack lab: this machine is `::1`, node N is `::(100+N)`.
+pub const NODE_NET6: &str = "fd00:100::";
+pub const PREFIX6: u8 = 64;
+/// The dual-stack lab's IPv6 Service network.
+pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
 /// Where the registry mirror listens (on [`GATEWAY`]).
 pub const REGISTRY_PORT: u16 = 5000;
 /// The Service network, and the cluster DNS Service's address in it.

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::render::{self, NodeFacts};
-use super::{BRIDGE, GATEWAY, LINK_PREFIX, NETNS_PREFIX, PREFIX, cgroups, sh};
+use super::{BRIDGE, GATEWAY, LINK_PREFIX, NETNS_PREFIX, NODE_NET6, PREFIX, PREFIX6, cgroups, sh};
 
 /// Directories every node has its own copy of, bound at these paths in its mount namespace. `/run` is not
 /// here: each node gets a fresh tmpfs there, as after a boot.
@@ -89,9 +89,14 @@ impl LabNode {
         format!("{LINK_PREFIX}{}", self.index)
     }
 
-    /// The network namespace and its link to the bridge: `eth0` at the node's address, default route via
-    /// this machine, forwarding on (a node routes its pods' traffic).
-    pub fn create_network(&self) -> Result<(), String> {
+    /// The node's IPv6 address in a dual-stack lab.
+    pub fn address6(&self) -> String {
+        format!("{NODE_NET6}{}", 100 + self.index)
+    }
+
+    /// The network namespace and its link to the bridge: `eth0` at the node's address (and IPv6 address in a
+    /// dual-stack lab), default routes via this machine, forwarding on (a node routes its pods' traffic).
+    pub fn create_network(&self, dual_stack: bool) -> Result<(), String> {
         sh::ip(&["netns", "add", &self.netns])?;
         let veth = self.veth();
         sh::ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &self.netns])?;
@@ -109,6 +114,16 @@ impl LabNode {
             sh::ip(&full)?;
         }
         sh::run("nsenter", &[&format!("--net=/run/netns/{}", self.netns), "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        if dual_stack {
+            let addr6 = format!("{}/{PREFIX6}", self.address6());
+            let gw6 = format!("{NODE_NET6}1");
+            sh::ip(&["-n", &self.netns, "addr", "add", &addr6, "dev", "eth0", "nodad"])?;
+            sh::ip(&["-n", &self.netns, "-6", "route", "add", "default", "via", &gw6])?;
+            sh::run(
+                "nsenter",
+                &[&format!("--net=/run/netns/{}", self.netns), "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+            )?;
+        }
         Ok(())
     }
 

@@ -138,7 +138,10 @@ maxPods: 110
 /// (or, for the reference plugins, by their bridge).
 pub fn proxy_config(node: &NodeFacts) -> String {
     let detect_local = match node.pod_network {
-        PodNetwork::Tabby => format!("detectLocalMode: InterfaceNamePrefix\ndetectLocal: {{interfaceNamePrefix: {}}}", tabby_veth_prefix()),
+        PodNetwork::Tabby => format!(
+            "detectLocalMode: InterfaceNamePrefix\ndetectLocal: {{interfaceNamePrefix: {}}}",
+            tabby_veth_prefix()
+        ),
         PodNetwork::Reference => "detectLocalMode: BridgeInterface\ndetectLocal: {bridgeInterface: cni0}".to_string(),
     };
     format!(

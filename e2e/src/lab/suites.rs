@@ -99,8 +99,12 @@ pub struct Run {
     pub report: PathBuf,
     /// Upstream's e2e.test.
     pub e2e_test: PathBuf,
+    /// The network-policy-api conformance suite and its CRD (`make netpol-api-test`), for the netpol suite.
+    pub netpol_api: PathBuf,
     /// Leave the lab running afterwards.
     pub keep: bool,
+    /// IPv4 and IPv6 (the lab, and Tabby's Installation with a pool of each family).
+    pub dual_stack: bool,
 }
 
 /// The reference plugins' configuration for node `index`: bridge `cni0` with its gateway, host-local from the
@@ -144,6 +148,19 @@ fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(
     Ok(())
 }
 
+/// The Installation of a dual-stack run: the default IPv4 pool of custom-resources.yaml and an IPv6 pool.
+pub const DUAL_STACK_INSTALLATION: &str = r#"apiVersion: operator.tabby.dev/v1
+kind: Installation
+metadata:
+  name: default
+spec:
+  network:
+    bgp: Enabled
+    ipPools:
+    - {name: default-ipv4-ippool, cidr: 192.168.0.0/16, blockSize: 26, encapsulation: None, natOutgoing: Enabled, nodeSelector: all()}
+    - {name: default-ipv6-ippool, cidr: "fd00:10:244::/48", blockSize: 122, encapsulation: None, natOutgoing: Disabled, nodeSelector: all()}
+"#;
+
 /// Installs the plugin on the running lab and waits until every node is Ready and CoreDNS is available.
 fn install(cfg: &LabConfig, plugin: Plugin) -> Result<(), String> {
     match plugin {
@@ -151,11 +168,20 @@ fn install(cfg: &LabConfig, plugin: Plugin) -> Result<(), String> {
             println!("==> kubectl create -f operator.yaml; kubectl create -f custom-resources.yaml");
             kubectl(cfg, &["create", "-f", "operator.yaml"])?;
             kubectl(cfg, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
-            kubectl(cfg, &["create", "-f", "custom-resources.yaml"])?;
+            if cfg.dual_stack {
+                let path = cfg.state.join("installation-dual-stack.yaml");
+                std::fs::write(&path, DUAL_STACK_INSTALLATION).map_err(|e| e.to_string())?;
+                kubectl(cfg, &["create", "-f", &path.display().to_string()])?;
+            } else {
+                kubectl(cfg, &["create", "-f", "custom-resources.yaml"])?;
+            }
             wait("TabbyStatus network", Duration::from_secs(120), || {
                 kubectl(cfg, &["get", "tabbystatus", "network"]).is_ok()
             })?;
             kubectl(cfg, &["wait", "--for=condition=Available", "tabbystatus/network", "--timeout=300s"])?;
+        }
+        Plugin::Reference if cfg.dual_stack => {
+            return Err("the reference control runs single-stack (its conflist has one IPv4 range)".into());
         }
         Plugin::Reference => {
             println!("==> the reference plugins: bridge + host-local on every node, routes between nodes");
@@ -222,11 +248,39 @@ fn run_e2e(cfg: &LabConfig, run: &Run) -> Result<(), String> {
     }
 }
 
+/// The network-policy-api conformance suite (ClusterNetworkPolicy) against the lab: its CRD installed as a
+/// cluster that offers the API has it, then its Go test with every feature; output in `<report>/netpol-api.log`.
+fn run_netpol_api(cfg: &LabConfig, run: &Run) -> Result<Vec<conformance::Spec>, String> {
+    let test = run.netpol_api.join("netpol-api.test");
+    let crd = run.netpol_api.join("crd.yaml");
+    if !test.is_file() || !crd.is_file() {
+        return Err(format!("{} is missing (make netpol-api-test)", test.display()));
+    }
+    kubectl(cfg, &["apply", "--server-side", "-f", &crd.display().to_string()])?;
+    kubectl(cfg, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
+    println!("==> the network-policy-api conformance suite (all features)");
+    let log_path = run.report.join("netpol-api.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let status = Command::new(&test)
+        .args(["-test.v", "-test.run", "TestConformance", "-test.timeout", "2h", "-enable-all-supported-features"])
+        .env("KUBECONFIG", cfg.state.join("kubeconfig"))
+        .current_dir(&run.report)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .status()
+        .map_err(|e| format!("{}: {e}", test.display()))?;
+    println!("    the suite ended ({status})");
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    Ok(conformance::parse_go_test(&output))
+}
+
 /// A fresh lab, the plugin, the suite, the table. Returns the counts (the lab is removed unless `keep`).
 pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, String> {
     if !run.e2e_test.is_file() {
         return Err(format!("{} is missing (make e2e-test)", run.e2e_test.display()));
     }
+    cfg.dual_stack = run.dual_stack;
     cfg.pod_network = match run.plugin {
         Plugin::Tabby => PodNetwork::Tabby,
         Plugin::Reference => PodNetwork::Reference,
@@ -238,11 +292,22 @@ pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, Str
         }
     }
     let start = Instant::now();
+    let mut api_specs = Vec::new();
     let result = daemon::start_cluster(cfg, lab_exe, start)
         .and_then(|()| install(cfg, run.plugin))
-        .and_then(|()| run_e2e(cfg, run));
+        .and_then(|()| run_e2e(cfg, run))
+        .and_then(|()| {
+            if run.suite == Suite::Netpol {
+                api_specs = run_netpol_api(cfg, run)?;
+            }
+            Ok(())
+        });
     if run.keep {
-        println!("the lab stays: KUBECONFIG={} (tabby-lab down --state {})", cfg.state.join("kubeconfig").display(), cfg.state.display());
+        println!(
+            "the lab stays: KUBECONFIG={} (tabby-lab down --state {})",
+            cfg.state.join("kubeconfig").display(),
+            cfg.state.display()
+        );
     } else if let Err(e) = daemon::down(&cfg.state) {
         eprintln!("lab down: {e}");
     }
@@ -259,22 +324,38 @@ pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, Str
     if specs.is_empty() {
         return Err(format!("no spec ran; see {}", run.report.join("e2e.log").display()));
     }
-    let version = sh::run(&crate::binary().display().to_string(), &["kubectl", "version", "--client"]).unwrap_or_default();
+    let version =
+        sh::run(&crate::binary().display().to_string(), &["kubectl", "version", "--client"]).unwrap_or_default();
     let k8s = version.lines().find_map(|l| l.strip_prefix("Client Version: ")).unwrap_or("?").trim().to_string();
     let title = format!(
-        "{} suite, {} plugin, Kubernetes {k8s}, {} nodes, {} ({} min)",
+        "{} suite, {} plugin{}, Kubernetes {k8s}, {} nodes, {} ({} min)",
         run.suite.name(),
         run.plugin.name(),
+        if run.dual_stack { ", dual stack (IPv4 + IPv6)" } else { "" },
         cfg.nodes,
         k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d"),
         start.elapsed().as_secs() / 60
     );
     let mut summary = conformance::table(&title, &specs);
+    if run.suite == Suite::Netpol {
+        summary.push('\n');
+        if api_specs.is_empty() {
+            summary.push_str(&format!(
+                "network-policy-api conformance suite: no test reached a verdict; see {}\n",
+                run.report.join("netpol-api.log").display()
+            ));
+        } else {
+            summary.push_str(&conformance::table("network-policy-api conformance suite (all features)", &api_specs));
+        }
+    }
     summary.push_str("\nNot run (left out before they start):\n\n");
     for (pattern, reason) in NOT_RUN {
         summary.push_str(&format!("- `{pattern}`: {reason}\n"));
     }
     std::fs::write(run.report.join("summary.md"), &summary).map_err(|e| e.to_string())?;
     println!("\n{summary}\nreport: {}", run.report.display());
-    Ok(conformance::counts(&specs))
+    let mut counts = conformance::counts(&specs);
+    let api = conformance::counts(&api_specs);
+    counts.failed += api.failed;
+    Ok(counts)
 }
