@@ -23,6 +23,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tabby_e2e::lab::daemon::{self, LabConfig};
 use tabby_e2e::lab::node::LabNode;
+use tabby_e2e::lab::sh;
 
 const PODS: usize = 30;
 const GAP: Duration = Duration::from_millis(200);
@@ -150,17 +151,6 @@ fn all_nodes_ready(state: &Path, want: bool) -> bool {
         .is_ok_and(|s| s.split_whitespace().count() == 3 && s.split_whitespace().all(|v| (v == "True") == want))
 }
 
-fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        if Instant::now() > deadline {
-            return Err(format!("timed out: {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    Ok(())
-}
-
 async fn bench(cfg: &LabConfig) -> Result<Vec<(&'static str, Vec<Duration>)>, String> {
     let state = &cfg.state;
     daemon::start_cluster(cfg, Path::new(env!("CARGO_BIN_EXE_tabby-lab")), Instant::now())?;
@@ -172,7 +162,7 @@ async fn bench(cfg: &LabConfig) -> Result<Vec<(&'static str, Vec<Duration>)>, St
     .map_err(|e| e.to_string())?;
     let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
     kubectl(state, &["create", "namespace", NAMESPACE])?;
-    wait("the default service account", Duration::from_secs(30), || {
+    sh::wait_until("the default service account", Duration::from_secs(30), || {
         kubectl(state, &["get", "sa", "default", "-n", NAMESPACE]).is_ok()
     })?;
     let set_reference = |on: bool| -> Result<(), String> {
@@ -203,11 +193,11 @@ async fn bench(cfg: &LabConfig) -> Result<Vec<(&'static str, Vec<Duration>)>, St
     kubectl(state, &["create", "-f", "operator.yaml"])?;
     kubectl(state, &["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])?;
     kubectl(state, &["create", "-f", "custom-resources.yaml"])?;
-    wait("TabbyStatus network", Duration::from_secs(120), || {
+    sh::wait_until("TabbyStatus network", Duration::from_secs(120), || {
         kubectl(state, &["get", "tabbystatus", "network"]).is_ok()
     })?;
     kubectl(state, &["wait", "--for=condition=Available", "tabbystatus/network", "--timeout=300s"])?;
-    wait("nodes Ready with Tabby", Duration::from_secs(60), || all_nodes_ready(state, true))?;
+    sh::wait_until("nodes Ready with Tabby", Duration::from_secs(60), || all_nodes_ready(state, true))?;
 
     // Rounds in turn, so both see the same machine: reference, Tabby, reference, Tabby.
     let (mut reference, mut tabby) = (Vec::new(), Vec::new());
@@ -226,8 +216,7 @@ async fn bench(cfg: &LabConfig) -> Result<Vec<(&'static str, Vec<Duration>)>, St
 }
 
 fn main() {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    if !root {
+    if !tabby_testkit::skip::is_root() {
         eprintln!("SKIP bench-podstart: the lab needs root");
         std::process::exit(if tabby_e2e::in_ci() { 1 } else { 0 });
     }

@@ -16,6 +16,8 @@ use serde_json::Value;
 use tabby_e2e::lab::daemon::{self, LabConfig};
 use tabby_e2e::lab::node::LabNode;
 use tabby_e2e::repo_root;
+use tabby_testkit::poll::wait;
+use tabby_testkit::skip::require_root;
 
 struct Lab {
     cfg: LabConfig,
@@ -89,15 +91,9 @@ impl Lab {
     }
 }
 
+/// Polls `check` (every 500 ms) until it gives a value.
 fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?}: {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait(what, timeout).every(Duration::from_millis(500)).until_ok(|| check().ok_or_else(|| "not yet".to_string()))
 }
 
 fn condition(obj: &Value, kind: &str) -> Option<String> {
@@ -168,10 +164,7 @@ EOF"#;
 
 #[test]
 fn getting_started_guide() {
-    let root_user = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    if !root_user {
-        assert!(!tabby_e2e::in_ci(), "the lab needs root");
-        eprintln!("SKIP getting_started_guide: the lab needs root (network namespaces, mounts, cgroups)");
+    if !require_root("getting_started_guide") {
         return;
     }
     let bin_dir = env_dir("TABBY_BIN_DIR", "target/e2e-bin");

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Quotes `s` for `sh`.
 pub fn quote(s: &str) -> String {
@@ -37,4 +38,17 @@ pub fn create_dir(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(path)?;
     missing.reverse();
     Ok(missing)
+}
+
+/// Polls `ok` (every 500 ms) until it holds; an error naming `what` after `timeout`. For the lab's own steps,
+/// which report failures instead of panicking (tests use testkit's `poll`).
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?}: {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
 }

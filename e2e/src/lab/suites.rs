@@ -137,17 +137,6 @@ fn kubectl(cfg: &LabConfig, args: &[&str]) -> Result<String, String> {
     }
 }
 
-fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {timeout:?}: {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Ok(())
-}
-
 /// The Installation of a dual-stack run: the default IPv4 pool of custom-resources.yaml and an IPv6 pool.
 pub const DUAL_STACK_INSTALLATION: &str = r#"apiVersion: operator.tabby.dev/v1
 kind: Installation
@@ -175,7 +164,7 @@ fn install(cfg: &LabConfig, plugin: Plugin) -> Result<(), String> {
             } else {
                 kubectl(cfg, &["create", "-f", "custom-resources.yaml"])?;
             }
-            wait("TabbyStatus network", Duration::from_secs(120), || {
+            sh::wait_until("TabbyStatus network", Duration::from_secs(120), || {
                 kubectl(cfg, &["get", "tabbystatus", "network"]).is_ok()
             })?;
             kubectl(cfg, &["wait", "--for=condition=Available", "tabbystatus/network", "--timeout=300s"])?;
@@ -201,7 +190,7 @@ fn install(cfg: &LabConfig, plugin: Plugin) -> Result<(), String> {
             }
         }
     }
-    wait("every node Ready", Duration::from_secs(120), || {
+    sh::wait_until("every node Ready", Duration::from_secs(120), || {
         kubectl(cfg, &["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"])
             .is_ok_and(|s| s.split_whitespace().count() == cfg.nodes && s.split_whitespace().all(|v| v == "True"))
     })?;
