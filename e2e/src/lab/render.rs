@@ -121,10 +121,11 @@ serverTLSBootstrap: false
 clusterDNS: [{CLUSTER_DNS}]
 clusterDomain: {CLUSTER_DOMAIN}
 resolvConf: {RESOLV_CONF}
-# Nothing can be pulled again: never garbage-collect images, and evict only when really out of space.
+# Nothing can be pulled again: never garbage-collect images. Evict only when really out of space: the nodes
+# share this machine's disk with the builds, and a percentage of a large shared disk is gigabytes.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}}
+evictionHard: {{memory.available: "100Mi", nodefs.available: "200Mi", imagefs.available: "200Mi", nodefs.inodesFree: "1%"}}
 serializeImagePulls: false
 maxPods: 110
 "#,
@@ -234,7 +235,7 @@ mod tests {
         assert!(k.contains("clusterDNS: [10.96.0.10]"));
         let yaml: serde_yaml::Value = serde_yaml::from_str(&k).expect("valid YAML");
         assert_eq!(yaml["authentication"]["x509"]["clientCAFile"], KUBELET_CLIENT_CA);
-        assert_eq!(yaml["evictionHard"]["nodefs.available"], "1%");
+        assert_eq!(yaml["evictionHard"]["nodefs.available"], "200Mi");
     }
 
     #[test]
