@@ -66,9 +66,11 @@ pub fn create(path: &str, created: &mut Vec<PathBuf>) -> Result<(), String> {
         for part in path.split('/').filter(|p| !p.is_empty()) {
             let parent = dir.clone();
             dir.push(part);
-            if !dir.exists() {
-                fs::create_dir(&dir).map_err(|e| format!("creating cgroup {}: {e}", dir.display()))?;
-                created.push(dir.clone());
+            // Nodes are set up in parallel: another may create a shared parent between the check and here.
+            match fs::create_dir(&dir) {
+                Ok(()) => created.push(dir.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("creating cgroup {}: {e}", dir.display())),
             }
             if dir.join("cpuset.cpus").exists() {
                 for file in ["cpuset.cpus", "cpuset.mems"] {
