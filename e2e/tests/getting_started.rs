@@ -132,7 +132,14 @@ fn snapshot(node_bin: &Path) -> Vec<(String, Vec<String>)> {
             processes.push(format!("{} {}", entry.file_name().to_string_lossy(), exe.display()));
         }
     }
+    // The mount points the lab makes on this machine for the nodes' directories.
+    let files: Vec<String> = tabby_e2e::lab::node::NODE_DIRS
+        .iter()
+        .filter(|d| Path::new(d).exists())
+        .map(|d| d.to_string())
+        .collect();
     let mut all = vec![
+        ("files", files),
         ("netns", lines("ip", &["netns", "list"])),
         ("links", lines("ip", &["-o", "link", "show"])),
         ("mounts", mounts),
@@ -337,6 +344,7 @@ fn getting_started_guide() {
                 .any(|p| l.contains(p))
                     || what == "processes"
                     || what == "cgroups"
+                    || what == "files"
             })
             .collect();
         assert!(ours.is_empty(), "make lab-down left {what}: {ours:?}");
