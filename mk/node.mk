@@ -15,7 +15,7 @@ COREDNS_VERSION    := v1.14.6
 # The pause version kubeadm and the kubelet of this Kubernetes release use (registry.k8s.io/pause:3.10.2).
 PAUSE_VERSION      := 3.10.2
 NODE_BIN           ?= $(CACHE)/node/bin
-NODE_SOFTWARE      := $(addprefix $(NODE_BIN)/,containerd containerd-shim-runc-v2 ctr coredns agnhost pause)
+NODE_SOFTWARE      := $(addprefix $(NODE_BIN)/,containerd containerd-shim-runc-v2 ctr coredns agnhost pause localhost.crt)
 # Static Go binaries: they run inside images that may carry no C library.
 NODE_GO            := CGO_ENABLED=0 GOBIN=$(NODE_BIN) GOFLAGS=-trimpath
 
@@ -44,11 +44,15 @@ $(NODE_BIN)/coredns: $(ROOT)/mk/node.mk
 	@touch $@
 
 # agnhost is a tool of the control plane's module (go.mod `tool` line), so its version is the control plane's.
-$(NODE_BIN)/agnhost: $(CP_DIR)/go.mod $(CP_DIR)/go.sum
+# Beside it, the TLS certificate and key its porter serves with (the module's test/images/agnhost/porter/,
+# as the upstream image carries them at /localhost.crt and /localhost.key).
+$(NODE_BIN)/agnhost $(NODE_BIN)/localhost.crt &: $(CP_DIR)/go.mod $(CP_DIR)/go.sum
 	@mkdir -p $(NODE_BIN)
 	@echo "==> building agnhost ($(K8S_VERSION) test/images/agnhost)"
 	@cd $(CP_DIR) && start=$$(date +%s) && \
 	  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $@.tmp k8s.io/kubernetes/test/images/agnhost && \
+	  dir=$$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost/porter && \
+	  cp $$dir/localhost.crt $$dir/localhost.key $(NODE_BIN)/ && chmod 0644 $(NODE_BIN)/localhost.crt $(NODE_BIN)/localhost.key && \
 	  mv $@.tmp $@ && echo "    agnhost built in $$(( $$(date +%s) - start ))s"
 
 $(NODE_BIN)/pause: $(CP_DIR)/go.mod

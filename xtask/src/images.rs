@@ -339,7 +339,12 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
             Item::Built { dir: BinDir::Node, file: "agnhost", to: "/" },
             // The entrypoint tests run the image with this name as the entrypoint (a hard link upstream).
             Item::Symlink { path: "/agnhost-2", target: "agnhost" },
+            // porter's TLS certificate and key (make node-software copies them from the Kubernetes module).
+            Item::Built { dir: BinDir::Node, file: "localhost.crt", to: "/" },
+            Item::Built { dir: BinDir::Node, file: "localhost.key", to: "/" },
             Item::Built { dir: BinDir::Node, file: "coredns", to: "/" },
+            // The DNS specs' /etc/hosts probes run `getent hosts` in agnhost too.
+            host("/usr/bin/getent", "libc-bin"),
             host("/usr/bin/dig", "bind9-dnsutils"),
             host("/usr/bin/nslookup", "bind9-dnsutils"),
             host("/usr/bin/curl", "curl"),

@@ -26,6 +26,7 @@ Options:
   --images DIR     image archives (default target/images)   --node-bin DIR  (default .cache/node/bin)
   --bin DIR        Tabby's binaries for kubectl tabby (default target/lab-bin)
   --state DIR      lab state (default: a new directory under /tmp)
+  --focus REGEX    run these specs instead of the suite's (e.g. to run the failures again)
   --keep           leave the lab running afterwards (remove it with tabby-lab down --state DIR)";
 
 fn main() -> ExitCode {
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
     let mut report = None;
     let mut keep = false;
     let mut dual_stack = false;
+    let mut focus = None;
     let mut e2e_test = root.join(".cache/e2e/bin/e2e.test");
     let mut netpol_api = root.join(".cache/e2e/netpol-api");
     let mut cfg = LabConfig::new(std::env::temp_dir().join(format!("tabby-lab-conformance-{}", std::process::id())));
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
             },
             "--keep" => keep = true,
             "--dual-stack" => dual_stack = true,
+            "--focus" => focus = Some(value()),
             "--report" => report = Some(PathBuf::from(value())),
             "--e2e-test" => e2e_test = PathBuf::from(value()),
             "--netpol-api" => netpol_api = PathBuf::from(value()),
@@ -81,7 +84,7 @@ fn main() -> ExitCode {
     }));
     // The lab daemon is tabby-lab, built beside this binary.
     let lab_exe = std::env::current_exe().unwrap_or_default().with_file_name("tabby-lab");
-    let run = Run { suite, plugin, report, e2e_test, netpol_api, keep, dual_stack };
+    let run = Run { suite, plugin, report, e2e_test, netpol_api, keep, dual_stack, focus };
     match suites::run(&mut cfg, &run, &lab_exe) {
         Ok(counts) if counts.failed == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

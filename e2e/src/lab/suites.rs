@@ -103,6 +103,8 @@ pub struct Run {
     pub netpol_api: PathBuf,
     /// Leave the lab running afterwards.
     pub keep: bool,
+    /// A focus of one's own instead of the suite's (to run a few specs again).
+    pub focus: Option<String>,
     /// IPv4 and IPv6 (the lab, and Tabby's Installation with a pool of each family).
     pub dual_stack: bool,
 }
@@ -204,13 +206,14 @@ fn run_e2e(cfg: &LabConfig, run: &Run) -> Result<(), String> {
     let log_path = run.report.join("e2e.log");
     let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let path = format!("{}:{}", cfg.state.display(), std::env::var("PATH").unwrap_or_default());
-    println!("==> e2e.test --ginkgo.focus='{}' --ginkgo.skip='{}'", run.suite.focus(), skip.join("|"));
+    let focus = run.focus.as_deref().unwrap_or(run.suite.focus());
+    println!("==> e2e.test --ginkgo.focus='{focus}' --ginkgo.skip='{}'", skip.join("|"));
     let mut child = Command::new(&run.e2e_test)
         .arg(format!("--kubeconfig={}", cfg.state.join("kubeconfig").display()))
         .arg(format!("--kubectl-path={}", cfg.state.join("kubectl").display()))
         .args(["--provider=local", &format!("--num-nodes={}", cfg.nodes)])
         .arg(format!("--report-dir={}", run.report.display()))
-        .arg(format!("--ginkgo.focus={}", run.suite.focus()))
+        .arg(format!("--ginkgo.focus={focus}"))
         .arg(format!("--ginkgo.skip={}", skip.join("|")))
         .args(["--ginkgo.no-color", "--ginkgo.timeout=4h", "--disable-log-dump"])
         .env("PATH", path)
@@ -228,7 +231,8 @@ fn run_e2e(cfg: &LabConfig, run: &Run) -> Result<(), String> {
         }
         if last.elapsed() > Duration::from_secs(60) {
             last = Instant::now();
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            // Lossy: failure dumps may hold bytes that are not UTF-8.
+            let text = String::from_utf8_lossy(&std::fs::read(&log_path).unwrap_or_default()).into_owned();
             let done = text.matches('•').count();
             let failed = text.matches("[FAILED] [").count();
             println!("    [{:>4}s] {done} specs done, {failed} failed", start.elapsed().as_secs());
@@ -260,7 +264,7 @@ fn run_netpol_api(cfg: &LabConfig, run: &Run) -> Result<Vec<conformance::Spec>, 
         .status()
         .map_err(|e| format!("{}: {e}", test.display()))?;
     println!("    the suite ended ({status})");
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let output = String::from_utf8_lossy(&std::fs::read(&log_path).unwrap_or_default()).into_owned();
     Ok(conformance::parse_go_test(&output))
 }
 
@@ -306,7 +310,7 @@ pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, Str
     for entry in std::fs::read_dir(&run.report).map_err(|e| e.to_string())?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("junit") && name.ends_with(".xml") {
-            let xml = std::fs::read_to_string(entry.path()).map_err(|e| e.to_string())?;
+            let xml = String::from_utf8_lossy(&std::fs::read(entry.path()).map_err(|e| e.to_string())?).into_owned();
             specs.extend(conformance::parse_junit(&xml));
         }
     }
