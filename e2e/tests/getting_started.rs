@@ -133,11 +133,8 @@ fn snapshot(node_bin: &Path) -> Vec<(String, Vec<String>)> {
         }
     }
     // The mount points the lab makes on this machine for the nodes' directories.
-    let files: Vec<String> = tabby_e2e::lab::node::NODE_DIRS
-        .iter()
-        .filter(|d| Path::new(d).exists())
-        .map(|d| d.to_string())
-        .collect();
+    let files: Vec<String> =
+        tabby_e2e::lab::node::NODE_DIRS.iter().filter(|d| Path::new(d).exists()).map(|d| d.to_string()).collect();
     let mut all = vec![
         ("files", files),
         ("netns", lines("ip", &["netns", "list"])),
