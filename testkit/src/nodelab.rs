@@ -247,6 +247,7 @@ impl Lab {
         // No controller-manager: the pods' service account is made by hand.
         let _ = cp.kubectl(&["create", "serviceaccount", "default", "-n", "default"]);
         cp.kubectl_ok(&["create", "-f", repo_root().join("crds").to_str().expect("utf-8")]);
+        cp.kubectl_ok(&["create", "-f", repo_root().join("crds/optional").to_str().expect("utf-8")]);
         cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
         let ul = Netns::new("ul");
         ul.ip(&["link", "add", "br0", "type", "bridge"]);
