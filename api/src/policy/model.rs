@@ -325,6 +325,11 @@ fn parse_nets(field: &str, v: &[String]) -> Result<Vec<IpNet>, Invalid> {
     v.iter().enumerate().map(|(i, s)| parse_net(&format!("{field}[{i}]"), s)).collect()
 }
 
+/// A protocol with port ranges or one named port: one alternative of a rule's ports.
+type ProtoPorts = (Option<u8>, Vec<(u16, u16)>, Option<String>);
+/// A Kubernetes rule's peers and ports.
+type K8sRule = (Option<Vec<k8s::NetworkPolicyPeer>>, Option<Vec<k8s::NetworkPolicyPort>>);
+
 /// A port entry: a number, `from:to`, or a name.
 enum PortSpec {
     Range(u16, u16),
@@ -555,9 +560,7 @@ pub fn from_kubernetes(np: &k8s::NetworkPolicy) -> Result<Policy, Invalid> {
         };
         Ok(Match { sel: Some(PeerSel { selector: pods, scope, sa_names: vec![] }), ..Match::default() })
     };
-    let rules = |dir: &str,
-                 list: Vec<(Option<Vec<k8s::NetworkPolicyPeer>>, Option<Vec<k8s::NetworkPolicyPort>>)>|
-     -> Result<Vec<MRule>, Invalid> {
+    let rules = |dir: &str, list: Vec<K8sRule>| -> Result<Vec<MRule>, Invalid> {
         let mut out = Vec::new();
         for (i, (peers, ports)) in list.into_iter().enumerate() {
             let field = format!("spec.{dir}[{i}]");
@@ -570,7 +573,7 @@ pub fn from_kubernetes(np: &k8s::NetworkPolicy) -> Result<Policy, Invalid> {
                     .collect::<Result<_, _>>()?,
             };
             // Each port entry: (protocol, ranges, name); none: every protocol and port.
-            let mut alts: Vec<(Option<u8>, Vec<(u16, u16)>, Option<String>)> = Vec::new();
+            let mut alts: Vec<ProtoPorts> = Vec::new();
             for (j, p) in ports.unwrap_or_default().iter().enumerate() {
                 let pf = format!("{field}.ports[{j}]");
                 let proto = match p.protocol.as_deref().unwrap_or("TCP") {
@@ -673,31 +676,30 @@ pub fn from_cnp(c: &ClusterNetworkPolicy) -> Result<Policy, Invalid> {
         CnpAction::Deny => Action::Deny,
         CnpAction::Pass => Action::Pass,
     };
-    let protocols =
-        |field: &str, ps: &Option<Vec<cnp::Protocol>>| -> Vec<(Option<u8>, Vec<(u16, u16)>, Option<String>)> {
-            let _ = field;
-            let Some(ps) = ps.as_ref().filter(|p| !p.is_empty()) else { return vec![(None, vec![], None)] };
-            ps.iter()
-                .map(|p| {
-                    let port = |pp: &cnp::ProtocolPort| -> Vec<(u16, u16)> {
-                        match &pp.destination_port {
-                            Some(cnp::Port { number: Some(n), .. }) => vec![(*n as u16, *n as u16)],
-                            Some(cnp::Port { range: Some(r), .. }) => vec![(r.start as u16, r.end as u16)],
-                            _ => vec![],
-                        }
-                    };
-                    if let Some(t) = &p.tcp {
-                        (Some(TCP), port(t), None)
-                    } else if let Some(u) = &p.udp {
-                        (Some(UDP), port(u), None)
-                    } else if let Some(x) = &p.sctp {
-                        (Some(SCTP), port(x), None)
-                    } else {
-                        (None, vec![], p.destination_named_port.clone())
+    let protocols = |field: &str, ps: &Option<Vec<cnp::Protocol>>| -> Vec<ProtoPorts> {
+        let _ = field;
+        let Some(ps) = ps.as_ref().filter(|p| !p.is_empty()) else { return vec![(None, vec![], None)] };
+        ps.iter()
+            .map(|p| {
+                let port = |pp: &cnp::ProtocolPort| -> Vec<(u16, u16)> {
+                    match &pp.destination_port {
+                        Some(cnp::Port { number: Some(n), .. }) => vec![(*n as u16, *n as u16)],
+                        Some(cnp::Port { range: Some(r), .. }) => vec![(r.start as u16, r.end as u16)],
+                        _ => vec![],
                     }
-                })
-                .collect()
-        };
+                };
+                if let Some(t) = &p.tcp {
+                    (Some(TCP), port(t), None)
+                } else if let Some(u) = &p.udp {
+                    (Some(UDP), port(u), None)
+                } else if let Some(x) = &p.sctp {
+                    (Some(SCTP), port(x), None)
+                } else {
+                    (None, vec![], p.destination_named_port.clone())
+                }
+            })
+            .collect()
+    };
     let mut ingress = Vec::new();
     for (i, r) in s.ingress.iter().enumerate() {
         let field = format!("spec.ingress[{i}]");
@@ -1106,13 +1108,10 @@ pub fn compile(c: &Cluster, local: impl Fn(&Endpoint) -> bool) -> Ruleset {
                 let only_staged = applying.iter().all(|p| p.staged());
                 for p in &applying {
                     let key = (p.id.clone(), dir);
-                    if !out.policies.contains_key(&key) {
+                    if let std::collections::btree_map::Entry::Vacant(v) = out.policies.entry(key) {
                         let rules =
                             p.rules(dir).map(|rs| rs.iter().map(|r| comp.rule(r)).collect()).unwrap_or_default();
-                        out.policies.insert(
-                            key,
-                            CPolicy { id: p.id.clone(), tier: p.tier.clone(), dir, staged: p.staged(), rules },
-                        );
+                        v.insert(CPolicy { id: p.id.clone(), tier: p.tier.clone(), dir, staged: p.staged(), rules });
                     }
                 }
                 prog.push(TierStep {
