@@ -352,11 +352,30 @@ impl Lab {
 
     /// Creates a pod on `node` through the real plugin, as a container runtime does.
     pub fn add_pod(&mut self, node: &str, name: &str) -> usize {
+        self.add_pod_in(node, "default", name, &[], &[])
+    }
+
+    /// Creates pod `namespace/name` on `node` with `labels` and named container ports
+    /// (`(name, port, protocol)`), through the real plugin. Pod names are unique across namespaces here
+    /// (the lab finds pods by name).
+    pub fn add_pod_in(
+        &mut self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        ports: &[(&str, u16, &str)],
+    ) -> usize {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
+        let ports: Vec<String> =
+            ports.iter().map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}")).collect();
         self.apply(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{}}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause, ports: [{}]}}]\n",
+            labels.join(", "),
+            ports.join(", ")
         ));
         let pod_ns = Netns::new(name);
-        let ips = match cni_add_all(self.node(node), &pod_ns.path, name) {
+        let ips = match cni_add_ns(self.node(node), &pod_ns.path, namespace, name) {
             Ok(ips) => ips,
             Err((_, out)) => panic!("CNI ADD {name} on {node}: {out}"),
         };
@@ -419,6 +438,11 @@ pub fn cni_add(node: &Node, pod_ns: &str, name: &str) -> AddOutcome {
 
 /// [`cni_add`] with every address the ADD granted, in the order of the result.
 pub fn cni_add_all(node: &Node, pod_ns: &str, name: &str) -> Result<Vec<String>, (u64, String)> {
+    cni_add_ns(node, pod_ns, "default", name)
+}
+
+/// [`cni_add_all`] of a pod in `namespace`.
+pub fn cni_add_ns(node: &Node, pod_ns: &str, namespace: &str, name: &str) -> Result<Vec<String>, (u64, String)> {
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -441,7 +465,9 @@ pub fn cni_add_all(node: &Node, pod_ns: &str, name: &str) -> Result<Vec<String>,
         .env("CNI_PATH", "/opt/cni/bin")
         .env(
             "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"),
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"
+            ),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

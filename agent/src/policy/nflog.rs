@@ -1,6 +1,6 @@
 //! Packets of Log rules: the rule sends them to nflog group [`LOG_GROUP`] with the prefix
 //! `T|<policy chain>|<rule index>`; this reads the group (nfnetlink_log, one socket) and writes one JSON
-//! line per packet to the agent's log (target `tabby_policy_log`): the policy, tier, rule, direction and
+//! line per packet to the agent's log (target `tabby_agent::policy_log`): the policy, tier, rule, direction and
 //! the packet's addresses, protocol and ports. Log never decides: the packet goes on to the next rule.
 
 use std::collections::BTreeMap;
@@ -165,7 +165,7 @@ fn run(attribution: &Attribution) -> std::io::Result<()> {
         for l in messages(&buf[..n as usize]) {
             let a = attribute(&l.prefix, &attr);
             tracing::info!(
-                target: "tabby_policy_log",
+                target: "tabby_agent::policy_log",
                 policy = a.map(|a| a.policy.as_str()).unwrap_or("?"),
                 tier = a.map(|a| a.tier.as_str()).unwrap_or("?"),
                 rule = a.and_then(|a| a.rule),
