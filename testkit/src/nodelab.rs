@@ -317,6 +317,16 @@ impl Lab {
         self.cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
     }
 
+    /// Creates (or relabels) namespace `name` with `labels`, and its `default` service account (the lab
+    /// runs no controller-manager).
+    pub fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: '{name}', labels: {{{}}}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: '{name}'}}\n",
+            labels.join(", ")
+        ));
+    }
+
     /// Makes the node network dual-stack: each node's eth0 gets `fd50::<n>/64` next to its IPv4
     /// address, and forwards IPv6 (as kubeadm requires of dual-stack nodes).
     pub fn ipv6(&self) {
@@ -370,7 +380,7 @@ impl Lab {
         let ports: Vec<String> =
             ports.iter().map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}")).collect();
         self.apply(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{}}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause, ports: [{}]}}]\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: '{name}', namespace: '{namespace}', labels: {{{}}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause, ports: [{}]}}]\n",
             labels.join(", "),
             ports.join(", ")
         ));
