@@ -5,7 +5,6 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`cluster`] | the API's pods, namespaces, sets, nodes, tiers and policies as the model's `Cluster` |
 //! | [`render`] | the compiled rules as nftables chains, sets and verdict maps; what each counter means |
 //! | [`gate`] | the CNI server's hold: ADD answers once the new pod's chains are in |
 //! | [`counters`] | per-rule packet counters from the kernel into `/metrics` |
@@ -14,7 +13,6 @@
 //! A policy that cannot be read as written fails closed (its subject, one Deny rule per direction), and
 //! the agent says so on the policy (condition `Valid`) and in an Event.
 
-pub mod cluster;
 pub mod counters;
 pub mod gate;
 pub mod nflog;
@@ -25,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Client;
+use tabby_api::policy::cluster::{self, ObjectRef, Objects};
 use tabby_api::policy::model::{Endpoint, Invalid, compile};
 
-use self::cluster::ObjectRef;
 use self::gate::Gate;
 use self::render::{Attr, Rendered};
 use crate::facts::Snapshot;
@@ -84,9 +82,29 @@ pub fn iface(e: &Endpoint) -> String {
     tabby_wire::veth_name(&e.namespace, &e.name)
 }
 
+/// The snapshot's objects, as the model's builder (shared with `kubectl tabby policy trace`) reads them.
+pub fn objects(s: &Snapshot) -> Objects<'_> {
+    let p = &s.policy;
+    Objects {
+        pods: s.pods.iter().map(AsRef::as_ref).collect(),
+        namespaces: s.namespaces.iter().map(AsRef::as_ref).collect(),
+        nodes: s.nodes.iter().map(AsRef::as_ref).collect(),
+        blocks: s.blocks.iter().map(AsRef::as_ref).collect(),
+        k8s: p.k8s.iter().map(AsRef::as_ref).collect(),
+        namespaced: p.namespaced.iter().map(AsRef::as_ref).collect(),
+        global: p.global.iter().map(AsRef::as_ref).collect(),
+        staged: p.staged.iter().map(AsRef::as_ref).collect(),
+        staged_global: p.staged_global.iter().map(AsRef::as_ref).collect(),
+        sets: p.sets.iter().map(AsRef::as_ref).collect(),
+        global_sets: p.global_sets.iter().map(AsRef::as_ref).collect(),
+        tiers: p.tiers.iter().map(AsRef::as_ref).collect(),
+        cnps: p.cnps.iter().map(AsRef::as_ref).collect(),
+    }
+}
+
 /// What the facts and the pods being added ask for (pure).
 pub fn want(facts: &Snapshot, pending: &[Endpoint], generation: u64) -> Want {
-    let built = cluster::build(facts, pending);
+    let built = cluster::build(&objects(facts), pending);
     let me = facts.node.as_str();
     let rs = compile(&built.cluster, |e| e.node == me);
     let ifaces = built.cluster.endpoints.iter().filter(|e| e.node == me).map(|e| (e.key(), iface(e))).collect();
@@ -178,7 +196,7 @@ pub mod conditions {
     use tabby_api::policy::CONDITION_VALID;
     use tabby_api::policy::model::{Invalid, Kind};
 
-    use super::cluster::ObjectRef;
+    use tabby_api::policy::cluster::ObjectRef;
 
     /// Reports invalid policies once per change of what is invalid.
     pub struct Reporter {

@@ -4,12 +4,13 @@
 //! [`GlobalNetworkSet`] (labelled CIDR lists that selectors match like endpoints), and [`Tier`]. The
 //! network-policy-api's `ClusterNetworkPolicy` is in [`cnp`]; the model that turns all of them (and
 //! Kubernetes NetworkPolicy) into per-endpoint verdicts is [`model`], shared by the agent and
-//! `kubectl tabby`.
+//! `kubectl tabby`; [`cluster`] builds the model's input from the API objects, for both.
 //!
 //! What the API server checks (schema + CEL): enums, ranges, CIDRs, port forms, selector length and
 //! characters, ports only with TCP/UDP/SCTP, ICMP fields only with ICMP. What CEL cannot check (a
 //! selector's grammar) is reported by the agent as the policy's `Valid` condition, naming the field.
 
+pub mod cluster;
 pub mod cnp;
 pub mod model;
 

@@ -2,21 +2,59 @@
 //! the IPAM blocks' allocations, which exist from the CNI ADD on, and from `status.podIPs`), namespaces,
 //! network sets, nodes, tiers and every kind of policy, normalised. A policy the model refuses is
 //! reported and fails closed: its subject keeps it, with one Deny rule per direction.
+//!
+//! The agent builds it from its caches, `kubectl tabby policy trace` from a list of each kind: the same
+//! function, so the trace explains what the agent enforces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube::ResourceExt;
-use tabby_api::ipam::block::{self, ATTR_NAMESPACE, ATTR_NODE, ATTR_POD};
-use tabby_api::policy::model::{
+
+use super::cnp::ClusterNetworkPolicy;
+use super::model::{
     self, Cluster, Endpoint, Invalid, Kind, MRule, Match, NamedPort, NetSet, NodeInfo, Policy, TierInfo,
 };
-use tabby_api::policy::{Action, PolicyFields, StagedAction};
-use tabby_wire::names as wire;
+use super::{
+    Action, GlobalNetworkPolicy, GlobalNetworkSet, NetworkPolicy, NetworkSet, PolicyFields, StagedAction,
+    StagedGlobalNetworkPolicy, StagedNetworkPolicy, Tier,
+};
+use crate::ipam::IPAMBlock;
+use crate::ipam::block::{self, ATTR_NAMESPACE, ATTR_NODE, ATTR_POD};
 
-use crate::facts::{Snapshot, node_address};
+/// Node annotations with a node's addresses (`10.0.0.1/24`), published by its agent.
+pub const NODE_ADDRESS_ANNOTATIONS: [&str; 2] = ["tabby.dev/IPv4Address", "tabby.dev/IPv6Address"];
+
+/// Whether an IPAM handle holds a tunnel device's address (as `tabby-wire` names them).
+fn is_tunnel_handle(h: &str) -> bool {
+    h.starts_with("vxlan-tunnel-addr-") || h.starts_with("ipip-tunnel-addr-")
+}
+
+/// The container ID of a handle `<network>.<containerID>`.
+fn container_of(h: &str) -> &str {
+    h.split_once('.').map_or(h, |(_, c)| c)
+}
+
+/// Every object policy reads, of each kind.
+#[derive(Debug, Clone, Default)]
+pub struct Objects<'a> {
+    pub pods: Vec<&'a Pod>,
+    pub namespaces: Vec<&'a Namespace>,
+    pub nodes: Vec<&'a Node>,
+    pub blocks: Vec<&'a IPAMBlock>,
+    pub k8s: Vec<&'a K8sNetworkPolicy>,
+    pub namespaced: Vec<&'a NetworkPolicy>,
+    pub global: Vec<&'a GlobalNetworkPolicy>,
+    pub staged: Vec<&'a StagedNetworkPolicy>,
+    pub staged_global: Vec<&'a StagedGlobalNetworkPolicy>,
+    pub sets: Vec<&'a NetworkSet>,
+    pub global_sets: Vec<&'a GlobalNetworkSet>,
+    pub tiers: Vec<&'a Tier>,
+    pub cnps: Vec<&'a ClusterNetworkPolicy>,
+}
 
 /// A policy object, by kind, namespace and name (to report on it).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,15 +74,15 @@ pub struct Built {
 
 /// Every attachment's addresses and node from the blocks' allocations, by (namespace, pod); an
 /// attachment without a pod (a runtime that names none) is ("", container ID), as its veth is named.
-fn block_addresses(s: &Snapshot) -> BTreeMap<(String, String), (Vec<IpAddr>, String)> {
+fn block_addresses(s: &Objects) -> BTreeMap<(String, String), (Vec<IpAddr>, String)> {
     let mut out: BTreeMap<(String, String), (Vec<IpAddr>, String)> = BTreeMap::new();
     for b in s.blocks.iter().filter(|b| !b.spec.deleted) {
         let Some(cidr) = block::parse_cidr(&b.spec.cidr) else { continue };
         for a in block::allocated(&cidr, &b.spec) {
-            let Some(handle) = a.handle().filter(|h| !wire::is_tunnel_handle(h)) else { continue };
+            let Some(handle) = a.handle().filter(|h| !is_tunnel_handle(h)) else { continue };
             let key = match (a.secondary(ATTR_NAMESPACE), a.secondary(ATTR_POD)) {
                 (Some(ns), Some(pod)) if !ns.is_empty() && !pod.is_empty() => (ns.to_string(), pod.to_string()),
-                _ => (String::new(), wire::container_of(handle).to_string()),
+                _ => (String::new(), container_of(handle).to_string()),
             };
             let e = out.entry(key).or_default();
             e.0.push(a.ip);
@@ -123,9 +161,9 @@ fn subject_only(kind: Kind, ns: Option<&str>, name: &str, f: &PolicyFields) -> O
         types: Some(match f.types.as_deref() {
             Some(t) if !t.is_empty() => t.to_vec(),
             _ => {
-                let mut t = vec![tabby_api::policy::PolicyType::Ingress];
+                let mut t = vec![super::PolicyType::Ingress];
                 if !f.egress.is_empty() {
-                    t.push(tabby_api::policy::PolicyType::Egress);
+                    t.push(super::PolicyType::Egress);
                 }
                 t
             }
@@ -137,12 +175,12 @@ fn subject_only(kind: Kind, ns: Option<&str>, name: &str, f: &PolicyFields) -> O
 
 /// Builds the model's cluster from a snapshot, with `pending` endpoints (pods the CNI server is adding
 /// right now, before their allocations reach the cache).
-pub fn build(s: &Snapshot, pending: &[Endpoint]) -> Built {
+pub fn build(s: &Objects, pending: &[Endpoint]) -> Built {
     let mut out = Built::default();
     let c = &mut out.cluster;
     let addrs = block_addresses(s);
     let mut seen = BTreeSet::new();
-    for p in &s.pods {
+    for p in s.pods.iter().copied() {
         let key = (p.namespace().unwrap_or_default(), p.name_any());
         seen.insert(format!("{}/{}", key.0, key.1));
         if let Some(e) = endpoint(p, addrs.get(&key).map(|(ips, _)| ips)) {
@@ -175,7 +213,7 @@ pub fn build(s: &Snapshot, pending: &[Endpoint]) -> Built {
     let nets = |v: &[String]| -> Vec<IpNet> {
         v.iter().filter_map(|n| n.parse::<IpNet>().ok().or_else(|| n.parse::<IpAddr>().ok().map(IpNet::from))).collect()
     };
-    for ns in &s.policy.sets {
+    for ns in &s.sets {
         c.net_sets.push(NetSet {
             namespace: ns.namespace(),
             name: ns.name_any(),
@@ -183,7 +221,7 @@ pub fn build(s: &Snapshot, pending: &[Endpoint]) -> Built {
             nets: nets(&ns.spec.nets),
         });
     }
-    for gs in &s.policy.global_sets {
+    for gs in &s.global_sets {
         c.net_sets.push(NetSet {
             namespace: None,
             name: gs.name_any(),
@@ -192,8 +230,11 @@ pub fn build(s: &Snapshot, pending: &[Endpoint]) -> Built {
         });
     }
     for n in &s.nodes {
-        let mut ips: Vec<IpAddr> =
-            [false, true].iter().filter_map(|v6| node_address(n, *v6)).map(|a| a.addr()).collect();
+        let mut ips: Vec<IpAddr> = NODE_ADDRESS_ANNOTATIONS
+            .iter()
+            .filter_map(|k| n.annotations().get(*k))
+            .filter_map(|v| v.parse::<IpNet>().map(|n| n.addr()).or_else(|_| v.parse::<IpAddr>()).ok())
+            .collect();
         for a in n.status.as_ref().and_then(|st| st.addresses.as_ref()).into_iter().flatten() {
             if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
                 && let Ok(ip) = a.address.parse::<IpAddr>()
@@ -205,7 +246,7 @@ pub fn build(s: &Snapshot, pending: &[Endpoint]) -> Built {
         c.nodes.push(NodeInfo { name: n.name_any(), labels: n.labels().clone(), ips });
     }
     c.tiers = model::builtin_tiers();
-    for t in &s.policy.tiers {
+    for t in &s.tiers {
         let default_action = t.spec.default_action.unwrap_or(Action::Deny);
         c.tiers.insert(t.name_any(), TierInfo { order: t.spec.order, default_action });
     }
@@ -226,10 +267,10 @@ pub fn build(s: &Snapshot, pending: &[Endpoint]) -> Built {
         }
     };
     let oref = |kind, ns: Option<String>, name: String| ObjectRef { kind, namespace: ns, name };
-    for np in &s.policy.k8s {
+    for np in s.k8s.iter().copied() {
         add(oref(Kind::Kubernetes, np.namespace(), np.name_any()), model::from_kubernetes(np), &|| None);
     }
-    for p in &s.policy.namespaced {
+    for p in &s.namespaced {
         let (ns, name) = (p.namespace(), p.name_any());
         let f = &p.spec.fields;
         let r = model::from_tabby(Kind::Namespaced, ns.as_deref(), &name, f);
@@ -237,24 +278,24 @@ pub fn build(s: &Snapshot, pending: &[Endpoint]) -> Built {
             subject_only(Kind::Namespaced, ns.as_deref(), &name, f)
         });
     }
-    for p in &s.policy.global {
+    for p in &s.global {
         let name = p.name_any();
         let f = &p.spec.fields;
         let r = model::from_tabby(Kind::Global, None, &name, f);
         add(oref(Kind::Global, None, name.clone()), r, &|| subject_only(Kind::Global, None, &name, f));
     }
     // Staged policies are never enforced, so one that does not read is only reported.
-    for p in s.policy.staged.iter().filter(|p| p.spec.staged_action != Some(StagedAction::Delete)) {
+    for p in s.staged.iter().filter(|p| p.spec.staged_action != Some(StagedAction::Delete)) {
         let (ns, name) = (p.namespace(), p.name_any());
         let r = model::from_tabby(Kind::StagedNamespaced, ns.as_deref(), &name, &p.spec.fields);
         add(oref(Kind::StagedNamespaced, ns, name), r, &|| None);
     }
-    for p in s.policy.staged_global.iter().filter(|p| p.spec.staged_action != Some(StagedAction::Delete)) {
+    for p in s.staged_global.iter().filter(|p| p.spec.staged_action != Some(StagedAction::Delete)) {
         let name = p.name_any();
         let r = model::from_tabby(Kind::StagedGlobal, None, &name, &p.spec.fields);
         add(oref(Kind::StagedGlobal, None, name), r, &|| None);
     }
-    for p in &s.policy.cnps {
+    for p in s.cnps.iter().copied() {
         add(oref(Kind::Cluster, None, p.name_any()), model::from_cnp(p), &|| None);
     }
     out.invalid = invalid;
@@ -263,42 +304,34 @@ pub fn build(s: &Snapshot, pending: &[Endpoint]) -> Built {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use super::*;
 
-    fn pod(v: serde_json::Value) -> Arc<Pod> {
-        Arc::new(serde_json::from_value(v).unwrap())
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
     }
 
     #[test]
     fn pods_become_endpoints_and_bad_policies_fail_closed() {
-        let mut s = Snapshot {
-            pods: vec![
-                pod(json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}},
+        let pods = [
+            pod(json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}},
                 "spec": {"nodeName": "n1", "serviceAccountName": "web",
                          "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080},
                                                                  {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]},
                 "status": {"podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}})),
-                pod(
-                    json!({"metadata": {"name": "h", "namespace": "x"}, "spec": {"nodeName": "n1", "hostNetwork": true, "containers": []},
+            pod(
+                json!({"metadata": {"name": "h", "namespace": "x"}, "spec": {"nodeName": "n1", "hostNetwork": true, "containers": []},
                 "status": {"podIPs": [{"ip": "192.168.1.1"}]}}),
-                ),
-                pod(
-                    json!({"metadata": {"name": "done", "namespace": "x"}, "spec": {"nodeName": "n1", "containers": []},
-                "status": {"phase": "Succeeded"}}),
-                ),
-            ],
-            ..Snapshot::default()
-        };
-        s.policy.namespaced = vec![Arc::new(
-            serde_json::from_value(json!({"apiVersion": "tabby.dev/v1", "kind": "NetworkPolicy",
-                "metadata": {"name": "typo", "namespace": "x"},
-                "spec": {"selector": "app == 'web'", "ingress": [{"action": "Allow", "source": {"selector": "role = 'x'"}}]}}))
-            .unwrap(),
-        )];
+            ),
+            pod(json!({"metadata": {"name": "done", "namespace": "x"}, "spec": {"nodeName": "n1", "containers": []},
+                "status": {"phase": "Succeeded"}})),
+        ];
+        let typo: NetworkPolicy = serde_json::from_value(json!({"apiVersion": "tabby.dev/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "typo", "namespace": "x"},
+            "spec": {"selector": "app == 'web'", "ingress": [{"action": "Allow", "source": {"selector": "role = 'x'"}}]}}))
+        .unwrap();
+        let s = Objects { pods: pods.iter().collect(), namespaced: vec![&typo], ..Objects::default() };
         let pending = Endpoint { namespace: "x".into(), name: "new".into(), node: "n1".into(), ..Endpoint::default() };
         let b = build(&s, &[pending]);
         let keys: Vec<String> = b.cluster.endpoints.iter().map(Endpoint::key).collect();
