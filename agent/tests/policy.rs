@@ -30,7 +30,7 @@ const METRICS_PORT: &str = "19399";
 /// Waits until `probe` gives `want` (policy converges within seconds), returning how long it took.
 fn until(what: &str, want: bool, probe: impl Fn() -> bool) -> Duration {
     let start = Instant::now();
-    wait(what, Duration::from_secs(20)).every(Duration::from_millis(20)).until(|| probe() == want, || String::new());
+    wait(what, Duration::from_secs(20)).every(Duration::from_millis(20)).until(|| probe() == want, String::new);
     start.elapsed()
 }
 
