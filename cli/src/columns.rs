@@ -279,24 +279,6 @@ pub fn workloadendpoints(items: &[WorkloadEndpoint], all_namespaces: bool, wide:
     t
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resource_names() {
-        assert_eq!(ResourceType::parse("ippools").unwrap(), ResourceType::IPPool);
-        assert_eq!(ResourceType::parse("IPPool").unwrap(), ResourceType::IPPool);
-        assert_eq!(ResourceType::parse("ippools.tabby.dev").unwrap(), ResourceType::IPPool);
-        assert_eq!(ResourceType::parse("wep").unwrap(), ResourceType::WorkloadEndpoint);
-        assert_eq!(ResourceType::parse("bgpconfig").unwrap(), ResourceType::BGPConfiguration);
-        assert!(matches!(ResourceType::parse("pods"), Err(Error::UnknownResource { .. })));
-        for t in ResourceType::ALL {
-            assert_eq!(ResourceType::parse(t.kind()).ok(), Some(t), "{t:?}");
-        }
-    }
-}
-
 fn order(o: Option<f64>) -> String {
     o.map_or_else(|| NONE.to_string(), |o| o.to_string())
 }
@@ -399,4 +381,22 @@ pub fn globalnetworksets(items: &[tabby_api::policy::GlobalNetworkSet], wide: bo
         }
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_names() {
+        assert_eq!(ResourceType::parse("ippools").unwrap(), ResourceType::IPPool);
+        assert_eq!(ResourceType::parse("IPPool").unwrap(), ResourceType::IPPool);
+        assert_eq!(ResourceType::parse("ippools.tabby.dev").unwrap(), ResourceType::IPPool);
+        assert_eq!(ResourceType::parse("wep").unwrap(), ResourceType::WorkloadEndpoint);
+        assert_eq!(ResourceType::parse("bgpconfig").unwrap(), ResourceType::BGPConfiguration);
+        assert!(matches!(ResourceType::parse("pods"), Err(Error::UnknownResource { .. })));
+        for t in ResourceType::ALL {
+            assert_eq!(ResourceType::parse(t.kind()).ok(), Some(t), "{t:?}");
+        }
+    }
 }
