@@ -1,8 +1,8 @@
 //! `tabby-agent cleanup`: every reconciler's teardown, then install-cni's files and the socket — so the
 //! node is as it was before Tabby. The pod host veths and every `proto tabby` route go (their devices'
 //! routes with them), `vxlan.tabby`, tunl0's address (`tunl0` itself belongs to the kernel's `ipip` module
-//! and cannot be deleted: it is left down without an address), NAT's objects of table `inet tabby` (and the
-//! table once nothing else is in it), the CNI plugin binary and conflist, the route protocol name and the
+//! and cannot be deleted: it is left down without an address), policy's and NAT's objects of table
+//! `inet tabby` (and the table once nothing else is in it), the CNI plugin binary and conflist, the route protocol name and the
 //! agent's state files. Run by the agent on SIGTERM when the Installation is being deleted (an uninstall,
 //! not a rolling update), and by hand.
 
@@ -41,6 +41,11 @@ pub async fn cleanup(paths: &Paths) -> Result<Removed, CleanupError> {
     removed.add(Vxlan::new("", k.clone(), RouteTable::new(), None).teardown().await?);
     removed.add(PodRoutes::new(RouteTable::new()).teardown().await?);
     removed.add(Ipip::new("", k, None, false).teardown().await?);
+    // Policy before NAT: NAT removes the table once nothing else is in it.
+    let gate = crate::policy::gate::Gate::new("", Arc::default(), None);
+    removed.add(
+        crate::policy::Policy::new(Arc::new(Mutex::new(Nft::default())), Duration::ZERO, gate, None).teardown().await?,
+    );
     removed.add(Nat::new(Arc::new(Mutex::new(Nft::default())), Duration::ZERO).teardown().await?);
     removed.add(Identity::for_teardown(paths).teardown().await?);
     for f in [paths.plugin(), paths.conflist(), paths.socket.clone()] {

@@ -17,6 +17,11 @@ use tokio::sync::watch;
 
 use crate::ipam::allocator::{AllocRequest, ReleaseSel};
 use crate::ipam::{Allocator, IpamError};
+use crate::policy::gate::Gate;
+
+/// How long ADD waits for the new pod's policy chains (then it answers anyway: until they are in, the
+/// pod's interface is unknown to the dispatch maps and its traffic is dropped, never let through).
+const POLICY_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A socket that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +54,13 @@ pub struct Shared {
     /// The pod MTU, as the network pass last found it (the underlay's minus VXLAN's 50 or IPIP's 20).
     pub mtu: watch::Receiver<u32>,
     pub metrics: Metrics,
+    /// Network policy's hold: ADD answers once the new pod's chains are in.
+    pub policy: Arc<OnceLock<Gate>>,
 }
 
 impl Shared {
     pub fn new(mtu: watch::Receiver<u32>, metrics: Metrics) -> Shared {
-        Shared { allocator: Arc::default(), ready: Arc::default(), mtu, metrics }
+        Shared { allocator: Arc::default(), ready: Arc::default(), mtu, metrics, policy: Arc::default() }
     }
 
     /// The pod MTU right now.
@@ -165,8 +172,18 @@ pub async fn answer(line: &str, shared: &Shared) -> Response {
     let fmt = |ips: Vec<(std::net::IpAddr, u8)>| ips.iter().map(|(ip, p)| format!("{ip}/{p}")).collect();
     match req.op {
         Op::Add { handle, namespace, pod, .. } => {
+            let who = namespace.clone().zip(pod.clone());
             match alloc.allocate(AllocRequest { handle, namespace, pod, ..Default::default() }).await {
                 Ok(ips) => {
+                    if let (Some(gate), Some((ns, pod))) = (shared.policy.get(), who) {
+                        let addrs = ips.iter().map(|(ip, _)| *ip).collect();
+                        let (waited, ok) = gate.hold(&ns, &pod, addrs, POLICY_HOLD).await;
+                        if ok {
+                            tracing::debug!(namespace = %ns, pod = %pod, waited_ms = waited.as_millis() as u64, "policy in place");
+                        } else {
+                            tracing::warn!(namespace = %ns, pod = %pod, "the pod's policy is not programmed yet; its traffic is dropped until it is");
+                        }
+                    }
                     shared.metrics.adds.inc();
                     Response { ips: fmt(ips), mtu: Some(shared.pod_mtu()), ..ok }
                 }

@@ -8,8 +8,9 @@
 //! | IPAMBlock | all | everything but managed fields |
 //! | IPPool, IPAMConfig, BGPConfiguration, BGPPeer | all | everything but managed fields |
 //! | Secret | `tabby-system` | everything but managed fields (BGP passwords) |
-//! | Pod | this node's (`spec.nodeName`) | metadata (annotations choose pools and addresses), node name |
-//! | Namespace | all | metadata (annotations choose pools) |
+//! | Pod | all | metadata (annotations choose pools and addresses, labels are selected by policy), node name, host network, service account, named container ports, addresses, phase |
+//! | Namespace | all | metadata (annotations choose pools, labels are selected by policy) |
+//! | NetworkPolicy (Kubernetes), NetworkPolicy, GlobalNetworkPolicy, their staged twins, NetworkSet, GlobalNetworkSet, Tier, ClusterNetworkPolicy | all | everything but managed fields |
 //!
 //! Every cache drops `managedFields` and kubectl's last-applied copy: at 10k pods and 100 nodes that is
 //! megabytes of RSS the agent never reads.
@@ -22,7 +23,10 @@ use futures::StreamExt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, NodeStatus, Pod, PodSpec, Secret, SecretKeySelector};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus, Secret, SecretKeySelector,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -31,6 +35,11 @@ use serde::de::DeserializeOwned;
 use tabby_api::bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer};
 use tabby_api::ipam::{IPAMBlock, IPAMConfig, IPPool};
 use tabby_api::names;
+use tabby_api::policy::cnp::ClusterNetworkPolicy;
+use tabby_api::policy::{
+    GlobalNetworkPolicy, GlobalNetworkSet, NetworkPolicy, NetworkSet, StagedGlobalNetworkPolicy, StagedNetworkPolicy,
+    Tier,
+};
 use tokio::sync::Notify;
 
 /// The informer caches, cheap to clone.
@@ -45,8 +54,10 @@ pub struct Facts {
     pub bgp_configs: Store<BGPConfiguration>,
     pub bgp_peers: Store<BGPPeer>,
     pub secrets: Store<Secret>,
+    /// Every pod of the cluster (policy selects pods of every node).
     pub pods: Store<Pod>,
     pub namespaces: Store<Namespace>,
+    pub policy: PolicyStores,
     /// Notified on every event of the kinds the network pass reads.
     pub changed: Arc<Notify>,
     /// Notified on IPPool events (IPAM keeps a block per eligible pool).
@@ -91,11 +102,31 @@ fn lean<K: Resource>(o: &mut K) {
     lean_meta(o.meta_mut());
 }
 
-/// Keeps a pod's metadata (its annotations choose pools and addresses) and its node.
+/// Keeps what IPAM and policy read of a pod: its metadata (annotations choose pools and addresses,
+/// labels are selected), node, host network, service account, named container ports, addresses and phase.
 pub fn lean_pod(p: &mut Pod) {
     lean_meta(&mut p.metadata);
-    p.spec = p.spec.take().map(|s| PodSpec { node_name: s.node_name, ..PodSpec::default() });
-    p.status = None;
+    p.spec = p.spec.take().map(|s| {
+        let named = |c: Container| {
+            let ports: Vec<ContainerPort> =
+                c.ports.unwrap_or_default().into_iter().filter(|p| p.name.is_some()).collect();
+            (!ports.is_empty()).then(|| Container { name: c.name, ports: Some(ports), ..Container::default() })
+        };
+        PodSpec {
+            node_name: s.node_name,
+            host_network: s.host_network,
+            service_account_name: s.service_account_name,
+            containers: s.containers.into_iter().filter_map(named).collect(),
+            init_containers: s.init_containers.map(|v| v.into_iter().filter_map(named).collect()),
+            ..PodSpec::default()
+        }
+    });
+    p.status = p.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        pod_ip: s.pod_ip,
+        pod_ips: s.pod_ips,
+        ..PodStatus::default()
+    });
 }
 
 /// Keeps a namespace's metadata (its annotations choose pools).
@@ -129,8 +160,19 @@ impl Facts {
             bgp_configs: reflect(Api::all(client.clone()), all(), lean, net()),
             bgp_peers: reflect(Api::all(client.clone()), all(), lean, net()),
             secrets: reflect(Api::namespaced(client.clone(), names::SYSTEM_NAMESPACE), all(), lean, net()),
-            pods: reflect(Api::all(client.clone()), all().fields(&format!("spec.nodeName={node}")), lean_pod, vec![]),
-            namespaces: reflect(Api::all(client.clone()), all(), lean_namespace, vec![]),
+            pods: reflect(Api::all(client.clone()), all(), lean_pod, net()),
+            namespaces: reflect(Api::all(client.clone()), all(), lean_namespace, net()),
+            policy: PolicyStores {
+                k8s: reflect(Api::all(client.clone()), all(), lean, net()),
+                namespaced: reflect(Api::all(client.clone()), all(), lean, net()),
+                global: reflect(Api::all(client.clone()), all(), lean, net()),
+                staged: reflect(Api::all(client.clone()), all(), lean, net()),
+                staged_global: reflect(Api::all(client.clone()), all(), lean, net()),
+                sets: reflect(Api::all(client.clone()), all(), lean, net()),
+                global_sets: reflect(Api::all(client.clone()), all(), lean, net()),
+                tiers: reflect(Api::all(client.clone()), all(), lean, net()),
+                cnps: reflect(Api::all(client.clone()), all(), lean, net()),
+            },
             changed,
             pools_changed,
         };
@@ -144,7 +186,21 @@ impl Facts {
             ("secrets", facts.secrets.wait_until_ready().await),
             ("pods", facts.pods.wait_until_ready().await),
             ("namespaces", facts.namespaces.wait_until_ready().await),
+            ("networkpolicies.networking.k8s.io", facts.policy.k8s.wait_until_ready().await),
+            ("networkpolicies", facts.policy.namespaced.wait_until_ready().await),
+            ("globalnetworkpolicies", facts.policy.global.wait_until_ready().await),
+            ("stagednetworkpolicies", facts.policy.staged.wait_until_ready().await),
+            ("stagedglobalnetworkpolicies", facts.policy.staged_global.wait_until_ready().await),
+            ("networksets", facts.policy.sets.wait_until_ready().await),
+            ("globalnetworksets", facts.policy.global_sets.wait_until_ready().await),
+            ("tiers", facts.policy.tiers.wait_until_ready().await),
         ];
+        // ClusterNetworkPolicy's CRD is optional (the operator installs it when absent): a cluster
+        // without it must not hold the agent up.
+        let cnp = tokio::time::timeout(std::time::Duration::from_secs(5), facts.policy.cnps.wait_until_ready()).await;
+        if !matches!(cnp, Ok(Ok(()))) {
+            tracing::warn!("ClusterNetworkPolicies could not be listed (no CRD yet?); they apply once they can");
+        }
         for (kind, r) in waits {
             if let Err(e) = r {
                 tracing::warn!(kind, error = %e, "a cache did not become ready; it fills when its watch does");
@@ -170,8 +226,49 @@ impl Facts {
             bgp_config,
             bgp_peers: self.bgp_peers.state(),
             secrets: self.secrets.state(),
+            pods: self.pods.state(),
+            namespaces: self.namespaces.state(),
+            policy: PolicyFacts {
+                k8s: self.policy.k8s.state(),
+                namespaced: self.policy.namespaced.state(),
+                global: self.policy.global.state(),
+                staged: self.policy.staged.state(),
+                staged_global: self.policy.staged_global.state(),
+                sets: self.policy.sets.state(),
+                global_sets: self.policy.global_sets.state(),
+                tiers: self.policy.tiers.state(),
+                cnps: self.policy.cnps.state(),
+            },
         }
     }
+}
+
+/// The caches of every kind of policy object.
+#[derive(Clone)]
+pub struct PolicyStores {
+    pub k8s: Store<K8sNetworkPolicy>,
+    pub namespaced: Store<NetworkPolicy>,
+    pub global: Store<GlobalNetworkPolicy>,
+    pub staged: Store<StagedNetworkPolicy>,
+    pub staged_global: Store<StagedGlobalNetworkPolicy>,
+    pub sets: Store<NetworkSet>,
+    pub global_sets: Store<GlobalNetworkSet>,
+    pub tiers: Store<Tier>,
+    pub cnps: Store<ClusterNetworkPolicy>,
+}
+
+/// Every policy object, as one pass sees them.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyFacts {
+    pub k8s: Vec<Arc<K8sNetworkPolicy>>,
+    pub namespaced: Vec<Arc<NetworkPolicy>>,
+    pub global: Vec<Arc<GlobalNetworkPolicy>>,
+    pub staged: Vec<Arc<StagedNetworkPolicy>>,
+    pub staged_global: Vec<Arc<StagedGlobalNetworkPolicy>>,
+    pub sets: Vec<Arc<NetworkSet>>,
+    pub global_sets: Vec<Arc<GlobalNetworkSet>>,
+    pub tiers: Vec<Arc<Tier>>,
+    pub cnps: Vec<Arc<ClusterNetworkPolicy>>,
 }
 
 /// The API as one network pass sees it.
@@ -186,6 +283,10 @@ pub struct Snapshot {
     pub bgp_config: BGPConfigurationSpec,
     pub bgp_peers: Vec<Arc<BGPPeer>>,
     pub secrets: Vec<Arc<Secret>>,
+    /// Every pod and namespace of the cluster.
+    pub pods: Vec<Arc<Pod>>,
+    pub namespaces: Vec<Arc<Namespace>>,
+    pub policy: PolicyFacts,
 }
 
 impl Snapshot {
@@ -243,9 +344,12 @@ mod tests {
         assert_eq!(p.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
         assert!(p.metadata.annotations.as_ref().unwrap().contains_key("tabby.dev/ipv4pools"));
         assert_eq!(p.metadata.labels.as_ref().map(|l| l.len()), Some(1));
-        assert!(p.metadata.managed_fields.is_none() && p.status.is_none());
+        assert!(p.metadata.managed_fields.is_none());
+        let status = p.status.unwrap();
+        assert_eq!((status.phase.as_deref(), status.pod_ip.as_deref()), (Some("Running"), Some("10.0.0.1")));
+        assert!(status.conditions.is_none());
         let spec = p.spec.unwrap();
-        assert_eq!((spec.node_name.as_deref(), spec.containers.len()), (Some("n1"), 0));
+        assert_eq!((spec.node_name.as_deref(), spec.containers.len()), (Some("n1"), 0), "no named port, no container");
 
         let mut n: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "n1", "labels": {"zone": "a"}},

@@ -14,6 +14,7 @@
 //! | [`routes`] | the route table, its writer, this node's pod routes and blackholes |
 //! | [`bgp`] | peers, advertisements, the speaker |
 //! | [`nat`] | NAT outgoing |
+//! | [`policy`] | network policy: the model compiled for this node's pods, rendered to nftables; the CNI hold, counters, Log lines |
 //! | [`forwarding`] | the node's forwarding switches |
 //! | [`status`] | NodeStatus and the Node condition |
 //! | [`ipam`] | Calico's block model: allocator, leak release |
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod nat;
 pub mod network;
 pub mod node;
+pub mod policy;
 pub mod reconcile;
 pub mod routes;
 pub mod status;
@@ -101,7 +103,10 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             cfg.leak_grace,
         ));
     }
-    let net = network::Network::start(client.clone(), &cfg, facts, Some(alloc.clone()), health.clone(), mtu).await;
+    let gate = policy::gate::Gate::new(&cfg.node, facts.changed.clone(), Some((facts.pods.clone(), client.clone())));
+    let _ = shared.policy.set(gate.clone());
+    let net =
+        network::Network::start(client.clone(), &cfg, facts, Some(alloc.clone()), health.clone(), mtu, gate).await;
     let net = net.map_err(|e| tracing::error!(error = %e, "the node network did not start")).ok();
     // Ready for the CNI once the first network pass has written the pod MTU (VXLAN/IPIP overhead included).
     shared.ready.store(true, std::sync::atomic::Ordering::Release);

@@ -39,7 +39,12 @@ pub struct IpamCounts {
     pub blocks: u64,
 }
 
+/// Labels of a counted policy rule (direction, tier, policy, rule, action, staged).
+pub type PolicyLabels = Vec<(String, String)>;
+
 struct Metrics {
+    policy_packets: Family<PolicyLabels, Counter>,
+    policy_bytes: Family<PolicyLabels, Counter>,
     reconcile_duration: HistogramFamily,
     reconcile_errors: Family<Label, Counter>,
     bgp_peers: Family<Label, Gauge>,
@@ -53,6 +58,8 @@ fn reconcile_histogram() -> Histogram {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    policy_packets: Family::default(),
+    policy_bytes: Family::default(),
     reconcile_duration: Family::new_with_constructor(reconcile_histogram),
     reconcile_errors: Family::default(),
     bgp_peers: Family::default(),
@@ -86,6 +93,12 @@ pub fn observe_status(bgp: Option<&BgpStatus>, routes: &RouteCounts) {
     for (kind, n) in ROUTE_KINDS.iter().zip([r.local, r.blackhole, r.remote]) {
         METRICS.routes.get_or_create(&[("kind", *kind)]).set(i64::from(n));
     }
+}
+
+/// Adds packets and bytes a policy rule counted (see `policy::counters`).
+pub fn policy_counted(labels: PolicyLabels, packets: u64, bytes: u64) {
+    METRICS.policy_packets.get_or_create(&labels).inc_by(packets);
+    METRICS.policy_bytes.get_or_create(&labels).inc_by(bytes);
 }
 
 /// Sets where the IPAM gauges come from (once; later calls are ignored).
@@ -130,6 +143,17 @@ pub fn register(r: &mut Registry) {
         "Routes Tabby programmed in the kernel by kind: local (to this node's pods), blackhole (this node's \
          blocks), remote (to other nodes' blocks, learned over BGP or computed for VXLAN/CrossSubnet)",
         m.routes.clone(),
+    );
+    r.register(
+        "tabby_agent_policy_packets",
+        "Packets a network policy rule matched, by direction, tier, policy, rule index and action (tier-deny: \
+         a tier's end; unknown-interface: a pod interface the agent has not programmed; staged: would-be verdicts)",
+        m.policy_packets.clone(),
+    );
+    r.register(
+        "tabby_agent_policy_bytes",
+        "Bytes of the packets in tabby_agent_policy_packets",
+        m.policy_bytes.clone(),
     );
     r.register_collector(Box::new(IpamCollector));
 }

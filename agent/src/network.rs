@@ -3,7 +3,8 @@
 //!
 //! Order matters only through [`Local`]: the node's addresses and MTU come first, the encapsulations
 //! then know where they start from, the Node is annotated with what they found, routes, BGP and NAT
-//! follow, and NodeStatus reports everything last.
+//! follow, then network policy (on the same nftables writer as NAT), and NodeStatus reports everything
+//! last.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,8 @@ use crate::ipam::Allocator;
 use crate::kernel::{Kernel, KernelError};
 use crate::nat::Nat;
 use crate::node::{Annotations, Identity};
+use crate::policy::Policy;
+use crate::policy::gate::Gate;
 use crate::reconcile::{Local, Slot};
 use crate::routes::RouteTable;
 use crate::routes::pods::PodRoutes;
@@ -34,6 +37,7 @@ struct Reconcilers {
     pod_routes: Slot<PodRoutes>,
     bgp: Slot<Bgp>,
     nat: Slot<Nat>,
+    policy: Slot<Policy>,
     status: Slot<Status>,
 }
 
@@ -49,6 +53,7 @@ impl Reconcilers {
         self.pod_routes.step(&snap, &mut local).await;
         self.bgp.step(&snap, &mut local).await;
         self.nat.step(&snap, &mut local).await;
+        self.policy.step(&snap, &mut local).await;
         self.status.step(&snap, &mut local).await;
     }
 }
@@ -72,6 +77,7 @@ impl Network {
         alloc: Option<Allocator>,
         health: tabby_obs::Health,
         mtu: watch::Sender<u32>,
+        gate: Gate,
     ) -> Result<Network, KernelError> {
         crate::routes::write_proto_name(&cfg.paths.protos_file);
         let kernel = Kernel::open()?;
@@ -84,6 +90,9 @@ impl Network {
         health.set("network", true, false, "starting");
         let node = cfg.node.as_str();
         let nft = Arc::new(Mutex::new(crate::kernel::nft::Nft::default()));
+        let policy = Policy::new(nft.clone(), cfg.resync, gate, Some(client.clone()));
+        tokio::spawn(crate::policy::counters::run(nft.clone(), policy.attribution(), Duration::from_secs(5)));
+        crate::policy::nflog::spawn(policy.attribution());
         let mut r = Reconcilers {
             node: Slot::new(Identity::new(cfg, mtu)),
             vxlan: Slot::new(Vxlan::new(node, kernel.clone(), table.clone(), alloc.clone())),
@@ -92,6 +101,7 @@ impl Network {
             pod_routes: Slot::new(PodRoutes::new(table.clone())),
             bgp: Slot::new(Bgp::new(cfg.bgp, table.clone(), cfg.hold_time)),
             nat: Slot::new(Nat::new(nft, cfg.resync)),
+            policy: Slot::new(policy),
             status: Slot::new(Status::new(
                 Reporter::new(client.clone(), node, cfg.heartbeat),
                 table.clone(),

@@ -3,6 +3,10 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+use crate::policy::{
+    GlobalNetworkPolicy, GlobalNetworkSet, NetworkPolicy, NetworkSet, StagedGlobalNetworkPolicy, StagedNetworkPolicy,
+    Tier,
+};
 use crate::{
     BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPAMConfig, IPAMHandle, IPPool, Installation, NodeStatus,
     TabbyStatus,
@@ -21,5 +25,27 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         BGPConfiguration::crd(),
         BGPPeer::crd(),
         NodeStatus::crd(),
+        Tier::crd(),
+        NetworkPolicy::crd(),
+        GlobalNetworkPolicy::crd(),
+        StagedNetworkPolicy::crd(),
+        StagedGlobalNetworkPolicy::crd(),
+        NetworkSet::crd(),
+        GlobalNetworkSet::crd(),
     ]
+}
+
+/// ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`): not among [`all`], because it is the
+/// network-policy-api project's; the operator creates it only when the cluster has none.
+pub fn cluster_network_policy() -> CustomResourceDefinition {
+    let mut crd = crate::policy::cnp::ClusterNetworkPolicy::crd();
+    // `*.k8s.io` groups are protected: the API server wants the approval of the group's API review.
+    crd.metadata.annotations = Some(
+        [(
+            "api-approved.kubernetes.io".to_string(),
+            "https://github.com/kubernetes-sigs/network-policy-api/pull/30".to_string(),
+        )]
+        .into(),
+    );
+    crd
 }

@@ -10,7 +10,9 @@
 //! - `operator.tabby.dev/v1`: [`Installation`] (what the user asks for) and [`TabbyStatus`] (how it is going).
 //! - `tabby.dev/v1`: the network's own objects, named after their Calico v3 counterparts:
 //!   [`IPPool`], [`IPAMConfig`], [`IPAMBlock`], [`BlockAffinity`], [`IPAMHandle`], [`BGPConfiguration`],
-//!   [`BGPPeer`] and [`NodeStatus`].
+//!   [`BGPPeer`] and [`NodeStatus`]; network policy ([`policy`]): NetworkPolicy, GlobalNetworkPolicy, their
+//!   staged twins, NetworkSet, GlobalNetworkSet and Tier.
+//! - `policy.networking.k8s.io/v1alpha2`: ClusterNetworkPolicy ([`policy::cnp`]), installed when absent.
 
 // `#[kube(printcolumn(...), printcolumn(...))]` repeats keys such as `type_` by design; clippy's
 // duplicated-attributes lint reads them as duplicates.
@@ -25,6 +27,7 @@ pub mod installation;
 pub mod ipam;
 pub mod names;
 pub mod nodestatus;
+pub mod policy;
 pub mod selector;
 pub mod tabbystatus;
 

@@ -1,15 +1,42 @@
-//! The pool `nodeSelector` language (Calico's, the subset pools use): `all()`, `has(k)`, `k == 'v'`,
-//! `k != 'v'`, `k in {'a','b'}`, `k not in {…}`, `!`, `&&`, `||` and parentheses.
+//! Calico's selector language, whole: what pools' `nodeSelector`, BGP peers and every policy selector
+//! are written in.
+//!
+//! | form | true when |
+//! |---|---|
+//! | `all()` (or empty) | always |
+//! | `global()` | the entity is not namespaced (meaningful only as an entity rule's `namespaceSelector`) |
+//! | `has(k)` | label `k` is present |
+//! | `k == 'v'` | `k` is present with value `v` |
+//! | `k != 'v'` | `k` is absent or has another value |
+//! | `k in {'a', 'b'}` | `k` is present with one of the values |
+//! | `k not in {'a', 'b'}` | `k` is absent or has none of the values |
+//! | `k contains 's'`, `k starts with 's'`, `k ends with 's'` | `k` is present and its value does so |
+//! | `!e`, `e && e`, `e \|\| e`, `(e)` | negation, conjunction, disjunction, grouping (`!` binds tightest, then `&&`) |
+//!
+//! Strings are quoted with `'` or `"` and have no escapes; label keys are letters, digits and `-_./`;
+//! a selector is at most [`MAX_LEN`] characters. [`Selector`]'s `Display` prints the canonical form
+//! (one spelling per meaning of the parsed tree), which names the sets the dataplane builds from it.
 
 use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// The longest selector accepted (Calico's limit).
+pub const MAX_LEN: usize = 1024;
 
 /// A parsed selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Selector {
     All,
+    /// Not namespaced (global network sets).
+    Global,
     Has(String),
     Eq(String, String),
     In(String, Vec<String>),
+    Contains(String, String),
+    StartsWith(String, String),
+    EndsWith(String, String),
     Not(Box<Selector>),
     And(Box<Selector>, Box<Selector>),
     Or(Box<Selector>, Box<Selector>),
@@ -24,32 +51,123 @@ pub struct ParseError {
 }
 
 impl Selector {
-    /// Whether `labels` match.
+    /// Whether `labels` match (a namespaced entity: `global()` is false).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_entity(labels, false)
+    }
+
+    /// Whether an entity with `labels` matches; `global` says whether it is not namespaced.
+    pub fn matches_entity(&self, labels: &BTreeMap<String, String>, global: bool) -> bool {
+        let get = |k: &String| labels.get(k);
         match self {
             Selector::All => true,
+            Selector::Global => global,
             Selector::Has(k) => labels.contains_key(k),
-            Selector::Eq(k, v) => labels.get(k) == Some(v),
-            Selector::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Selector::Not(s) => !s.matches(labels),
-            Selector::And(a, b) => a.matches(labels) && b.matches(labels),
-            Selector::Or(a, b) => a.matches(labels) || b.matches(labels),
+            Selector::Eq(k, v) => get(k) == Some(v),
+            Selector::In(k, vs) => get(k).is_some_and(|v| vs.contains(v)),
+            Selector::Contains(k, s) => get(k).is_some_and(|v| v.contains(s.as_str())),
+            Selector::StartsWith(k, s) => get(k).is_some_and(|v| v.starts_with(s.as_str())),
+            Selector::EndsWith(k, s) => get(k).is_some_and(|v| v.ends_with(s.as_str())),
+            Selector::Not(s) => !s.matches_entity(labels, global),
+            Selector::And(a, b) => a.matches_entity(labels, global) && b.matches_entity(labels, global),
+            Selector::Or(a, b) => a.matches_entity(labels, global) || b.matches_entity(labels, global),
         }
+    }
+
+    /// `a && b`, simplified where one side is `all()`.
+    pub fn and(a: Selector, b: Selector) -> Selector {
+        match (a, b) {
+            (Selector::All, x) | (x, Selector::All) => x,
+            (a, b) => Selector::And(Box::new(a), Box::new(b)),
+        }
+    }
+
+    /// Whether `global()` occurs anywhere in it.
+    pub fn mentions_global(&self) -> bool {
+        match self {
+            Selector::Global => true,
+            Selector::Not(s) => s.mentions_global(),
+            Selector::And(a, b) | Selector::Or(a, b) => a.mentions_global() || b.mentions_global(),
+            _ => false,
+        }
+    }
+
+    /// A Kubernetes label selector (`matchLabels`, `matchExpressions` with In, NotIn, Exists,
+    /// DoesNotExist) as a selector; an empty one is `all()`. An unknown operator is an error.
+    pub fn from_label_selector(ls: &LabelSelector) -> Result<Selector, ParseError> {
+        let mut out = Selector::All;
+        for (k, v) in ls.match_labels.iter().flatten() {
+            out = Selector::and(out, Selector::Eq(k.clone(), v.clone()));
+        }
+        for e in ls.match_expressions.iter().flatten() {
+            let values = e.values.clone().unwrap_or_default();
+            let s = match e.operator.as_str() {
+                "In" => Selector::In(e.key.clone(), values),
+                "NotIn" => Selector::Not(Box::new(Selector::In(e.key.clone(), values))),
+                "Exists" => Selector::Has(e.key.clone()),
+                "DoesNotExist" => Selector::Not(Box::new(Selector::Has(e.key.clone()))),
+                other => {
+                    return Err(ParseError {
+                        input: format!("{e:?}"),
+                        reason: format!("unknown matchExpressions operator {other:?}"),
+                    });
+                }
+            };
+            out = Selector::and(out, s);
+        }
+        Ok(out)
     }
 
     /// Parses a selector; empty means `all()`.
     pub fn parse(input: &str) -> Result<Selector, ParseError> {
+        let fail = |reason: String| ParseError { input: input.into(), reason };
+        if input.chars().count() > MAX_LEN {
+            return Err(fail(format!("longer than {MAX_LEN} characters")));
+        }
         let mut p = Parser { s: input.as_bytes(), i: 0 };
         p.ws();
         if p.i == p.s.len() {
             return Ok(Selector::All);
         }
-        let sel = p.or().map_err(|reason| ParseError { input: input.into(), reason })?;
+        let sel = p.or().map_err(fail)?;
         p.ws();
         if p.i != p.s.len() {
-            return Err(ParseError { input: input.into(), reason: format!("unexpected text at {}", p.i) });
+            return Err(fail(format!("unexpected text at {}", p.i)));
         }
         Ok(sel)
+    }
+}
+
+fn quote(s: &str) -> String {
+    if s.contains('\'') { format!("\"{s}\"") } else { format!("'{s}'") }
+}
+
+impl fmt::Display for Selector {
+    /// The canonical form: parsing it gives the same tree back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |vs: &[String]| vs.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ");
+        // Operands of && and || are parenthesised unless they are atoms.
+        let operand = |s: &Selector| match s {
+            Selector::And(..) | Selector::Or(..) => format!("({s})"),
+            _ => s.to_string(),
+        };
+        match self {
+            Selector::All => write!(f, "all()"),
+            Selector::Global => write!(f, "global()"),
+            Selector::Has(k) => write!(f, "has({k})"),
+            Selector::Eq(k, v) => write!(f, "{k} == {}", quote(v)),
+            Selector::In(k, vs) => write!(f, "{k} in {{{}}}", set(vs)),
+            Selector::Contains(k, v) => write!(f, "{k} contains {}", quote(v)),
+            Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", quote(v)),
+            Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", quote(v)),
+            Selector::Not(s) => match s.as_ref() {
+                Selector::Eq(k, v) => write!(f, "{k} != {}", quote(v)),
+                Selector::In(k, vs) => write!(f, "{k} not in {{{}}}", set(vs)),
+                inner => write!(f, "!{}", operand(inner)),
+            },
+            Selector::And(a, b) => write!(f, "{} && {}", operand(a), operand(b)),
+            Selector::Or(a, b) => write!(f, "{} || {}", operand(a), operand(b)),
+        }
     }
 }
 
@@ -75,6 +193,19 @@ impl Parser<'_> {
         }
     }
 
+    /// A keyword operator: `t` followed by a character that cannot continue a word.
+    fn eat_word(&mut self, t: &str) -> bool {
+        self.ws();
+        let rest = &self.s[self.i..];
+        let ends = rest.get(t.len()).is_none_or(|c| !c.is_ascii_alphanumeric());
+        if rest.starts_with(t.as_bytes()) && ends {
+            self.i += t.len();
+            true
+        } else {
+            false
+        }
+    }
+
     fn or(&mut self) -> Result<Selector, String> {
         let mut left = self.and()?;
         while self.eat("||") {
@@ -92,7 +223,9 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Selector, String> {
-        if self.eat("!") && !self.s[self.i..].starts_with(b"=") {
+        self.ws();
+        if self.s[self.i..].starts_with(b"!") && !self.s[self.i..].starts_with(b"!=") {
+            self.i += 1;
             return Ok(Selector::Not(Box::new(self.unary()?)));
         }
         if self.eat("(") {
@@ -104,6 +237,9 @@ impl Parser<'_> {
         }
         if self.eat("all()") {
             return Ok(Selector::All);
+        }
+        if self.eat("global()") {
+            return Ok(Selector::Global);
         }
         if self.eat("has(") {
             let k = self.key()?;
@@ -119,11 +255,29 @@ impl Parser<'_> {
         if self.eat("!=") {
             return Ok(Selector::Not(Box::new(Selector::Eq(k, self.value()?))));
         }
-        if self.eat("not in") {
+        if self.eat_word("not") {
+            if !self.eat_word("in") {
+                return Err(format!("expected 'in' after {k:?} not"));
+            }
             return Ok(Selector::Not(Box::new(Selector::In(k, self.set()?))));
         }
-        if self.eat("in") {
+        if self.eat_word("in") {
             return Ok(Selector::In(k, self.set()?));
+        }
+        if self.eat_word("contains") {
+            return Ok(Selector::Contains(k, self.value()?));
+        }
+        if self.eat_word("starts") {
+            if !self.eat_word("with") {
+                return Err(format!("expected 'with' after {k:?} starts"));
+            }
+            return Ok(Selector::StartsWith(k, self.value()?));
+        }
+        if self.eat_word("ends") {
+            if !self.eat_word("with") {
+                return Err(format!("expected 'with' after {k:?} ends"));
+            }
+            return Ok(Selector::EndsWith(k, self.value()?));
         }
         Err(format!("expected an operator after {k:?}"))
     }
@@ -174,22 +328,131 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(v: &[(&str, &str)]) -> BTreeMap<String, String> {
+        v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Calico's documented grammar, row by row: selector, labels, expected match.
+    #[test]
+    fn grammar_table() {
+        let web = labels(&[("app", "web"), ("tier", "frontend"), ("kubernetes.io/os", "linux"), ("env", "prod-eu")]);
+        let none = labels(&[]);
+        let table: &[(&str, &BTreeMap<String, String>, bool)] = &[
+            ("", &web, true),
+            ("all()", &none, true),
+            ("app == 'web'", &web, true),
+            ("app == \"web\"", &web, true),
+            ("app == 'db'", &web, false),
+            ("app == 'web'", &none, false),
+            ("app != 'db'", &web, true),
+            ("app != 'web'", &web, false),
+            ("app != 'web'", &none, true),
+            ("app in {'web', 'db'}", &web, true),
+            ("app in {}", &web, false),
+            ("app in {'db'}", &none, false),
+            ("app not in {'db', 'cache'}", &web, true),
+            ("app not in {'web'}", &web, false),
+            ("app not in {'web'}", &none, true),
+            ("has(app)", &web, true),
+            ("has(app)", &none, false),
+            ("!has(app)", &none, true),
+            ("! has(app)", &web, false),
+            ("has(kubernetes.io/os)", &web, true),
+            ("env contains 'od-e'", &web, true),
+            ("env contains 'x'", &web, false),
+            ("env contains ''", &none, false),
+            ("env starts with 'prod'", &web, true),
+            ("env starts with 'eu'", &web, false),
+            ("env ends with '-eu'", &web, true),
+            ("env ends with 'prod'", &web, false),
+            ("env ends with 'eu'", &none, false),
+            ("app == 'web' && tier == 'frontend'", &web, true),
+            ("app == 'web' && tier == 'backend'", &web, false),
+            ("app == 'db' || tier == 'frontend'", &web, true),
+            ("app == 'db' || tier == 'backend'", &web, false),
+            // && binds tighter than ||.
+            ("app == 'db' && tier == 'x' || has(env)", &web, true),
+            ("app == 'db' && (tier == 'x' || has(env))", &web, false),
+            ("!(app == 'db' || app == 'cache')", &web, true),
+            ("!!has(app)", &web, true),
+            ("global()", &web, false),
+            ("(((all())))", &web, true),
+            ("app=='web'&&has(tier)", &web, true),
+            ("a-b_c.d/e == 'x'", &labels(&[("a-b_c.d/e", "x")]), true),
+            ("ins in {'a'}", &labels(&[("ins", "a")]), true),
+            ("notes not in {'a'}", &labels(&[("notes", "b")]), true),
+        ];
+        for (sel, l, want) in table {
+            let s = Selector::parse(sel).unwrap_or_else(|e| panic!("{sel}: {e}"));
+            assert_eq!(s.matches(l), *want, "{sel} against {l:?}");
+            // The canonical form parses to the same tree.
+            assert_eq!(Selector::parse(&s.to_string()).unwrap(), s, "{sel} printed as {s}");
+        }
+        assert!(Selector::Global.matches_entity(&none, true));
+        assert!(!Selector::parse("!global()").unwrap().matches_entity(&none, true));
+    }
 
     #[test]
-    fn selectors() {
-        let labels: BTreeMap<String, String> =
-            [("zone".to_string(), "a".to_string()), ("kubernetes.io/os".to_string(), "linux".to_string())].into();
-        let m = |s: &str| Selector::parse(s).unwrap().matches(&labels);
-        assert!(m("all()"));
-        assert!(m(""));
-        assert!(m("zone == 'a'"));
-        assert!(!m("zone != 'a'"));
-        assert!(m("has(kubernetes.io/os) && zone in {'a', 'b'}"));
-        assert!(m("zone == 'b' || !has(gpu)"));
-        assert!(!m("zone not in {'a'}"));
-        assert!(m("(zone == 'x' || zone == \"a\") && all()"));
-        assert!(Selector::parse("zone ==").is_err());
-        assert!(Selector::parse("zone == 'a' junk").is_err());
-        assert!(Selector::parse("has(zone").is_err());
+    fn bad_selectors() {
+        for bad in [
+            "app ==",
+            "app == 'a' junk",
+            "has(app",
+            "app",
+            "app = 'web'",
+            "app in 'web'",
+            "app in {'a' 'b'}",
+            "app not {'a'}",
+            "app starts 'x'",
+            "app ends 'x'",
+            "app == 'unterminated",
+            "(app == 'a'",
+            "app == 'a' &&",
+            "|| app == 'a'",
+            "&& has(a)",
+        ] {
+            assert!(Selector::parse(bad).is_err(), "{bad} must not parse");
+        }
+        let long = format!("app == '{}'", "x".repeat(MAX_LEN));
+        assert!(Selector::parse(&long).unwrap_err().reason.contains("longer than"));
+    }
+
+    #[test]
+    fn canonical_forms() {
+        let c = |s: &str| Selector::parse(s).unwrap().to_string();
+        assert_eq!(c("a=='1'&&(b!=\"2\"||!has(c))"), "a == '1' && (b != '2' || !has(c))");
+        assert_eq!(c("a not in {'x','y'}"), "a not in {'x', 'y'}");
+        assert_eq!(c("!(a == 'x')"), "a != 'x'");
+        assert_eq!(c("v == \"it's\""), "v == \"it's\"");
+        assert_eq!(c(""), "all()");
+    }
+
+    #[test]
+    fn kubernetes_label_selectors() {
+        let ls = LabelSelector {
+            match_labels: Some([("app".to_string(), "web".to_string())].into()),
+            match_expressions: Some(vec![
+                LabelSelectorRequirement { key: "tier".into(), operator: "In".into(), values: Some(vec!["a".into()]) },
+                LabelSelectorRequirement { key: "x".into(), operator: "NotIn".into(), values: Some(vec!["1".into()]) },
+                LabelSelectorRequirement { key: "os".into(), operator: "Exists".into(), values: None },
+                LabelSelectorRequirement { key: "gpu".into(), operator: "DoesNotExist".into(), values: None },
+            ]),
+        };
+        let s = Selector::from_label_selector(&ls).unwrap();
+        assert!(s.matches(&labels(&[("app", "web"), ("tier", "a"), ("os", "l")])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("tier", "a"), ("os", "l"), ("x", "1")])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("tier", "a"), ("os", "l"), ("gpu", "")])));
+        assert_eq!(Selector::from_label_selector(&LabelSelector::default()).unwrap(), Selector::All);
+        let bad = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "a".into(),
+                operator: "Gt".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        assert!(Selector::from_label_selector(&bad).is_err());
     }
 }

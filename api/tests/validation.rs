@@ -8,14 +8,22 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::core::cel::Validator;
 use serde_json::Value;
 use tabby_api::crds;
+use tabby_api::policy::{self as p, model};
 use tabby_testkit::cases::{ValidationCase as Case, load};
 
 fn cases(file: &str) -> Vec<Case> {
     load(file)
 }
 
+/// Tabby's CRDs and the ClusterNetworkPolicy CRD the operator installs when absent.
+fn every_crd() -> Vec<CustomResourceDefinition> {
+    let mut all = crds::all();
+    all.push(crds::cluster_network_policy());
+    all
+}
+
 fn schemas() -> BTreeMap<String, Value> {
-    crds::all()
+    every_crd()
         .into_iter()
         .map(|crd| {
             let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
@@ -81,6 +89,11 @@ fn schema_errors(schema: &Value, value: &Value, path: &str, out: &mut Vec<String
         if schema.get("minLength").and_then(Value::as_u64).is_some_and(|m| len < m) {
             out.push(format!("{}: too short", at(path)));
         }
+        if let Some(p) = schema.get("pattern").and_then(Value::as_str)
+            && !regex::Regex::new(p).expect("the schema's pattern compiles").is_match(s)
+        {
+            out.push(format!("{}: should match '{p}'", at(path)));
+        }
     }
     if let Some(items) = value.as_array() {
         let n = items.len() as u64;
@@ -135,8 +148,8 @@ fn errors(schemas: &BTreeMap<String, Value>, object: &Value, old: Option<&Value>
 
 #[test]
 fn every_crd_generates_and_is_structural() {
-    let all = crds::all();
-    assert_eq!(all.len(), 10);
+    assert_eq!(crds::all().len(), 17);
+    let all = every_crd();
     for crd in &all {
         let json = serde_json::to_string(crd).unwrap();
         // Client-side `kubectl apply` stores the whole object in an annotation limited to 262144 bytes.
@@ -146,7 +159,9 @@ fn every_crd_generates_and_is_structural() {
         let schema =
             serde_json::to_value(version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
         assert_structural(&schema, "");
-        assert_eq!(crd.spec.scope, "Cluster", "{} should be cluster-scoped", crd.spec.names.kind);
+        let namespaced = ["NetworkPolicy", "StagedNetworkPolicy", "NetworkSet"].contains(&crd.spec.names.kind.as_str());
+        let scope = if namespaced { "Namespaced" } else { "Cluster" };
+        assert_eq!(crd.spec.scope, scope, "{} should be {scope}", crd.spec.names.kind);
     }
 }
 
@@ -214,6 +229,22 @@ fn valid_objects_are_accepted() {
                 serde_json::from_value::<tabby_api::BGPConfiguration>(case.object.clone()).map(|_| ())
             }
             "BGPPeer" => serde_json::from_value::<tabby_api::BGPPeer>(case.object.clone()).map(|_| ()),
+            "NetworkPolicy" => policy_parses::<p::NetworkPolicy>(&case.object, |o| {
+                let ns = o.metadata.namespace.clone().unwrap_or_default();
+                model::from_tabby(model::Kind::Namespaced, Some(&ns), "t", &o.spec.fields).map(|_| ())
+            }),
+            "GlobalNetworkPolicy" => policy_parses::<p::GlobalNetworkPolicy>(&case.object, |o| {
+                model::from_tabby(model::Kind::Global, None, "t", &o.spec.fields).map(|_| ())
+            }),
+            "StagedGlobalNetworkPolicy" => policy_parses::<p::StagedGlobalNetworkPolicy>(&case.object, |o| {
+                model::from_tabby(model::Kind::StagedGlobal, None, "t", &o.spec.fields).map(|_| ())
+            }),
+            "Tier" => serde_json::from_value::<p::Tier>(case.object.clone()).map(|_| ()),
+            "GlobalNetworkSet" => serde_json::from_value::<p::GlobalNetworkSet>(case.object.clone()).map(|_| ()),
+            "NetworkSet" => serde_json::from_value::<p::NetworkSet>(case.object.clone()).map(|_| ()),
+            "ClusterNetworkPolicy" => {
+                policy_parses::<p::cnp::ClusterNetworkPolicy>(&case.object, |o| model::from_cnp(o).map(|_| ()))
+            }
             other => panic!("add {other} to this match"),
         };
         if let Err(e) = parsed {
@@ -221,6 +252,15 @@ fn valid_objects_are_accepted() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// Deserializes a policy and normalises it with the model (a valid object must be programmable).
+fn policy_parses<T: serde::de::DeserializeOwned>(
+    v: &Value,
+    normalise: impl Fn(&T) -> Result<(), model::Invalid>,
+) -> Result<(), serde_json::Error> {
+    let o: T = serde_json::from_value(v.clone())?;
+    normalise(&o).map_err(|e| serde::de::Error::custom(format!("the model refuses it: {e}")))
 }
 
 fn schema_default(crd: &CustomResourceDefinition, field: &str) -> Value {

@@ -68,6 +68,12 @@ pub enum Command {
         #[command(subcommand)]
         command: IpamCommand,
     },
+    /// Network policy: why a connection is allowed or denied.
+    #[command(after_help = POLICY_EXAMPLES)]
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// The client's version, and the operator's and agents' images in the cluster.
     #[command(after_help = "Examples:\n  kubectl tabby version\n  kubectl tabby version --context prod")]
     Version,
@@ -81,14 +87,43 @@ pub enum Command {
 
 const GET_EXAMPLES: &str = "\
 Resource types (plural and short names work too):
-  ippool, ipamblock, blockaffinity, bgpconfig, bgppeer, nodestatus, workloadendpoint (wep)
+  ippool, ipamblock, blockaffinity, bgpconfig, bgppeer, nodestatus, workloadendpoint (wep),
+  networkpolicy (tnp, Tabby's), globalnetworkpolicy (gnp), tier, globalnetworkset (gns)
 
 Examples:
   kubectl tabby get ippool
   kubectl tabby get ippool default-ipv4-ippool -o wide
   kubectl tabby get bgpconfig default -o yaml > bgpconfig.yaml && kubectl apply -f bgpconfig.yaml
   kubectl tabby get workloadendpoint -n prod
-  kubectl tabby get wep -A -o wide";
+  kubectl tabby get wep -A -o wide
+  kubectl tabby get gnp -o wide
+  kubectl tabby get networkpolicy -A";
+
+const POLICY_EXAMPLES: &str = "\
+Examples:
+  kubectl tabby policy trace --from shop/web-0 --to shop/db-0 --port 5432/TCP
+  kubectl tabby policy trace --from shop/web-0 --to 203.0.113.7 --port 443
+  kubectl tabby policy trace --from 10.0.3.4 --to shop/web-0 --port 53/UDP --live";
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The verdict of one connection, and the tier, policy and rule that decide it in each direction.
+    #[command(after_help = POLICY_EXAMPLES)]
+    Trace {
+        /// The source: NAMESPACE/POD, POD (in -n's namespace) or an address.
+        #[arg(long)]
+        from: String,
+        /// The destination: NAMESPACE/POD, POD or an address.
+        #[arg(long)]
+        to: String,
+        /// The destination port and protocol: 80/TCP, 53/UDP, 9000/SCTP (default TCP).
+        #[arg(long)]
+        port: String,
+        /// Also show the deciding rule's packet counter from the agent of each pod's node.
+        #[arg(long)]
+        live: bool,
+    },
+}
 
 const IPAM_EXAMPLES: &str = "\
 Examples:
@@ -124,7 +159,8 @@ pub enum NodeCommand {
 /// `get TYPE [NAME] [-o wide|yaml|json]`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// ippool, ipamblock, blockaffinity, bgpconfig, bgppeer, nodestatus or workloadendpoint.
+    /// ippool, ipamblock, blockaffinity, bgpconfig, bgppeer, nodestatus, workloadendpoint, networkpolicy,
+    /// globalnetworkpolicy, tier or globalnetworkset.
     pub resource: String,
     /// Only this object.
     pub name: Option<String>,

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 /// A connected client and the context's defaults.
 #[derive(Clone)]
 pub struct Cluster {
-    client: Client,
+    pub client: Client,
     /// The API server's URL, for messages.
     pub server: String,
     /// The namespace `-n` names, else the context's.

@@ -22,11 +22,15 @@ pub enum ResourceType {
     BGPPeer,
     NodeStatus,
     WorkloadEndpoint,
+    NetworkPolicy,
+    GlobalNetworkPolicy,
+    Tier,
+    GlobalNetworkSet,
 }
 
 impl ResourceType {
     /// Every type, in the order help lists them.
-    pub const ALL: [ResourceType; 7] = [
+    pub const ALL: [ResourceType; 11] = [
         ResourceType::IPPool,
         ResourceType::IPAMBlock,
         ResourceType::BlockAffinity,
@@ -34,6 +38,10 @@ impl ResourceType {
         ResourceType::BGPPeer,
         ResourceType::NodeStatus,
         ResourceType::WorkloadEndpoint,
+        ResourceType::NetworkPolicy,
+        ResourceType::GlobalNetworkPolicy,
+        ResourceType::Tier,
+        ResourceType::GlobalNetworkSet,
     ];
 
     /// The type a user typed: singular, plural, short name, or kind, in any case.
@@ -55,6 +63,10 @@ impl ResourceType {
             ResourceType::BGPPeer => &["bgppeer", "bgppeers"],
             ResourceType::NodeStatus => &["nodestatus", "nodestatuses", "caliconodestatus"],
             ResourceType::WorkloadEndpoint => &["workloadendpoint", "workloadendpoints", "wep", "weps"],
+            ResourceType::NetworkPolicy => &["networkpolicy", "networkpolicies", "tnp", "netpol", "np"],
+            ResourceType::GlobalNetworkPolicy => &["globalnetworkpolicy", "globalnetworkpolicies", "gnp"],
+            ResourceType::Tier => &["tier", "tiers"],
+            ResourceType::GlobalNetworkSet => &["globalnetworkset", "globalnetworksets", "gns"],
         }
     }
 
@@ -73,6 +85,10 @@ impl ResourceType {
             ResourceType::BGPPeer => "BGPPeer",
             ResourceType::NodeStatus => "NodeStatus",
             ResourceType::WorkloadEndpoint => "WorkloadEndpoint",
+            ResourceType::NetworkPolicy => "NetworkPolicy",
+            ResourceType::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+            ResourceType::Tier => "Tier",
+            ResourceType::GlobalNetworkSet => "GlobalNetworkSet",
         }
     }
 }
@@ -259,6 +275,110 @@ pub fn workloadendpoints(items: &[WorkloadEndpoint], all_namespaces: bool, wide:
             row.push(if w.handles.is_empty() { NONE.into() } else { w.handles.join(",") });
         }
         t.rows.push(row);
+    }
+    t
+}
+
+fn order(o: Option<f64>) -> String {
+    o.map_or_else(|| NONE.to_string(), |o| o.to_string())
+}
+
+fn types(f: &tabby_api::policy::PolicyFields) -> String {
+    use tabby_api::policy::PolicyType;
+    // Calico's defaulting when unset: Ingress, plus Egress with egress rules; Egress alone with only those.
+    let (i, e) = match f.types.as_deref() {
+        Some(t) if !t.is_empty() => (t.contains(&PolicyType::Ingress), t.contains(&PolicyType::Egress)),
+        _ => {
+            let (i, e) = (!f.ingress.is_empty(), !f.egress.is_empty());
+            if e && !i { (false, true) } else { (true, e) }
+        }
+    };
+    match (i, e) {
+        (true, true) => "Ingress,Egress".into(),
+        (true, false) => "Ingress".into(),
+        (false, true) => "Egress".into(),
+        _ => NONE.into(),
+    }
+}
+
+fn valid(c: Option<&tabby_api::policy::PolicyStatus>) -> String {
+    c.and_then(|s| condition::find(&s.conditions, tabby_api::policy::CONDITION_VALID))
+        .map_or_else(|| NONE.to_string(), |c| c.status.clone())
+}
+
+/// A policy's row: [NAMESPACE] NAME TIER ORDER SELECTOR VALID; wide: + [NAMESPACESELECTOR] TYPES INGRESS EGRESS.
+fn policy_row(
+    ns: Option<&str>,
+    name: String,
+    f: &tabby_api::policy::PolicyFields,
+    status: Option<&tabby_api::policy::PolicyStatus>,
+    wide: bool,
+    global: bool,
+) -> Vec<String> {
+    let mut row: Vec<String> = ns.map(str::to_string).into_iter().collect();
+    row.extend([
+        name,
+        f.tier.clone().unwrap_or_else(|| tabby_api::policy::DEFAULT_TIER.into()),
+        order(f.order),
+        or_none(Some(&f.selector)),
+        valid(status),
+    ]);
+    if wide {
+        if global {
+            row.push(or_none(Some(&f.namespace_selector)));
+        }
+        row.extend([types(f), f.ingress.len().to_string(), f.egress.len().to_string()]);
+    }
+    row
+}
+
+/// NAME TIER ORDER SELECTOR VALID (NAMESPACE first with -A); wide adds TYPES INGRESS EGRESS (rule counts).
+pub fn networkpolicies(items: &[tabby_api::policy::NetworkPolicy], wide: bool, all_namespaces: bool) -> Table {
+    let mut h: Vec<&str> = if all_namespaces { vec!["NAMESPACE"] } else { vec![] };
+    h.extend(["NAME", "TIER", "ORDER", "SELECTOR", "VALID"]);
+    if wide {
+        h.extend(["TYPES", "INGRESS", "EGRESS"]);
+    }
+    let mut t = Table::new(h);
+    for p in items {
+        let ns = all_namespaces.then(|| p.metadata.namespace.as_deref().unwrap_or_default());
+        t.rows.push(policy_row(ns, name_of(p), &p.spec.fields, p.status.as_ref(), wide, false));
+    }
+    t
+}
+
+/// NAME TIER ORDER SELECTOR VALID; wide adds NAMESPACESELECTOR TYPES INGRESS EGRESS.
+pub fn globalnetworkpolicies(items: &[tabby_api::policy::GlobalNetworkPolicy], wide: bool) -> Table {
+    let mut t = Table::new(["NAME", "TIER", "ORDER", "SELECTOR", "VALID"]);
+    if wide {
+        t.headers.extend(["NAMESPACESELECTOR", "TYPES", "INGRESS", "EGRESS"].map(String::from));
+    }
+    for p in items {
+        t.rows.push(policy_row(None, name_of(p), &p.spec.fields, p.status.as_ref(), wide, true));
+    }
+    t
+}
+
+/// NAME ORDER DEFAULTACTION.
+pub fn tiers(items: &[tabby_api::policy::Tier], _wide: bool) -> Table {
+    let mut t = Table::new(["NAME", "ORDER", "DEFAULTACTION"]);
+    for x in items {
+        let action = x.spec.default_action.unwrap_or(tabby_api::policy::Action::Deny);
+        t.push([name_of(x), order(x.spec.order), format!("{action:?}")]);
+    }
+    t
+}
+
+/// NAME NETS (how many); wide: NAME NETS (every one) LABELS.
+pub fn globalnetworksets(items: &[tabby_api::policy::GlobalNetworkSet], wide: bool) -> Table {
+    let mut t = if wide { Table::new(["NAME", "NETS", "LABELS"]) } else { Table::new(["NAME", "NETS"]) };
+    for x in items {
+        if wide {
+            let labels: Vec<String> = x.metadata.labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+            t.push([name_of(x), or_none(Some(&x.spec.nets.join(","))), or_none(Some(&labels.join(",")))]);
+        } else {
+            t.push([name_of(x), x.spec.nets.len().to_string()]);
+        }
     }
     t
 }

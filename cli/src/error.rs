@@ -32,9 +32,12 @@ pub enum Error {
     InstallationMissing,
 
     #[error(
-        "unknown resource type {given:?}.\nKnown types: ippool, ipamblock, blockaffinity, bgpconfig, bgppeer, nodestatus, workloadendpoint (plurals and short names work too)."
+        "unknown resource type {given:?}.\nKnown types: ippool, ipamblock, blockaffinity, bgpconfig, bgppeer, nodestatus, workloadendpoint, networkpolicy, globalnetworkpolicy, tier, globalnetworkset (plurals and short names work too)."
     )]
     UnknownResource { given: String },
+
+    #[error("{0}")]
+    Trace(String),
 
     #[error("{kind} {name:?} not found.\nList what exists with: kubectl tabby get {resource}")]
     ObjectNotFound { kind: &'static str, name: String, resource: &'static str },

@@ -4,6 +4,7 @@ use ipnet::IpNet;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tabby_api::ipam::block;
+use tabby_api::policy::{GlobalNetworkPolicy, GlobalNetworkSet, NetworkPolicy, Tier};
 use tabby_api::{BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPPool, NodeStatus};
 
 use crate::args::{GetArgs, OutputFormat};
@@ -30,6 +31,14 @@ pub async fn run(cluster: &Cluster, args: &GetArgs) -> Result<()> {
             objects::<NodeStatus>(cluster, rt, name, out, |items, wide| columns::nodestatuses(items, wide, now)).await
         }
         ResourceType::WorkloadEndpoint => workload_endpoints(cluster, name, out).await,
+        ResourceType::NetworkPolicy => network_policies(cluster, name, out).await,
+        ResourceType::GlobalNetworkPolicy => {
+            objects::<GlobalNetworkPolicy>(cluster, rt, name, out, columns::globalnetworkpolicies).await
+        }
+        ResourceType::Tier => objects::<Tier>(cluster, rt, name, out, columns::tiers).await,
+        ResourceType::GlobalNetworkSet => {
+            objects::<GlobalNetworkSet>(cluster, rt, name, out, columns::globalnetworksets).await
+        }
     }
 }
 
@@ -85,6 +94,42 @@ fn emit(values: Vec<Value>, out: Option<OutputFormat>) -> Result<()> {
     }
     output::print(&text);
     Ok(())
+}
+
+/// Tabby NetworkPolicies of the namespace (`-n`, else the context's) or of all (`-A`).
+async fn network_policies(cluster: &Cluster, name: Option<&str>, out: Option<OutputFormat>) -> Result<()> {
+    let all = cluster.all_namespaces;
+    let mut items: Vec<NetworkPolicy> = cluster
+        .list::<NetworkPolicy>()
+        .await?
+        .into_iter()
+        .filter(|p| all || p.metadata.namespace.as_deref() == Some(cluster.namespace.as_str()))
+        .filter(|p| name.is_none_or(|n| p.metadata.name.as_deref() == Some(n)))
+        .collect();
+    if let Some(n) = name
+        && items.is_empty()
+    {
+        return Err(Error::ObjectNotFound { kind: "NetworkPolicy", name: n.to_string(), resource: "networkpolicy" });
+    }
+    items.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    match out {
+        Some(OutputFormat::Yaml | OutputFormat::Json) => {
+            let values = items
+                .iter()
+                .map(|o| serde_json::to_value(o).map(neat::neat).map_err(|e| Error::Output(e.to_string())))
+                .collect::<Result<Vec<Value>>>()?;
+            emit(values, out)
+        }
+        _ if items.is_empty() => {
+            let scope = if all { String::new() } else { format!(" in {} namespace", cluster.namespace) };
+            output::note(&format!("No resources found{scope}."));
+            Ok(())
+        }
+        _ => {
+            output::print(&columns::networkpolicies(&items, out == Some(OutputFormat::Wide), all).plain());
+            Ok(())
+        }
+    }
 }
 
 async fn workload_endpoints(cluster: &Cluster, name: Option<&str>, out: Option<OutputFormat>) -> Result<()> {

@@ -11,6 +11,7 @@ mod ipam;
 mod neat;
 mod node;
 mod output;
+mod policy;
 mod table;
 mod timefmt;
 mod version;
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::args::{Cli, Command, IpamCommand, NodeCommand};
+use crate::args::{Cli, Command, IpamCommand, NodeCommand, PolicyCommand};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 
@@ -62,6 +63,9 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node { command: NodeCommand::Status { node } } => {
             node::status(&Cluster::connect(&cli.global).await?, node.as_deref()).await
+        }
+        Command::Policy { command: PolicyCommand::Trace { from, to, port, live } } => {
+            policy::run(&Cluster::connect(&cli.global).await?, from, to, port, *live).await
         }
         Command::Ipam { command } => {
             let cluster = Cluster::connect(&cli.global).await?;

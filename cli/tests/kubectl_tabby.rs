@@ -519,6 +519,8 @@ fn every_command_has_help_with_examples_and_completion_scripts() {
         &["ipam", "check", "--help"],
         &["ipam", "release", "--help"],
         &["version", "--help"],
+        &["policy", "--help"],
+        &["policy", "trace", "--help"],
         &["completion", "--help"],
     ] {
         let run = tabby(kubeconfig, args);

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tabby_e2e::cases::{ValidationCase as Case, load};
 use tabby_e2e::{ControlPlane, Options, helm, repo_root, start_or_skip};
 
-const CRD_COUNT: usize = 10;
+const CRD_COUNT: usize = 17;
 
 fn wait_established(cp: &ControlPlane) {
     cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "-l", "!nonexistent", "--all", "--timeout=60s"]);
@@ -39,6 +39,8 @@ async fn operator_yaml_installs_with_create_and_with_server_side_apply() {
     assert!(explain.contains("IP pools the operator creates"), "{explain}");
     let explain = cp.kubectl_ok(&["explain", "ippool.spec.blockSize"]);
     assert!(explain.contains("Prefix length of the per-node blocks"), "{explain}");
+    let explain = cp.kubectl_ok(&["explain", "globalnetworkpolicy.spec.ingress.action"]);
+    assert!(explain.contains("Allow, Deny, Log"), "{explain}");
 
     // The example Installation is valid.
     cp.kubectl_ok(&["create", "-f", repo_root().join("custom-resources.yaml").to_str().unwrap()]);
@@ -78,6 +80,7 @@ fn delete(cp: &ControlPlane, object: &Value) {
 async fn api_server_rejects_invalid_objects_naming_the_field() {
     let Some(cp) = start_or_skip("api_server_validation", Options::default()).await else { return };
     cp.kubectl_ok(&["create", "-f", repo_root().join("crds").to_str().unwrap()]);
+    cp.kubectl_ok(&["create", "-f", repo_root().join("crds/optional").to_str().unwrap()]);
     wait_established(&cp);
 
     let mut failures = Vec::new();

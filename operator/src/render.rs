@@ -55,7 +55,20 @@ pub fn render(spec: &InstallationSpec, facts: &Facts) -> Rendered {
     objects.extend(ip_pools(spec, facts));
     // Last, so every agent starts with its pools, RBAC and CNI configuration already in place.
     objects.push(daemonset(spec, facts, &conflist));
-    Rendered { objects, create_if_absent: vec![singleton("IPAMConfig"), singleton("BGPConfiguration")] }
+    Rendered {
+        objects,
+        create_if_absent: vec![cluster_network_policy_crd(), singleton("IPAMConfig"), singleton("BGPConfiguration")],
+    }
+}
+
+/// ClusterNetworkPolicy's CRD, created only when the cluster has none: it is the network-policy-api
+/// project's API, and a cluster that installed the project's own (newer, or experimental-channel) CRD
+/// keeps it. Shipping it in operator.yaml instead would make `kubectl apply -f operator.yaml` replace
+/// that CRD with ours.
+fn cluster_network_policy_crd() -> Value {
+    let mut crd = serde_json::to_value(tabby_api::crds::cluster_network_policy()).expect("CRDs serialize");
+    crd["metadata"]["labels"] = labels("clusternetworkpolicies");
+    crd
 }
 
 fn labels(name: &str) -> Value {
@@ -86,6 +99,20 @@ pub fn agent_cluster_rules() -> Value {
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
         {"apiGroups": ["tabby.dev"], "resources": ["nodestatuses"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
         {"apiGroups": ["tabby.dev"], "resources": ["nodestatuses/status"], "verbs": ["get", "update", "patch"]},
+        // Network policy: what the policy reconciler reads, and the Valid condition it writes.
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["tabby.dev"],
+         "resources": ["networkpolicies", "globalnetworkpolicies", "stagednetworkpolicies",
+                       "stagedglobalnetworkpolicies", "networksets", "globalnetworksets", "tiers"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["tabby.dev"],
+         "resources": ["networkpolicies/status", "globalnetworkpolicies/status", "stagednetworkpolicies/status",
+                       "stagedglobalnetworkpolicies/status"],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": ["policy.networking.k8s.io"], "resources": ["clusternetworkpolicies"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["policy.networking.k8s.io"], "resources": ["clusternetworkpolicies/status"],
+         "verbs": ["get", "patch"]},
         // To tell an uninstall (Installation being deleted: clean the node) from a rolling update.
         {"apiGroups": ["operator.tabby.dev"], "resources": ["installations"], "verbs": ["get", "list", "watch"]},
     ])

@@ -15,6 +15,11 @@ fn check(case: &str, spec: serde_json::Value, facts: Facts) {
     let mut text = String::new();
     for object in rendered.objects.iter().chain(&rendered.create_if_absent) {
         text.push_str("---\n");
+        if object["kind"] == "CustomResourceDefinition" {
+            // Generated from the API types and checked in api/tests; here only that it is rendered.
+            text.push_str(&format!("# CustomResourceDefinition {} (api::crds)\n", object["metadata"]["name"]));
+            continue;
+        }
         text.push_str(&serde_yaml::to_string(object).unwrap());
     }
     let path = format!("{}/tests/golden/{case}.yaml", env!("CARGO_MANIFEST_DIR"));

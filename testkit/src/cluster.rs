@@ -51,6 +51,7 @@ impl Cluster {
 
     pub fn install_crds(&self) {
         self.cp.kubectl_ok(&["create", "-f", repo_root().join("crds").to_str().expect("utf-8 path")]);
+        self.cp.kubectl_ok(&["create", "-f", repo_root().join("crds/optional").to_str().expect("utf-8 path")]);
         self.cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
     }
 

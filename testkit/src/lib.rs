@@ -10,6 +10,7 @@
 //! | [`cases`] | case tables more than one crate is tested against (`api/tests/cases/`) |
 //! | [`cluster`] | a control plane with Tabby's CRDs, `tabby-agent` processes, the plugin run as a runtime runs it |
 //! | [`nodelab`] | node namespaces on an underlay, each with an agent, pods wired by the plugin |
+//! | [`traffic`] | TCP and UDP servers and clients in namespaces (policy tests) |
 
 pub mod cases;
 pub mod cluster;
@@ -19,6 +20,7 @@ pub mod nodelab;
 pub mod poll;
 pub mod process;
 pub mod skip;
+pub mod traffic;
 
 pub use controlplane::{ControlPlane, Error, Options, binary, helm, repo_root, start_or_skip};
 pub use skip::in_ci;

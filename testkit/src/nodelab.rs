@@ -247,6 +247,7 @@ impl Lab {
         // No controller-manager: the pods' service account is made by hand.
         let _ = cp.kubectl(&["create", "serviceaccount", "default", "-n", "default"]);
         cp.kubectl_ok(&["create", "-f", repo_root().join("crds").to_str().expect("utf-8")]);
+        cp.kubectl_ok(&["create", "-f", repo_root().join("crds/optional").to_str().expect("utf-8")]);
         cp.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
         let ul = Netns::new("ul");
         ul.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -316,6 +317,16 @@ impl Lab {
         self.cp.kubectl_ok(&["apply", "-f", path.to_str().expect("utf-8 path")]);
     }
 
+    /// Creates (or relabels) namespace `name` with `labels`, and its `default` service account (the lab
+    /// runs no controller-manager).
+    pub fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: '{name}', labels: {{{}}}}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: default, namespace: '{name}'}}\n",
+            labels.join(", ")
+        ));
+    }
+
     /// Makes the node network dual-stack: each node's eth0 gets `fd50::<n>/64` next to its IPv4
     /// address, and forwards IPv6 (as kubeadm requires of dual-stack nodes).
     pub fn ipv6(&self) {
@@ -351,11 +362,30 @@ impl Lab {
 
     /// Creates a pod on `node` through the real plugin, as a container runtime does.
     pub fn add_pod(&mut self, node: &str, name: &str) -> usize {
+        self.add_pod_in(node, "default", name, &[], &[])
+    }
+
+    /// Creates pod `namespace/name` on `node` with `labels` and named container ports
+    /// (`(name, port, protocol)`), through the real plugin. Pod names are unique across namespaces here
+    /// (the lab finds pods by name).
+    pub fn add_pod_in(
+        &mut self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        ports: &[(&str, u16, &str)],
+    ) -> usize {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
+        let ports: Vec<String> =
+            ports.iter().map(|(n, p, proto)| format!("{{name: {n}, containerPort: {p}, protocol: {proto}}}")).collect();
         self.apply(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: '{name}', namespace: '{namespace}', labels: {{{}}}}}\nspec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause, ports: [{}]}}]\n",
+            labels.join(", "),
+            ports.join(", ")
         ));
         let pod_ns = Netns::new(name);
-        let ips = match cni_add_all(self.node(node), &pod_ns.path, name) {
+        let ips = match cni_add_ns(self.node(node), &pod_ns.path, namespace, name) {
             Ok(ips) => ips,
             Err((_, out)) => panic!("CNI ADD {name} on {node}: {out}"),
         };
@@ -418,6 +448,11 @@ pub fn cni_add(node: &Node, pod_ns: &str, name: &str) -> AddOutcome {
 
 /// [`cni_add`] with every address the ADD granted, in the order of the result.
 pub fn cni_add_all(node: &Node, pod_ns: &str, name: &str) -> Result<Vec<String>, (u64, String)> {
+    cni_add_ns(node, pod_ns, "default", name)
+}
+
+/// [`cni_add_all`] of a pod in `namespace`.
+pub fn cni_add_ns(node: &Node, pod_ns: &str, namespace: &str, name: &str) -> Result<Vec<String>, (u64, String)> {
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -440,7 +475,9 @@ pub fn cni_add_all(node: &Node, pod_ns: &str, name: &str) -> Result<Vec<String>,
         .env("CNI_PATH", "/opt/cni/bin")
         .env(
             "CNI_ARGS",
-            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"),
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={cid}"
+            ),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

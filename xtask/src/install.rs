@@ -27,6 +27,16 @@ pub fn files() -> Result<Vec<Generated>, Error> {
             content: format!("{HEADER}{}", yaml_stream("crd", std::slice::from_ref(crd))?),
         });
     }
+    let cnp = serde_json::to_value(tabby_api::crds::cluster_network_policy()).expect("CRDs serialize");
+    files.push(Generated {
+        // Not in operator.yaml: the operator creates it when the cluster has none. Here for tests and
+        // for clusters without the operator (`kubectl create -f crds/optional`).
+        path: PathBuf::from(format!(
+            "crds/optional/{}.yaml",
+            cnp["metadata"]["name"].as_str().expect("CRD has a name")
+        )),
+        content: format!("{HEADER}{}", yaml_stream("crd", std::slice::from_ref(&cnp))?),
+    });
     let mut objects = crds;
     objects.extend(operator_objects(&format!("{IMAGE_REPOSITORY}:{VERSION}")));
     files.push(Generated {
@@ -83,7 +93,8 @@ pub fn labels() -> Value {
 /// the CNI plugin (Kubernetes lets a role grant only permissions its creator holds).
 pub fn operator_cluster_rules() -> Value {
     json!([
-        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+        // create: ClusterNetworkPolicy's CRD when the cluster has none (the network-policy-api project's).
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch", "create"]},
         {"apiGroups": ["operator.tabby.dev"], "resources": ["installations", "tabbystatuses"],
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
         {"apiGroups": ["operator.tabby.dev"], "resources": ["installations/status", "tabbystatuses/status"],
@@ -94,6 +105,18 @@ pub fn operator_cluster_rules() -> Value {
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "configmaps"],
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+        // Granted to the agent (network policy).
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["tabby.dev"],
+         "resources": ["networkpolicies", "globalnetworkpolicies", "stagednetworkpolicies",
+                       "stagedglobalnetworkpolicies", "networksets", "globalnetworksets", "tiers"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["tabby.dev"],
+         "resources": ["networkpolicies/status", "globalnetworkpolicies/status", "stagednetworkpolicies/status",
+                       "stagedglobalnetworkpolicies/status"],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": ["policy.networking.k8s.io"], "resources": ["clusternetworkpolicies", "clusternetworkpolicies/status"],
+         "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
         {"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["get", "list", "watch"]},

@@ -60,8 +60,8 @@ fn pool_nets(pools: &[IPPool]) -> Vec<IpNet> {
 
 /// At start: releases this node's allocations with no pod on this node and no veth, after `grace`.
 pub async fn release_local_leaks(alloc: Allocator, client: Client, pods: Store<Pod>, grace: Duration) {
-    // The cache holds this node's pods only: a pod missing from it is gone or runs elsewhere. Nodes exist
-    // (this one does), and the trimmed cache keeps no addresses, so only those two cases show here.
+    // The cache holds every pod (trimmed: node, phase, addresses): a pod missing from it is gone, one on
+    // another node has moved. Nodes exist (this one does).
     let candidates = |alloc: &Allocator| -> Vec<(IpNet, usize, Option<String>, String, String)> {
         let mut out = Vec::new();
         for b in alloc.blocks() {

@@ -1,5 +1,5 @@
 //! The one writer of nftables table `inet tabby`, shared by every owner of objects in it (NAT outgoing
-//! today; network policy next).
+//! and network policy).
 //!
 //! Each owner describes what it wants as a [`Section`] of typed objects: sets (with their elements) and
 //! chains (base or regular, with their rules). [`plan`] compares the sections with what the kernel holds
@@ -12,6 +12,11 @@
 //! Rules are compared by a hash of their text carried in the rule's comment (`tabby:<16 hex>`), so a
 //! chain is rewritten only when its rule list changed, and a rule someone edited or deleted by hand is
 //! noticed.
+//!
+//! After a successful commit the writer keeps what the table now holds (what it had read, with the batch
+//! applied), so the next commit plans against that without reading the table back: a change costs the
+//! changed objects, not the table. [`Nft::refresh`] forgets it, so the next commit reads the kernel again
+//! (each owner's resync, and after any failure).
 //!
 //! Through the `nft` CLI, in its text syntax: the state is read with `nft -j list table` (JSON), and
 //! batches are written as text. Measured against the JSON input syntax and against the library the CLI
@@ -52,18 +57,35 @@ impl Element {
         if n.prefix_len() == n.max_prefix_len() { Element(n.addr().to_string()) } else { Element(n.to_string()) }
     }
 
+    /// A map element: `"key" : verdict` (the verdict `goto chain` or `jump chain`).
+    pub fn map_entry(key: &str, verdict: &str) -> Element {
+        Element(format!("\"{key}\" : {verdict}"))
+    }
+
+    /// Any element in the form the kernel reports it (`10.0.0.1 . tcp . 80` for a concatenation).
+    pub fn raw(text: impl Into<String>) -> Element {
+        Element(text.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What `delete element` takes: a map element's key alone.
+    fn key(&self) -> &str {
+        self.0.split_once(" : ").map_or(self.0.as_str(), |(k, _)| k)
+    }
 }
 
-/// A named set.
+/// A named set, or a map when `map` names the type of its values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: String,
-    /// `ipv4_addr`, `ipv6_addr`, …
+    /// `ipv4_addr`, `ipv6_addr`, `ipv4_addr . inet_proto . inet_service`, `ifname`, …
     pub ty: String,
     pub interval: bool,
+    /// A map's value type (`verdict`); `None` for a set.
+    pub map: Option<String>,
     pub elements: BTreeSet<Element>,
 }
 
@@ -95,12 +117,19 @@ pub struct Section {
     pub owns: fn(&str) -> bool,
 }
 
-/// A set as the kernel holds it.
+/// A set (or map) as the kernel holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CurrentSet {
     pub ty: String,
     pub interval: bool,
+    pub map: Option<String>,
     pub elements: BTreeSet<Element>,
+}
+
+impl CurrentSet {
+    fn same_kind(&self, s: &Set) -> bool {
+        self.ty == s.ty && self.interval == s.interval && self.map == s.map
+    }
 }
 
 /// A chain as the kernel holds it: its hook and the hash comments of its rules, in order (`None` for a
@@ -128,9 +157,26 @@ pub fn rule_tag(rule: &str) -> String {
     format!("tabby:{h:016x}")
 }
 
+fn scalar(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|n| n.to_string()))
+}
+
 fn element(e: &Value) -> Option<Element> {
     if let Some(s) = e.as_str() {
         return Some(Element(s.to_string()));
+    }
+    if let Some(parts) = e.get("concat").and_then(Value::as_array) {
+        let parts: Option<Vec<String>> = parts.iter().map(scalar).collect();
+        return Some(Element(parts?.join(" . ")));
+    }
+    // A map element: [key, verdict].
+    if let Some([k, v]) = e.as_array().map(Vec::as_slice) {
+        let key = element(k)?;
+        let verdict = ["goto", "jump"]
+            .iter()
+            .find_map(|t| v.get(t).and_then(|x| x.get("target")).and_then(Value::as_str).map(|c| format!("{t} {c}")))
+            .or_else(|| v.as_object().and_then(|o| o.keys().next().cloned()))?;
+        return Some(Element(format!("\"{}\" : {verdict}", key.0)));
     }
     if let Some(p) = e.get("prefix") {
         let addr = p.get("addr")?.as_str()?;
@@ -152,14 +198,22 @@ pub fn parse(json: &str) -> Result<Current, NftError> {
     let items = v.get("nftables").and_then(Value::as_array).ok_or_else(|| NftError::Parse("no nftables".into()))?;
     let mut cur = Current::default();
     let str_of = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    // A concatenation's type is a list: `a . b . c`, as it is written.
+    let type_of = |o: &Value| match o.get("type") {
+        Some(Value::Array(parts)) => parts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" . "),
+        _ => str_of(o, "type"),
+    };
     for o in items {
-        if let Some(s) = o.get("set") {
+        if let Some((s, map)) =
+            o.get("set").map(|s| (s, None)).or_else(|| o.get("map").map(|m| (m, Some(str_of(m, "map")))))
+        {
             let flags = s.get("flags").and_then(Value::as_array);
             cur.sets.insert(
                 str_of(s, "name"),
                 CurrentSet {
-                    ty: str_of(s, "type"),
+                    ty: type_of(s),
                     interval: flags.is_some_and(|f| f.iter().any(|x| x == "interval")),
+                    map,
                     elements: s
                         .get("elem")
                         .and_then(Value::as_array)
@@ -194,6 +248,7 @@ pub enum Change {
     FlushChain(String),
     DeleteChain(String),
     DeleteSet(String),
+    DeleteMap(String),
     DeleteElements(String, Vec<Element>),
     AddElements(String, Vec<Element>),
     AddRule(String, String),
@@ -219,7 +274,10 @@ impl Batch {
                 Change::AddTable => format!("add table {t}"),
                 Change::AddSet(s) => {
                     let flags = if s.interval { " flags interval;" } else { "" };
-                    format!("add set {t} {} {{ type {};{flags} }}", s.name, s.ty)
+                    match &s.map {
+                        Some(v) => format!("add map {t} {} {{ type {} : {v};{flags} }}", s.name, s.ty),
+                        None => format!("add set {t} {} {{ type {};{flags} }}", s.name, s.ty),
+                    }
                 }
                 Change::AddChain(c) => match &c.hook {
                     Some(h) => format!(
@@ -231,7 +289,13 @@ impl Batch {
                 Change::FlushChain(n) => format!("flush chain {t} {n}"),
                 Change::DeleteChain(n) => format!("delete chain {t} {n}"),
                 Change::DeleteSet(n) => format!("delete set {t} {n}"),
-                Change::DeleteElements(n, e) => format!("delete element {t} {n} {{ {} }}", list(e)),
+                Change::DeleteMap(n) => format!("delete map {t} {n}"),
+                Change::DeleteElements(n, e) => {
+                    format!(
+                        "delete element {t} {n} {{ {} }}",
+                        e.iter().map(Element::key).collect::<Vec<_>>().join(", ")
+                    )
+                }
                 Change::AddElements(n, e) => format!("add element {t} {n} {{ {} }}", list(e)),
                 Change::AddRule(chain, rule) => format!("add rule {t} {chain} {rule} comment \"{}\"", rule_tag(rule)),
             };
@@ -255,10 +319,10 @@ pub fn plan(cur: Option<&Current>, sections: &[Section]) -> Batch {
     let (mut del_elems, mut add_elems, mut add_rules) = (vec![], vec![], vec![]);
     for s in sections {
         for set in &s.sets {
-            let known = have.sets.get(&set.name).filter(|h| h.ty == set.ty && h.interval == set.interval);
-            if have.sets.contains_key(&set.name) && known.is_none() {
+            let known = have.sets.get(&set.name).filter(|h| h.same_kind(set));
+            if let Some(h) = have.sets.get(&set.name).filter(|_| known.is_none()) {
                 // Another type or flags: only a new set will do (its chains are refilled below).
-                drop_sets.push(Change::DeleteSet(set.name.clone()));
+                drop_sets.push(delete_set(&set.name, h));
             }
             let had = known.map(|h| &h.elements);
             if had.is_none() {
@@ -278,7 +342,7 @@ pub fn plan(cur: Option<&Current>, sections: &[Section]) -> Batch {
         let recreated: BTreeSet<&str> = s
             .sets
             .iter()
-            .filter(|set| have.sets.get(&set.name).is_some_and(|h| h.ty != set.ty || h.interval != set.interval))
+            .filter(|set| have.sets.get(&set.name).is_some_and(|h| !h.same_kind(set)))
             .map(|set| set.name.as_str())
             .collect();
         for c in &s.chains {
@@ -312,15 +376,47 @@ pub fn plan(cur: Option<&Current>, sections: &[Section]) -> Batch {
             flush.push(Change::FlushChain(name.clone()));
             drop_chains.push(Change::DeleteChain(name.clone()));
         }
-        for name in have.sets.keys().filter(|n| (s.owns)(n) && !s.sets.iter().any(|x| &x.name == *n)) {
-            drop_sets.push(Change::DeleteSet(name.clone()));
+        for (name, h) in have.sets.iter().filter(|(n, _)| (s.owns)(n) && !s.sets.iter().any(|x| &x.name == *n)) {
+            drop_sets.push(delete_set(name, h));
         }
     }
-    // Deleted chains first (so the sets their rules use can go), deleted sets before they are re-added.
-    for group in [flush, drop_chains, drop_sets, add_sets, add_chains, del_elems, add_elems, add_rules] {
+    // Elements first (a map's goto elements hold their chains), then rules (which hold sets and chains),
+    // sets and maps, chains; additions in the reverse order, rules last.
+    for group in [del_elems, flush, drop_sets, drop_chains, add_sets, add_chains, add_elems, add_rules] {
         b.0.extend(group);
     }
     b
+}
+
+fn delete_set(name: &str, h: &CurrentSet) -> Change {
+    if h.map.is_some() { Change::DeleteMap(name.to_string()) } else { Change::DeleteSet(name.to_string()) }
+}
+
+/// What the table holds after `batch` (planned by [`plan`] from `cur` for `sections`) was applied.
+pub fn after(cur: Option<&Current>, sections: &[Section]) -> Current {
+    let mut out = cur.cloned().unwrap_or_default();
+    for s in sections {
+        out.chains.retain(|n, _| !(s.owns)(n) || s.chains.iter().any(|c| &c.name == n));
+        out.sets.retain(|n, _| !(s.owns)(n) || s.sets.iter().any(|x| &x.name == n));
+        for set in &s.sets {
+            out.sets.insert(
+                set.name.clone(),
+                CurrentSet {
+                    ty: set.ty.clone(),
+                    interval: set.interval,
+                    map: set.map.clone(),
+                    elements: set.elements.clone(),
+                },
+            );
+        }
+        for c in &s.chains {
+            out.chains.insert(
+                c.name.clone(),
+                CurrentChain { hook: c.hook.clone(), rules: c.rules.iter().map(|r| Some(rule_tag(r))).collect() },
+            );
+        }
+    }
+    out
 }
 
 /// How the writer reaches the kernel: the `nft` CLI, or a fake in tests.
@@ -382,6 +478,8 @@ impl Exec for Cli {
 pub struct Nft {
     exec: Box<dyn Exec>,
     sections: BTreeMap<&'static str, Section>,
+    /// What the table holds, as of the last successful commit (`None`: read it).
+    known: Option<Current>,
 }
 
 impl Default for Nft {
@@ -392,7 +490,17 @@ impl Default for Nft {
 
 impl Nft {
     pub fn new(exec: Box<dyn Exec>) -> Nft {
-        Nft { exec, sections: BTreeMap::new() }
+        Nft { exec, sections: BTreeMap::new(), known: None }
+    }
+
+    /// The next commit reads the table from the kernel instead of trusting what the writer last wrote.
+    pub fn refresh(&mut self) {
+        self.known = None;
+    }
+
+    /// The table as `nft -j list table` shows it (for counters); `None` when it does not exist.
+    pub fn list_json(&mut self) -> Result<Option<String>, NftError> {
+        self.exec.list()
     }
 
     /// Sets what `section.owner` wants; applied by the next [`Nft::commit`].
@@ -403,19 +511,25 @@ impl Nft {
     /// Reads the table and applies, in one transaction, every change the sections need. Returns how many
     /// changes there were (0: the table already was as wanted, and nothing was written).
     pub fn commit(&mut self) -> Result<usize, NftError> {
-        let cur = self.exec.list()?.map(|j| parse(&j)).transpose()?;
-        let sections: Vec<Section> = self.sections.values().cloned().collect();
+        let cur = match self.known.take() {
+            Some(k) => Some(k),
+            None => self.exec.list()?.map(|j| parse(&j)).transpose()?,
+        };
+        let sections: Vec<&Section> = self.sections.values().collect();
+        let sections: Vec<Section> = sections.into_iter().cloned().collect();
         let batch = plan(cur.as_ref(), &sections);
-        if batch.is_empty() {
-            return Ok(0);
+        if !batch.is_empty() {
+            // On failure `known` stays empty: the next commit reads the kernel.
+            self.exec.run(&batch.render())?;
         }
-        self.exec.run(&batch.render())?;
+        self.known = Some(after(cur.as_ref(), &sections));
         Ok(batch.0.len())
     }
 
     /// Removes `owner`'s objects; the table goes when nothing of anyone is left in it (cleanup). Returns
     /// whether the table was deleted.
     pub fn teardown(&mut self, owner: &'static str) -> Result<bool, NftError> {
+        self.known = None;
         let owns = self.sections.remove(owner).map(|s| s.owns);
         let Some(cur) = self.exec.list()?.map(|j| parse(&j)).transpose()? else { return Ok(false) };
         if let Some(owns) = owns {
@@ -441,7 +555,13 @@ pub(crate) mod tests {
     fn nat_like(pools: &[&str]) -> Section {
         Section {
             owner: "nat",
-            sets: vec![Set { name: "pools4".into(), ty: "ipv4_addr".into(), interval: true, elements: el(pools) }],
+            sets: vec![Set {
+                name: "pools4".into(),
+                ty: "ipv4_addr".into(),
+                interval: true,
+                map: None,
+                elements: el(pools),
+            }],
             chains: vec![Chain {
                 name: "postrouting".into(),
                 hook: Some(Hook {
@@ -465,7 +585,12 @@ pub(crate) mod tests {
                 .map(|x| {
                     (
                         x.name.clone(),
-                        CurrentSet { ty: x.ty.clone(), interval: x.interval, elements: x.elements.clone() },
+                        CurrentSet {
+                            ty: x.ty.clone(),
+                            interval: x.interval,
+                            map: x.map.clone(),
+                            elements: x.elements.clone(),
+                        },
                     )
                 })
                 .collect(),
@@ -509,8 +634,8 @@ pub(crate) mod tests {
         assert_eq!(
             plan(Some(&cur), std::slice::from_ref(&want)).0,
             vec![
-                Change::DeleteSet("old".into()),
                 Change::DeleteElements("pools4".into(), vec![Element::net("10.1.0.0/16".parse().unwrap())]),
+                Change::DeleteSet("old".into()),
                 Change::AddElements("pools4".into(), vec![Element::net("10.2.0.0/16".parse().unwrap())]),
             ]
         );
@@ -566,11 +691,14 @@ pub(crate) mod tests {
         pub table: Option<Current>,
         pub batches: Vec<String>,
         pub fail: Option<NftError>,
+        /// How many times the table was read.
+        pub lists: usize,
     }
 
     impl Exec for std::sync::Arc<std::sync::Mutex<Fake>> {
         fn list(&mut self) -> Result<Option<String>, NftError> {
-            let f = self.lock().unwrap();
+            let mut f = self.lock().unwrap();
+            f.lists += 1;
             if let Some(e) = &f.fail {
                 return Err(e.clone());
             }
@@ -609,10 +737,45 @@ pub(crate) mod tests {
         w.stage(Section { chains: vec![], ..nat_like(&["10.0.0.0/16"]) });
         assert_eq!(w.commit().unwrap(), 3);
         assert!(fake.lock().unwrap().batches[0].starts_with("add table inet tabby\n"));
-        fake.lock().unwrap().table = Some(applied(&Section { chains: vec![], ..nat_like(&["10.0.0.0/16"]) }));
+        // The writer knows what it wrote: nothing to do, and the table is not read back.
         assert_eq!(w.commit().unwrap(), 0);
-        assert_eq!(fake.lock().unwrap().batches.len(), 1);
+        w.stage(Section { chains: vec![], ..nat_like(&["10.0.0.0/16", "10.1.0.0/16"]) });
+        assert_eq!(w.commit().unwrap(), 1);
+        assert_eq!(fake.lock().unwrap().batches[1], "add element inet tabby pools4 { 10.1.0.0/16 }\n");
+        assert_eq!(fake.lock().unwrap().lists, 1, "one read, before the first commit only");
+        // A refresh reads the kernel again; a failure is reported.
         fake.lock().unwrap().fail = Some(NftError::Spawn("No such file or directory (os error 2)".into()));
+        w.refresh();
         assert!(w.commit().is_err());
+        fake.lock().unwrap().fail = None;
+        fake.lock().unwrap().table = Some(applied(&Section { chains: vec![], ..nat_like(&["10.0.0.0/16"]) }));
+        assert_eq!(w.commit().unwrap(), 1, "after a failure the kernel is read: one element is missing there");
+    }
+
+    #[test]
+    fn maps_and_concatenations_round_trip() {
+        let j = r#"{"nftables":[{"table":{"family":"inet","name":"tabby"}},
+          {"set":{"name":"np4","table":"tabby","type":["ipv4_addr","inet_proto","inet_service"],
+            "elem":[{"concat":["10.0.0.3",253,1]},{"concat":["10.0.0.1","tcp",80]}]}},
+          {"map":{"name":"disp","table":"tabby","type":"ifname","map":"verdict",
+            "elem":[["tbyabc",{"goto":{"target":"ep-1"}}]]}}]}"#;
+        let c = parse(j).unwrap();
+        assert_eq!(c.sets["np4"].ty, "ipv4_addr . inet_proto . inet_service");
+        assert!(c.sets["np4"].elements.contains(&Element::raw("10.0.0.1 . tcp . 80")));
+        assert!(c.sets["np4"].elements.contains(&Element::raw("10.0.0.3 . 253 . 1")));
+        assert_eq!(c.sets["disp"].map.as_deref(), Some("verdict"));
+        assert!(c.sets["disp"].elements.contains(&Element::map_entry("tbyabc", "goto ep-1")));
+        let want = Set {
+            name: "disp".into(),
+            ty: "ifname".into(),
+            interval: false,
+            map: Some("verdict".into()),
+            elements: [Element::map_entry("tbyxyz", "goto ep-1")].into(),
+        };
+        let sec = Section { owner: "p", sets: vec![want], chains: vec![], owns: |n| n == "disp" };
+        assert_eq!(
+            plan(Some(&c), &[sec]).render(),
+            "delete element inet tabby disp { \"tbyabc\" }\nadd element inet tabby disp { \"tbyxyz\" : goto ep-1 }\n"
+        );
     }
 }

@@ -69,6 +69,7 @@ pub fn section(want: &NatState) -> Section {
                 name: name.to_string(),
                 ty: ty.to_string(),
                 interval: true,
+                map: None,
                 elements: elements(s),
             })
             .collect(),
@@ -120,6 +121,8 @@ impl Reconciler for Nat {
         let s = section(want);
         match self
             .with_nft(move |n| {
+                // Applied on a change or a resync: either way, check against the kernel.
+                n.refresh();
                 n.stage(s);
                 n.commit()
             })
@@ -169,7 +172,10 @@ mod tests {
                 .sets
                 .iter()
                 .map(|x| {
-                    (x.name.clone(), CurrentSet { ty: x.ty.clone(), interval: true, elements: x.elements.clone() })
+                    (
+                        x.name.clone(),
+                        CurrentSet { ty: x.ty.clone(), interval: true, map: None, elements: x.elements.clone() },
+                    )
                 })
                 .collect(),
             chains: s

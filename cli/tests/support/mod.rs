@@ -1,5 +1,8 @@
 //! Running `kubectl-tabby` and `kubectl` against a test control plane, and seeding objects.
 
+// Each test binary uses a part of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -1,0 +1,134 @@
+//! Per-rule packet counters: every policy rule, tier end and unknown-interface drop carries a counter;
+//! this reads them from the kernel (`nft -j list table`, every few seconds, never after a write) and
+//! adds what they grew by to `tabby_agent_policy_packets_total` / `_bytes_total`, labelled with the
+//! direction, tier, policy, rule and action the rule stands for ([`super::render::Attr`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Attribution;
+use super::render::Attr;
+use crate::kernel::nft::rule_tag;
+use crate::nat::SharedNft;
+
+/// One counted rule as the kernel shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Count {
+    pub chain: String,
+    pub handle: u64,
+    pub tag: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The counters of `nft -j list table` output (pure).
+pub fn parse(json: &str) -> Vec<Count> {
+    let Ok(v) = serde_json::from_str::<Value>(json) else { return vec![] };
+    let mut out = Vec::new();
+    for r in v.get("nftables").and_then(Value::as_array).into_iter().flatten().filter_map(|o| o.get("rule")) {
+        let Some(counter) =
+            r.get("expr").and_then(Value::as_array).and_then(|e| e.iter().find_map(|x| x.get("counter")))
+        else {
+            continue;
+        };
+        out.push(Count {
+            chain: r.get("chain").and_then(Value::as_str).unwrap_or_default().to_string(),
+            handle: r.get("handle").and_then(Value::as_u64).unwrap_or_default(),
+            tag: r.get("comment").and_then(Value::as_str).unwrap_or_default().to_string(),
+            packets: counter.get("packets").and_then(Value::as_u64).unwrap_or_default(),
+            bytes: counter.get("bytes").and_then(Value::as_u64).unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// The metric labels of a counted rule.
+pub fn labels(a: &Attr) -> Vec<(String, String)> {
+    vec![
+        ("direction".into(), a.dir.as_str().into()),
+        ("tier".into(), a.tier.clone()),
+        ("policy".into(), a.policy.clone()),
+        ("rule".into(), a.rule.map(|r| r.to_string()).unwrap_or_default()),
+        ("action".into(), a.action.into()),
+        ("staged".into(), a.staged.to_string()),
+    ]
+}
+
+/// Adds what each counter grew by since `last` (a refilled chain's rules are new handles: counted
+/// from zero) to the metrics; returns the new `last`.
+pub fn feed(
+    counts: &[Count],
+    attribution: &BTreeMap<(String, String), Attr>,
+    last: &HashMap<(String, u64), (u64, u64)>,
+) -> HashMap<(String, u64), (u64, u64)> {
+    let by_tag: HashMap<(&str, String), &Attr> =
+        attribution.iter().map(|((chain, text), a)| ((chain.as_str(), rule_tag(text)), a)).collect();
+    let mut next = HashMap::new();
+    for c in counts {
+        let Some(a) = by_tag.get(&(c.chain.as_str(), c.tag.clone())) else { continue };
+        let (p0, b0) = last.get(&(c.chain.clone(), c.handle)).copied().unwrap_or_default();
+        let (dp, db) =
+            if c.packets >= p0 { (c.packets - p0, c.bytes.saturating_sub(b0)) } else { (c.packets, c.bytes) };
+        if dp > 0 || db > 0 {
+            crate::metrics::policy_counted(labels(a), dp, db);
+        }
+        next.insert((c.chain.clone(), c.handle), (c.packets, c.bytes));
+    }
+    next
+}
+
+/// Reads the counters every `every` (a table read per period, whatever changed).
+pub async fn run(nft: SharedNft, attribution: Attribution, every: Duration) {
+    let mut last = HashMap::new();
+    loop {
+        tokio::time::sleep(every).await;
+        let n = nft.clone();
+        let json = tokio::task::spawn_blocking(move || n.lock().unwrap_or_else(|p| p.into_inner()).list_json()).await;
+        let Ok(Ok(Some(json))) = json else { continue };
+        let attr = attribution.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        last = feed(&parse(&json), &attr, &last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tabby_api::policy::model::Dir;
+
+    #[test]
+    fn counters_grow_by_their_deltas() {
+        let text = "meta l4proto tcp counter drop".to_string();
+        let j = |p: u64, handle: u64| {
+            format!(
+                r#"{{"nftables":[{{"rule":{{"chain":"p-pi-1","handle":{handle},"comment":"{}","expr":[{{"counter":{{"packets":{p},"bytes":{}}}}},{{"drop":null}}]}}}}]}}"#,
+                rule_tag(&text),
+                p * 60
+            )
+        };
+        let a = Attr {
+            dir: Dir::Ingress,
+            tier: "default".into(),
+            policy: "knp:x/deny".into(),
+            rule: Some(2),
+            action: "deny",
+            staged: false,
+        };
+        let attribution: BTreeMap<(String, String), Attr> = [(("p-pi-1".to_string(), text.clone()), a)].into();
+        let series = r#"tabby_agent_policy_packets_total{direction="ingress",tier="default",policy="knp:x/deny",rule="2",action="deny",staged="false"}"#;
+        let value = || {
+            crate::metrics::encode()
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let last = feed(&parse(&j(3, 7)), &attribution, &HashMap::new());
+        assert_eq!(value(), 3);
+        let last = feed(&parse(&j(5, 7)), &attribution, &last);
+        assert_eq!(value(), 5);
+        // Refilled: a new handle starts from zero.
+        feed(&parse(&j(1, 9)), &attribution, &last);
+        assert_eq!(value(), 6);
+    }
+}

@@ -1,0 +1,349 @@
+//! What policy reads of the API, as the model's [`Cluster`] (pure): endpoints from pods (addresses from
+//! the IPAM blocks' allocations, which exist from the CNI ADD on, and from `status.podIPs`), namespaces,
+//! network sets, nodes, tiers and every kind of policy, normalised. A policy the model refuses is
+//! reported and fails closed: its subject keeps it, with one Deny rule per direction.
+//!
+//! The agent builds it from its caches, `kubectl tabby policy trace` from a list of each kind: the same
+//! function, so the trace explains what the agent enforces.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
+use kube::ResourceExt;
+
+use super::cnp::ClusterNetworkPolicy;
+use super::model::{
+    self, Cluster, Endpoint, Invalid, Kind, MRule, Match, NamedPort, NetSet, NodeInfo, Policy, TierInfo,
+};
+use super::{
+    Action, GlobalNetworkPolicy, GlobalNetworkSet, NetworkPolicy, NetworkSet, PolicyFields, StagedAction,
+    StagedGlobalNetworkPolicy, StagedNetworkPolicy, Tier,
+};
+use crate::ipam::IPAMBlock;
+use crate::ipam::block::{self, ATTR_NAMESPACE, ATTR_NODE, ATTR_POD};
+
+/// Node annotations with a node's addresses (`10.0.0.1/24`), published by its agent.
+pub const NODE_ADDRESS_ANNOTATIONS: [&str; 2] = ["tabby.dev/IPv4Address", "tabby.dev/IPv6Address"];
+
+/// Whether an IPAM handle holds a tunnel device's address (as `tabby-wire` names them).
+fn is_tunnel_handle(h: &str) -> bool {
+    h.starts_with("vxlan-tunnel-addr-") || h.starts_with("ipip-tunnel-addr-")
+}
+
+/// The container ID of a handle `<network>.<containerID>`.
+fn container_of(h: &str) -> &str {
+    h.split_once('.').map_or(h, |(_, c)| c)
+}
+
+/// Every object policy reads, of each kind.
+#[derive(Debug, Clone, Default)]
+pub struct Objects<'a> {
+    pub pods: Vec<&'a Pod>,
+    pub namespaces: Vec<&'a Namespace>,
+    pub nodes: Vec<&'a Node>,
+    pub blocks: Vec<&'a IPAMBlock>,
+    pub k8s: Vec<&'a K8sNetworkPolicy>,
+    pub namespaced: Vec<&'a NetworkPolicy>,
+    pub global: Vec<&'a GlobalNetworkPolicy>,
+    pub staged: Vec<&'a StagedNetworkPolicy>,
+    pub staged_global: Vec<&'a StagedGlobalNetworkPolicy>,
+    pub sets: Vec<&'a NetworkSet>,
+    pub global_sets: Vec<&'a GlobalNetworkSet>,
+    pub tiers: Vec<&'a Tier>,
+    pub cnps: Vec<&'a ClusterNetworkPolicy>,
+}
+
+/// A policy object, by kind, namespace and name (to report on it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: Kind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// The model's view of the cluster, and what could not be read as written.
+#[derive(Debug, Clone, Default)]
+pub struct Built {
+    pub cluster: Cluster,
+    /// Policies programmed fail-closed instead of as written, and why.
+    pub invalid: Vec<(ObjectRef, Invalid)>,
+}
+
+/// Every attachment's addresses and node from the blocks' allocations, by (namespace, pod); an
+/// attachment without a pod (a runtime that names none) is ("", container ID), as its veth is named.
+fn block_addresses(s: &Objects) -> BTreeMap<(String, String), (Vec<IpAddr>, String)> {
+    let mut out: BTreeMap<(String, String), (Vec<IpAddr>, String)> = BTreeMap::new();
+    for b in s.blocks.iter().filter(|b| !b.spec.deleted) {
+        let Some(cidr) = block::parse_cidr(&b.spec.cidr) else { continue };
+        for a in block::allocated(&cidr, &b.spec) {
+            let Some(handle) = a.handle().filter(|h| !is_tunnel_handle(h)) else { continue };
+            let key = match (a.secondary(ATTR_NAMESPACE), a.secondary(ATTR_POD)) {
+                (Some(ns), Some(pod)) if !ns.is_empty() && !pod.is_empty() => (ns.to_string(), pod.to_string()),
+                _ => (String::new(), container_of(handle).to_string()),
+            };
+            let e = out.entry(key).or_default();
+            e.0.push(a.ip);
+            e.1 = a.secondary(ATTR_NODE).unwrap_or_default().to_string();
+        }
+    }
+    out
+}
+
+/// A pod as an endpoint; `None` for host-network pods and finished ones (never endpoints).
+pub fn endpoint(p: &Pod, from_blocks: Option<&Vec<IpAddr>>) -> Option<Endpoint> {
+    let spec = p.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = p.status.as_ref();
+    if status.and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed") {
+        return None;
+    }
+    let mut ips: Vec<IpAddr> = from_blocks.cloned().unwrap_or_default();
+    for ip in status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|i| i.ip.parse().ok()) {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    let ports = containers
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|cp| {
+            let protocol = match cp.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => model::TCP,
+                "UDP" => model::UDP,
+                "SCTP" => model::SCTP,
+                _ => return None,
+            };
+            Some(NamedPort { name: cp.name.clone()?, protocol, port: u16::try_from(cp.container_port).ok()? })
+        })
+        .collect();
+    Some(Endpoint {
+        namespace: p.namespace().unwrap_or_default(),
+        name: p.name_any(),
+        node: spec.node_name.clone().unwrap_or_default(),
+        labels: p.labels().clone(),
+        service_account: Some(spec.service_account_name.clone().unwrap_or_else(|| "default".into())),
+        ips,
+        ports,
+    })
+}
+
+/// A policy that fails closed: the same subject, one Deny rule for every direction it has.
+fn fail_closed(p: Policy) -> Policy {
+    let deny = || {
+        vec![MRule {
+            action: Action::Deny,
+            origin: 0,
+            name: Some("invalid".into()),
+            ip_version: None,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            src: Match::default(),
+            dst: Match::default(),
+        }]
+    };
+    Policy { ingress: p.ingress.map(|_| deny()), egress: p.egress.map(|_| deny()), ..p }
+}
+
+/// A Tabby policy the model refused: its subject alone (rules and types dropped), if that parses.
+fn subject_only(kind: Kind, ns: Option<&str>, name: &str, f: &PolicyFields) -> Option<Policy> {
+    let bare = PolicyFields {
+        tier: f.tier.clone(),
+        order: f.order,
+        selector: f.selector.clone(),
+        namespace_selector: f.namespace_selector.clone(),
+        types: Some(match f.types.as_deref() {
+            Some(t) if !t.is_empty() => t.to_vec(),
+            _ => {
+                let mut t = vec![super::PolicyType::Ingress];
+                if !f.egress.is_empty() {
+                    t.push(super::PolicyType::Egress);
+                }
+                t
+            }
+        }),
+        ..PolicyFields::default()
+    };
+    model::from_tabby(kind, ns, name, &bare).ok().map(fail_closed)
+}
+
+/// Builds the model's cluster from a snapshot, with `pending` endpoints (pods the CNI server is adding
+/// right now, before their allocations reach the cache).
+pub fn build(s: &Objects, pending: &[Endpoint]) -> Built {
+    let mut out = Built::default();
+    let c = &mut out.cluster;
+    let addrs = block_addresses(s);
+    let mut seen = BTreeSet::new();
+    for p in s.pods.iter().copied() {
+        let key = (p.namespace().unwrap_or_default(), p.name_any());
+        seen.insert(format!("{}/{}", key.0, key.1));
+        if let Some(e) = endpoint(p, addrs.get(&key).map(|(ips, _)| ips)) {
+            c.endpoints.push(e);
+        }
+    }
+    // Attachments with addresses and no Pod object (yet, or at all): endpoints without labels, so their
+    // interfaces are known and policies selecting `all()` apply.
+    for ((ns, name), (ips, node)) in &addrs {
+        let key = format!("{ns}/{name}");
+        if !seen.contains(&key) {
+            seen.insert(key);
+            c.endpoints.push(Endpoint {
+                namespace: ns.clone(),
+                name: name.clone(),
+                node: node.clone(),
+                ips: ips.clone(),
+                ..Endpoint::default()
+            });
+        }
+    }
+    for e in pending {
+        match c.endpoints.iter_mut().find(|x| x.key() == e.key()) {
+            Some(x) => x.ips.extend(e.ips.iter().filter(|ip| !x.ips.contains(ip)).copied().collect::<Vec<_>>()),
+            None if !seen.contains(&e.key()) => c.endpoints.push(e.clone()),
+            None => {}
+        }
+    }
+    c.namespaces = s.namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect();
+    let nets = |v: &[String]| -> Vec<IpNet> {
+        v.iter().filter_map(|n| n.parse::<IpNet>().ok().or_else(|| n.parse::<IpAddr>().ok().map(IpNet::from))).collect()
+    };
+    for ns in &s.sets {
+        c.net_sets.push(NetSet {
+            namespace: ns.namespace(),
+            name: ns.name_any(),
+            labels: ns.labels().clone(),
+            nets: nets(&ns.spec.nets),
+        });
+    }
+    for gs in &s.global_sets {
+        c.net_sets.push(NetSet {
+            namespace: None,
+            name: gs.name_any(),
+            labels: gs.labels().clone(),
+            nets: nets(&gs.spec.nets),
+        });
+    }
+    for n in &s.nodes {
+        let mut ips: Vec<IpAddr> = NODE_ADDRESS_ANNOTATIONS
+            .iter()
+            .filter_map(|k| n.annotations().get(*k))
+            .filter_map(|v| v.parse::<IpNet>().map(|n| n.addr()).or_else(|_| v.parse::<IpAddr>()).ok())
+            .collect();
+        for a in n.status.as_ref().and_then(|st| st.addresses.as_ref()).into_iter().flatten() {
+            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
+                && let Ok(ip) = a.address.parse::<IpAddr>()
+                && !ips.contains(&ip)
+            {
+                ips.push(ip);
+            }
+        }
+        c.nodes.push(NodeInfo { name: n.name_any(), labels: n.labels().clone(), ips });
+    }
+    c.tiers = model::builtin_tiers();
+    for t in &s.tiers {
+        let default_action = t.spec.default_action.unwrap_or(Action::Deny);
+        c.tiers.insert(t.name_any(), TierInfo { order: t.spec.order, default_action });
+    }
+    let mut invalid = Vec::new();
+    let mut add = |r: ObjectRef, p: Result<Policy, Invalid>, fallback: &dyn Fn() -> Option<Policy>| match p {
+        Ok(p) => {
+            if !c.tiers.contains_key(&p.tier) {
+                invalid.push((
+                    r,
+                    Invalid { field: "spec.tier".into(), message: format!("tier {:?} does not exist", p.tier) },
+                ));
+            }
+            c.policies.push(p);
+        }
+        Err(e) => {
+            invalid.push((r, e));
+            c.policies.extend(fallback());
+        }
+    };
+    let oref = |kind, ns: Option<String>, name: String| ObjectRef { kind, namespace: ns, name };
+    for np in s.k8s.iter().copied() {
+        add(oref(Kind::Kubernetes, np.namespace(), np.name_any()), model::from_kubernetes(np), &|| None);
+    }
+    for p in &s.namespaced {
+        let (ns, name) = (p.namespace(), p.name_any());
+        let f = &p.spec.fields;
+        let r = model::from_tabby(Kind::Namespaced, ns.as_deref(), &name, f);
+        add(oref(Kind::Namespaced, ns.clone(), name.clone()), r, &|| {
+            subject_only(Kind::Namespaced, ns.as_deref(), &name, f)
+        });
+    }
+    for p in &s.global {
+        let name = p.name_any();
+        let f = &p.spec.fields;
+        let r = model::from_tabby(Kind::Global, None, &name, f);
+        add(oref(Kind::Global, None, name.clone()), r, &|| subject_only(Kind::Global, None, &name, f));
+    }
+    // Staged policies are never enforced, so one that does not read is only reported.
+    for p in s.staged.iter().filter(|p| p.spec.staged_action != Some(StagedAction::Delete)) {
+        let (ns, name) = (p.namespace(), p.name_any());
+        let r = model::from_tabby(Kind::StagedNamespaced, ns.as_deref(), &name, &p.spec.fields);
+        add(oref(Kind::StagedNamespaced, ns, name), r, &|| None);
+    }
+    for p in s.staged_global.iter().filter(|p| p.spec.staged_action != Some(StagedAction::Delete)) {
+        let name = p.name_any();
+        let r = model::from_tabby(Kind::StagedGlobal, None, &name, &p.spec.fields);
+        add(oref(Kind::StagedGlobal, None, name), r, &|| None);
+    }
+    for p in s.cnps.iter().copied() {
+        add(oref(Kind::Cluster, None, p.name_any()), model::from_cnp(p), &|| None);
+    }
+    out.invalid = invalid;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn pods_become_endpoints_and_bad_policies_fail_closed() {
+        let pods = [
+            pod(json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1", "serviceAccountName": "web",
+                         "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080},
+                                                                 {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]},
+                "status": {"podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}})),
+            pod(
+                json!({"metadata": {"name": "h", "namespace": "x"}, "spec": {"nodeName": "n1", "hostNetwork": true, "containers": []},
+                "status": {"podIPs": [{"ip": "192.168.1.1"}]}}),
+            ),
+            pod(json!({"metadata": {"name": "done", "namespace": "x"}, "spec": {"nodeName": "n1", "containers": []},
+                "status": {"phase": "Succeeded"}})),
+        ];
+        let typo: NetworkPolicy = serde_json::from_value(json!({"apiVersion": "tabby.dev/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "typo", "namespace": "x"},
+            "spec": {"selector": "app == 'web'", "ingress": [{"action": "Allow", "source": {"selector": "role = 'x'"}}]}}))
+        .unwrap();
+        let s = Objects { pods: pods.iter().collect(), namespaced: vec![&typo], ..Objects::default() };
+        let pending = Endpoint { namespace: "x".into(), name: "new".into(), node: "n1".into(), ..Endpoint::default() };
+        let b = build(&s, &[pending]);
+        let keys: Vec<String> = b.cluster.endpoints.iter().map(Endpoint::key).collect();
+        assert_eq!(keys, vec!["x/a", "x/new"], "host-network and finished pods are no endpoints");
+        let a = &b.cluster.endpoints[0];
+        assert_eq!(a.ips.len(), 2);
+        assert_eq!(a.service_account.as_deref(), Some("web"));
+        assert_eq!(a.ports[1], NamedPort { name: "dns".into(), protocol: model::UDP, port: 53 });
+        assert_eq!(b.invalid.len(), 1);
+        assert_eq!(b.invalid[0].1.field, "spec.ingress[0].source.selector");
+        let p = &b.cluster.policies[0];
+        assert_eq!(p.ingress.as_ref().map(|r| r[0].action), Some(Action::Deny), "fails closed");
+        assert!(p.egress.is_none());
+    }
+}
