@@ -28,6 +28,7 @@ pub mod ipam;
 pub mod names;
 pub mod nodestatus;
 pub mod policy;
+pub mod rbac;
 pub mod selector;
 pub mod tabbystatus;
 

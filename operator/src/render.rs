@@ -86,45 +86,13 @@ fn namespace() -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE, "labels": l}})
 }
 
-/// The agent's permissions. The CNI plugin needs none: it talks only to the agent on the node's socket.
-pub fn agent_cluster_rules() -> Value {
-    json!([
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
-        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
-        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": ["tabby.dev"], "resources": ["ippools", "ipamconfigs", "bgpconfigurations", "bgppeers"],
-         "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["tabby.dev"], "resources": ["ipamblocks", "blockaffinities", "ipamhandles"],
-         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-        {"apiGroups": ["tabby.dev"], "resources": ["nodestatuses"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
-        {"apiGroups": ["tabby.dev"], "resources": ["nodestatuses/status"], "verbs": ["get", "update", "patch"]},
-        // Network policy: what the policy reconciler reads, and the Valid condition it writes.
-        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["tabby.dev"],
-         "resources": ["networkpolicies", "globalnetworkpolicies", "stagednetworkpolicies",
-                       "stagedglobalnetworkpolicies", "networksets", "globalnetworksets", "tiers"],
-         "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["tabby.dev"],
-         "resources": ["networkpolicies/status", "globalnetworkpolicies/status", "stagednetworkpolicies/status",
-                       "stagedglobalnetworkpolicies/status"],
-         "verbs": ["get", "patch"]},
-        {"apiGroups": ["policy.networking.k8s.io"], "resources": ["clusternetworkpolicies"],
-         "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["policy.networking.k8s.io"], "resources": ["clusternetworkpolicies/status"],
-         "verbs": ["get", "patch"]},
-        // To tell an uninstall (Installation being deleted: clean the node) from a rolling update.
-        {"apiGroups": ["operator.tabby.dev"], "resources": ["installations"], "verbs": ["get", "list", "watch"]},
-    ])
-}
-
 fn agent_rbac() -> Vec<Value> {
     let l = labels(AGENT);
     vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
                "metadata": {"name": AGENT, "namespace": SYSTEM_NAMESPACE, "labels": l}}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-               "metadata": {"name": AGENT, "labels": l}, "rules": agent_cluster_rules()}),
+               "metadata": {"name": AGENT, "labels": l}, "rules": tabby_api::rbac::agent_rules()}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                "metadata": {"name": AGENT, "labels": l},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AGENT},

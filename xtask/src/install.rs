@@ -90,8 +90,13 @@ pub fn labels() -> Value {
 }
 
 /// The operator's cluster-wide permissions: what it reconciles, plus what it grants to the node agent and
-/// the CNI plugin (Kubernetes lets a role grant only permissions its creator holds).
+/// the CNI plugin (Kubernetes lets a role grant only permissions its creator holds): the agent's rules are
+/// appended from the one list both read.
 pub fn operator_cluster_rules() -> Value {
+    tabby_api::rbac::with_rules(operator_own_rules(), tabby_api::rbac::agent_rules())
+}
+
+fn operator_own_rules() -> Value {
     json!([
         // create: ClusterNetworkPolicy's CRD when the cluster has none (the network-policy-api project's).
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch", "create"]},
@@ -105,20 +110,7 @@ pub fn operator_cluster_rules() -> Value {
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "configmaps"],
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-        // Granted to the agent (network policy).
-        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["tabby.dev"],
-         "resources": ["networkpolicies", "globalnetworkpolicies", "stagednetworkpolicies",
-                       "stagedglobalnetworkpolicies", "networksets", "globalnetworksets", "tiers"],
-         "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["tabby.dev"],
-         "resources": ["networkpolicies/status", "globalnetworkpolicies/status", "stagednetworkpolicies/status",
-                       "stagedglobalnetworkpolicies/status"],
-         "verbs": ["get", "patch"]},
-        {"apiGroups": ["policy.networking.k8s.io"], "resources": ["clusternetworkpolicies", "clusternetworkpolicies/status"],
-         "verbs": ["get", "list", "watch", "patch"]},
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
-        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods", "secrets"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
