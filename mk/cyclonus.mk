@@ -6,8 +6,9 @@ CYCLONUS_BIN := $(CYCLONUS_DIR)/cyclonus
 # A subset: cyclonus tags, comma-separated (`cyclonus generate --help` lists them). INCLUDE empty: every case.
 CYCLONUS_INCLUDE ?=
 CYCLONUS_EXCLUDE ?=
-# Seconds one probe waits before it counts as blocked (Tabby drops, so every blocked probe waits this long).
-CYCLONUS_JOB_TIMEOUT ?= 3
+# Seconds one probe waits before it counts as blocked (Tabby drops, so every blocked probe waits this long;
+# upstream's NetworkPolicy e2e probes with agnhost connect --timeout=1s too).
+CYCLONUS_JOB_TIMEOUT ?= 1
 .PHONY: cyclonus cyclonus-bin
 
 cyclonus-bin: $(CYCLONUS_BIN) ## Build cyclonus from its Go module at the pinned version (cached)

@@ -3,9 +3,9 @@
 //! name. Pure: the runner (`tabby-conformance --suite cyclonus`) does the I/O.
 //!
 //! cyclonus lists its cases before it runs them (`test #N: <description>` and ` - tags: a, b`), then for each
-//! case prints `starting test case #N`, one `<w> wrong, <i> ignored, <c> correct` line per step (the last
-//! probe try of that step: a wrong probe is one whose result differs from cyclonus' own simulation of the
-//! policies) and `finished policy #N`. A case passes when no step has a wrong probe. A case that started and
+//! case prints `starting test case #N`, one `<w> wrong, <i> ignored, <c> correct` line per step (pairs of
+//! pods in the last probe try of that step: a pair is wrong when a probe between them, on any port and
+//! protocol, differs from cyclonus' own simulation of the policies) and `finished policy #N`. A case passes when no step has a wrong probe. A case that started and
 //! never finished stopped cyclonus (it exits on the first error setting up a case); the cases after it never
 //! ran. Both count as failures.
 
@@ -19,12 +19,13 @@ pub const EXCLUDED_TAGS: &[(&str, &str)] = &[(
      so no pod can serve or connect over SCTP (the probe pods run TCP and UDP servers only)",
 )];
 
-/// Why the runner passes `--ignore-loopback`: a pod's traffic to its own address.
-pub const LOOPBACK_REASON: &str = "a pod's connection to its own address never leaves the pod's network namespace \
-     (the kernel delivers it on the pod's loopback), so no network plugin sees it; Kubernetes documents that \
-     a pod cannot block access to itself with a NetworkPolicy";
+/// Why the runner passes `--ignore-loopback`: a pod's traffic to itself.
+pub const LOOPBACK_REASON: &str = "a probe from a pod to its own address never leaves the pod's network namespace \
+     (the kernel delivers it on the pod's loopback), so no network plugin sees it, and Kubernetes documents that \
+     pods cannot block localhost access; cyclonus' simulation expects policy on it. (By Service name the probe \
+     hairpins through the node and Tabby does apply policy to it.) The pod's probes to the eight other pods count";
 
-/// The probes of one step (its last try).
+/// The pod pairs of one step (its last probe try).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Step {
     pub wrong: usize,
@@ -36,7 +37,7 @@ pub struct Step {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Passed,
-    /// At least one step had probes whose result differs from the expected one.
+    /// At least one step had pod pairs whose probes differ from the expected result.
     Failed,
     /// Started but never finished: cyclonus stopped (its reason is in its error output).
     Stopped,
@@ -59,7 +60,7 @@ impl Case {
         self.verdict == Verdict::Passed
     }
 
-    /// Wrong probes over all steps.
+    /// Wrong pod pairs over all steps.
     pub fn wrong(&self) -> usize {
         self.steps.iter().map(|s| s.wrong).sum()
     }
@@ -184,7 +185,7 @@ pub fn summary(title: &str, cases: &[Case], stopped_reason: Option<&str>, exclud
                         .iter()
                         .enumerate()
                         .filter(|(_, s)| s.wrong > 0)
-                        .map(|(i, s)| format!("step {}: {} of {} probes wrong", i + 1, s.wrong, s.wrong + s.correct))
+                        .map(|(i, s)| format!("step {}: {} of {} pod pairs wrong", i + 1, s.wrong, s.wrong + s.correct))
                         .collect();
                     steps.join("; ")
                 }
@@ -300,7 +301,7 @@ starting test case #3
         assert!(s.contains("| action | 0 | **2** | 2 |"), "{s}");
         assert!(s.contains("| egress | 1 | 0 | 1 |"), "{s}");
         assert!(
-            s.contains("| 2 | update policy: allow all → deny all \\| x | action, update-policy | step 2: 3 of 81 probes wrong |"),
+            s.contains("| 2 | update policy: allow all → deny all \\| x | action, update-policy | step 2: 3 of 81 pod pairs wrong |"),
             "{s}"
         );
         assert!(

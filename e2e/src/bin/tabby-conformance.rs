@@ -34,7 +34,7 @@ cyclonus suite:
   --cyclonus PATH  the cyclonus binary (default .cache/e2e/cyclonus/cyclonus, make cyclonus-bin)
   --include TAGS   only cases with any of these comma-separated tags (cyclonus --include; default: all)
   --exclude TAGS   leave out cases with any of these tags as well as the lab's (sctp)
-  --job-timeout S  seconds one probe waits before it counts as blocked (default 3)";
+  --job-timeout S  seconds one probe waits before it counts as blocked (default 1)";
 
 fn main() -> ExitCode {
     let root = tabby_e2e::repo_root();
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let mut netpol_api = root.join(".cache/e2e/netpol-api");
     let mut cyclonus = CyclonusRun {
         bin: root.join(".cache/e2e/cyclonus/cyclonus"),
-        job_timeout_seconds: 3,
+        job_timeout_seconds: 1,
         ..CyclonusRun::default()
     };
     let tags = |s: String| s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();

@@ -421,15 +421,14 @@ fn cyclonus_summary(
     Ok(Counts { passed: c.passed, failed: c.failed, skipped: 0 })
 }
 
-/// cyclonus' module version, as its binary was built (`go version -m`), or "?".
+/// cyclonus' module version, as its binary was built (`go version -m`: the `mod` line, as the command's
+/// own module, or a `dep` line), or "?".
 fn cyclonus_version(bin: &Path) -> String {
     let out = sh::run("go", &["version", "-m", &bin.display().to_string()]).unwrap_or_default();
     out.lines()
-        .find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some("dep") && words.next() == Some("github.com/mattfenwick/cyclonus"))
-                .then(|| words.next().map(String::from))
-                .flatten()
+        .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["mod" | "dep", "github.com/mattfenwick/cyclonus", version, ..] => Some(version.to_string()),
+            _ => None,
         })
         .unwrap_or_else(|| "?".into())
 }
