@@ -3,6 +3,7 @@
 //! `tabby-testkit`, re-exported here unchanged.
 
 pub mod conformance;
+pub mod cyclonus;
 pub mod lab;
 
 pub use tabby_testkit::*;

@@ -368,6 +368,8 @@ pub fn specs(version: &str) -> Vec<ImageSpec> {
                 "registry.k8s.io/e2e-test-images/agnhost:2.55",
                 // The network-policy-api conformance suite's pods.
                 "registry.k8s.io/e2e-test-images/agnhost:2.45",
+                // cyclonus' probe pods (its v0.5.6 pins this tag; `make cyclonus`).
+                "registry.k8s.io/e2e-test-images/agnhost:2.43",
             ]),
             items,
             run: RunConfig {
@@ -1323,7 +1325,8 @@ mod tests {
             [
                 "registry.k8s.io/e2e-test-images/agnhost:2.66.1",
                 "registry.k8s.io/e2e-test-images/agnhost:2.55",
-                "registry.k8s.io/e2e-test-images/agnhost:2.45"
+                "registry.k8s.io/e2e-test-images/agnhost:2.45",
+                "registry.k8s.io/e2e-test-images/agnhost:2.43"
             ]
         );
         assert_eq!(get("netshoot").refs, ["docker.io/nicolaka/netshoot:latest"]);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tabby_e2e::lab::daemon::LabConfig;
-use tabby_e2e::lab::suites::{self, Plugin, Run, Suite};
+use tabby_e2e::lab::suites::{self, CyclonusRun, Plugin, Run, Suite};
 
 const USAGE: &str = "usage: tabby-conformance [options]
 
@@ -18,6 +18,7 @@ Options:
                    ci: the CI subset (Granular Checks for pods, one Service and one DNS spec)
                    granular: the Networking Granular Checks only
                    netpol: the NetworkPolicy e2e suite ([Feature:NetworkPolicy])
+                   cyclonus: cyclonus' generated NetworkPolicy cases (not e2e.test; SCTP cases left out)
   --plugin P       tabby (default, installed as README says) or reference (Debian's bridge + host-local)
   --dual-stack     IPv4 + IPv6: the lab (nodes, Services, kubelets) and Tabby's Installation with a pool of each
   --report DIR     where the JUnit report and summary go (default target/conformance/<suite>-<plugin>)
@@ -27,7 +28,13 @@ Options:
   --bin DIR        Tabby's binaries for kubectl tabby (default target/lab-bin)
   --state DIR      lab state (default: a new directory under /tmp)
   --focus REGEX    run these specs instead of the suite's (e.g. to run the failures again)
-  --keep           leave the lab running afterwards (remove it with tabby-lab down --state DIR)";
+  --keep           leave the lab running afterwards (remove it with tabby-lab down --state DIR)
+
+cyclonus suite:
+  --cyclonus PATH  the cyclonus binary (default .cache/e2e/cyclonus/cyclonus, make cyclonus-bin)
+  --include TAGS   only cases with any of these comma-separated tags (cyclonus --include; default: all)
+  --exclude TAGS   leave out cases with any of these tags as well as the lab's (sctp)
+  --job-timeout S  seconds one probe waits before it counts as blocked (default 1)";
 
 fn main() -> ExitCode {
     let root = tabby_e2e::repo_root();
@@ -40,6 +47,12 @@ fn main() -> ExitCode {
     let mut focus = None;
     let mut e2e_test = root.join(".cache/e2e/bin/e2e.test");
     let mut netpol_api = root.join(".cache/e2e/netpol-api");
+    let mut cyclonus = CyclonusRun {
+        bin: root.join(".cache/e2e/cyclonus/cyclonus"),
+        job_timeout_seconds: 1,
+        ..CyclonusRun::default()
+    };
+    let tags = |s: String| s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
     let mut cfg = LabConfig::new(std::env::temp_dir().join(format!("tabby-lab-conformance-{}", std::process::id())));
     while !args.is_empty() {
         let a = args.remove(0);
@@ -59,6 +72,13 @@ fn main() -> ExitCode {
             "--report" => report = Some(PathBuf::from(value())),
             "--e2e-test" => e2e_test = PathBuf::from(value()),
             "--netpol-api" => netpol_api = PathBuf::from(value()),
+            "--cyclonus" => cyclonus.bin = PathBuf::from(value()),
+            "--include" => cyclonus.include = tags(value()),
+            "--exclude" => cyclonus.exclude = tags(value()),
+            "--job-timeout" => match value().parse() {
+                Ok(s) if s > 0 => cyclonus.job_timeout_seconds = s,
+                _ => return usage(),
+            },
             "--images" => cfg.images = PathBuf::from(value()),
             "--node-bin" => cfg.node_bin = PathBuf::from(value()),
             "--bin" => cfg.bin_dir = PathBuf::from(value()),
@@ -71,7 +91,15 @@ fn main() -> ExitCode {
         }
     }
     let cwd = std::env::current_dir().unwrap_or_default();
-    for p in [&mut cfg.state, &mut cfg.bin_dir, &mut cfg.images, &mut cfg.node_bin, &mut e2e_test, &mut netpol_api] {
+    for p in [
+        &mut cfg.state,
+        &mut cfg.bin_dir,
+        &mut cfg.images,
+        &mut cfg.node_bin,
+        &mut e2e_test,
+        &mut netpol_api,
+        &mut cyclonus.bin,
+    ] {
         *p = cwd.join(&*p);
     }
     let report = cwd.join(report.unwrap_or_else(|| {
@@ -84,7 +112,7 @@ fn main() -> ExitCode {
     }));
     // The lab daemon is tabby-lab, built beside this binary.
     let lab_exe = std::env::current_exe().unwrap_or_default().with_file_name("tabby-lab");
-    let run = Run { suite, plugin, report, e2e_test, netpol_api, keep, dual_stack, focus };
+    let run = Run { suite, plugin, report, e2e_test, netpol_api, keep, dual_stack, focus, cyclonus };
     match suites::run(&mut cfg, &run, &lab_exe) {
         Ok(counts) if counts.failed == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,

@@ -1,5 +1,6 @@
 //! The Kubernetes project's own network tests against a fresh lab: start the lab, install the network plugin,
-//! run upstream's `e2e.test` focused on a suite, read its JUnit report, print the table, remove the lab.
+//! run upstream's `e2e.test` focused on a suite, read its JUnit report, print the table, remove the lab. The
+//! cyclonus suite runs cyclonus' generated NetworkPolicy cases instead of `e2e.test` (`crate::cyclonus`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,6 +12,7 @@ use super::daemon::{self, LabConfig};
 use super::node::LabNode;
 use super::{PodNetwork, sh};
 use crate::conformance::{self, Counts};
+use crate::cyclonus;
 
 /// Which specs to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +25,8 @@ pub enum Suite {
     Ci,
     /// The NetworkPolicy e2e suite.
     Netpol,
+    /// cyclonus' generated NetworkPolicy cases (`cyclonus generate`), not `e2e.test`.
+    Cyclonus,
 }
 
 impl Suite {
@@ -32,6 +36,7 @@ impl Suite {
             "granular" => Some(Suite::Granular),
             "ci" => Some(Suite::Ci),
             "netpol" => Some(Suite::Netpol),
+            "cyclonus" => Some(Suite::Cyclonus),
             _ => None,
         }
     }
@@ -42,10 +47,11 @@ impl Suite {
             Suite::Granular => "granular",
             Suite::Ci => "ci",
             Suite::Netpol => "netpol",
+            Suite::Cyclonus => "cyclonus",
         }
     }
 
-    /// The `--ginkgo.focus` regular expression.
+    /// The `--ginkgo.focus` regular expression (none for cyclonus, which does not run `e2e.test`).
     pub fn focus(self) -> &'static str {
         match self {
             Suite::Conformance => r"\[sig-network\].*\[Conformance\]|\[sig-network\] Networking Granular Checks",
@@ -54,6 +60,7 @@ impl Suite {
                 r"\[sig-network\] Networking Granular Checks: Pods should function for (intra|node)-pod communication: (http|udp)|\[sig-network\] Services should serve a basic endpoint from pods|\[sig-network\] DNS should provide DNS for services |\[sig-network\] Netpol NetworkPolicy between server and client should (support a 'default-deny-ingress' policy|not mistakenly treat 'protocol: SCTP'|properly isolate pods that are selected by a policy allowing SCTP)"
             }
             Suite::Netpol => r"\[Feature:NetworkPolicy\]",
+            Suite::Cyclonus => "",
         }
     }
 }
@@ -109,6 +116,53 @@ pub struct Run {
     pub focus: Option<String>,
     /// IPv4 and IPv6 (the lab, and Tabby's Installation with a pool of each family).
     pub dual_stack: bool,
+    /// What the cyclonus suite runs.
+    pub cyclonus: CyclonusRun,
+}
+
+/// The cyclonus suite's binary and knobs.
+#[derive(Clone, Debug, Default)]
+pub struct CyclonusRun {
+    /// The cyclonus binary (`make cyclonus-bin`).
+    pub bin: PathBuf,
+    /// Only cases with any of these tags (cyclonus `--include`; empty: every case).
+    pub include: Vec<String>,
+    /// Cases with any of these tags are left out, besides [`cyclonus::EXCLUDED_TAGS`] (cyclonus `--exclude`).
+    pub exclude: Vec<String>,
+    /// How long one probe (`agnhost connect --timeout`) waits before it counts as blocked.
+    pub job_timeout_seconds: u32,
+}
+
+impl CyclonusRun {
+    /// Every tag a run leaves out, with the reason: the lab's, then the caller's.
+    pub fn excluded(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> =
+            cyclonus::EXCLUDED_TAGS.iter().map(|(t, why)| (format!("tag `{t}`"), why.to_string())).collect();
+        out.extend(self.exclude.iter().map(|t| (format!("tag `{t}`"), "left out for this run (--exclude)".into())));
+        out
+    }
+
+    /// The arguments of `cyclonus generate`.
+    pub fn args(&self) -> Vec<String> {
+        let mut exclude: Vec<String> = cyclonus::EXCLUDED_TAGS.iter().map(|(t, _)| t.to_string()).collect();
+        exclude.extend(self.exclude.iter().cloned());
+        let mut args = vec![
+            "generate".into(),
+            // The probe pods serve TCP and UDP on ports 80 and 81: SCTP cannot run here (EXCLUDED_TAGS).
+            "--server-protocol=TCP,UDP".into(),
+            // Always given: cyclonus' own default leaves out five tags of cases this lab can run.
+            format!("--exclude={}", exclude.join(",")),
+            "--ignore-loopback".into(),
+            format!("--job-timeout-seconds={}", self.job_timeout_seconds),
+            // The probe pods' first start on a busy 2-core machine; cyclonus' 60 s is short for it.
+            "--pod-creation-timeout-seconds=300".into(),
+            "--retries=1".into(),
+        ];
+        if !self.include.is_empty() {
+            args.push(format!("--include={}", self.include.join(",")));
+        }
+        args
+    }
 }
 
 /// The reference plugins' configuration for node `index`: bridge `cni0` with its gateway, host-local from the
@@ -286,9 +340,113 @@ fn run_netpol_api(cfg: &LabConfig, run: &Run) -> Result<Vec<conformance::Spec>, 
     Ok(specs)
 }
 
+/// cyclonus' generated cases against the lab, from this machine with the lab's kubeconfig (it probes with
+/// `agnhost connect` through the API server's exec, as it does on any cluster). Its standard output goes to
+/// `<report>/cyclonus.log` (what [`cyclonus::parse`] reads), its logging to `<report>/cyclonus-stderr.log`,
+/// with a progress line every minute. Returns the cases and, when it stopped on an error, that error.
+fn run_cyclonus(cfg: &LabConfig, run: &Run) -> Result<(Vec<cyclonus::Case>, Option<String>), String> {
+    let args = run.cyclonus.args();
+    println!("==> cyclonus {}", args.join(" "));
+    let log_path = run.report.join("cyclonus.log");
+    let err_path = run.report.join("cyclonus-stderr.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let err = std::fs::File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
+    let mut child = Command::new(&run.cyclonus.bin)
+        .args(&args)
+        .arg(format!("--junit-results-file={}", run.report.join("junit-cyclonus.xml").display()))
+        .env("KUBECONFIG", cfg.state.join("kubeconfig"))
+        .current_dir(&run.report)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("{}: {e} (make cyclonus-bin)", run.cyclonus.bin.display()))?;
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let read = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            println!("    cyclonus ended after {}s ({status})", start.elapsed().as_secs());
+            break;
+        }
+        if last.elapsed() > Duration::from_secs(60) {
+            last = Instant::now();
+            let cases = cyclonus::parse(&read(&log_path));
+            let done =
+                cases.iter().filter(|c| matches!(c.verdict, cyclonus::Verdict::Passed | cyclonus::Verdict::Failed));
+            let failed = done.clone().filter(|c| !c.passed()).count();
+            println!(
+                "    [{:>4}s] {} of {} cases done, {failed} failed",
+                start.elapsed().as_secs(),
+                done.count(),
+                cases.len()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let cases = cyclonus::parse(&read(&log_path));
+    if cases.is_empty() {
+        return Err(format!("cyclonus listed no case; see {} and {}", log_path.display(), err_path.display()));
+    }
+    Ok((cases, cyclonus::fatal(&read(&err_path))))
+}
+
+/// The cyclonus suite's summary: the table by tag, the failing cases, what was left out and why.
+fn cyclonus_summary(
+    cfg: &LabConfig,
+    run: &Run,
+    cases: &[cyclonus::Case],
+    stopped: Option<&str>,
+    minutes: u64,
+) -> Result<Counts, String> {
+    let version = cyclonus_version(&run.cyclonus.bin);
+    let title = format!(
+        "cyclonus {version}, {} plugin, Kubernetes {}, {} nodes, {} ({minutes} min){}",
+        run.plugin.name(),
+        kubernetes_version(),
+        cfg.nodes,
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d"),
+        if run.cyclonus.include.is_empty() {
+            String::new()
+        } else {
+            format!(", cases tagged {}", run.cyclonus.include.join(" or "))
+        }
+    );
+    let mut excluded = run.cyclonus.excluded();
+    excluded.push(("pod-to-itself probes (`--ignore-loopback`)".into(), cyclonus::LOOPBACK_REASON.into()));
+    let summary = cyclonus::summary(&title, cases, stopped, &excluded);
+    std::fs::write(run.report.join("summary.md"), &summary).map_err(|e| e.to_string())?;
+    println!("\n{summary}\nreport: {}", run.report.display());
+    let c = cyclonus::counts(cases);
+    Ok(Counts { passed: c.passed, failed: c.failed, skipped: 0 })
+}
+
+/// cyclonus' module version, as its binary was built (`go version -m`: the `mod` line, as the command's
+/// own module, or a `dep` line), or "?".
+fn cyclonus_version(bin: &Path) -> String {
+    let out = sh::run("go", &["version", "-m", &bin.display().to_string()]).unwrap_or_default();
+    out.lines()
+        .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["mod" | "dep", "github.com/mattfenwick/cyclonus", version, ..] => Some(version.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The lab's Kubernetes version (its kubectl's), or "?".
+fn kubernetes_version() -> String {
+    let version =
+        sh::run(&crate::binary().display().to_string(), &["kubectl", "version", "--client"]).unwrap_or_default();
+    version.lines().find_map(|l| l.strip_prefix("Client Version: ")).unwrap_or("?").trim().to_string()
+}
+
 /// A fresh lab, the plugin, the suite, the table. Returns the counts (the lab is removed unless `keep`).
 pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, String> {
-    if !run.e2e_test.is_file() {
+    if run.suite == Suite::Cyclonus {
+        if !run.cyclonus.bin.is_file() {
+            return Err(format!("{} is missing (make cyclonus-bin)", run.cyclonus.bin.display()));
+        }
+    } else if !run.e2e_test.is_file() {
         return Err(format!("{} is missing (make e2e-test)", run.e2e_test.display()));
     }
     cfg.dual_stack = run.dual_stack;
@@ -304,15 +462,18 @@ pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, Str
     }
     let start = Instant::now();
     let mut api_specs = Vec::new();
-    let result = daemon::start_cluster(cfg, lab_exe, start)
-        .and_then(|()| install(cfg, run.plugin))
-        .and_then(|()| run_e2e(cfg, run))
-        .and_then(|()| {
-            if run.suite == Suite::Netpol {
-                api_specs = run_netpol_api(cfg, run)?;
-            }
-            Ok(())
-        });
+    let mut cyclonus_cases = (Vec::new(), None);
+    let result = daemon::start_cluster(cfg, lab_exe, start).and_then(|()| install(cfg, run.plugin)).and_then(|()| {
+        if run.suite == Suite::Cyclonus {
+            cyclonus_cases = run_cyclonus(cfg, run)?;
+            return Ok(());
+        }
+        run_e2e(cfg, run)?;
+        if run.suite == Suite::Netpol {
+            api_specs = run_netpol_api(cfg, run)?;
+        }
+        Ok(())
+    });
     if run.keep {
         println!(
             "the lab stays: KUBECONFIG={} (tabby-lab down --state {})",
@@ -323,6 +484,10 @@ pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, Str
         eprintln!("lab down: {e}");
     }
     result?;
+    if run.suite == Suite::Cyclonus {
+        let (cases, stopped) = cyclonus_cases;
+        return cyclonus_summary(cfg, run, &cases, stopped.as_deref(), start.elapsed().as_secs() / 60);
+    }
 
     let mut specs = Vec::new();
     for entry in std::fs::read_dir(&run.report).map_err(|e| e.to_string())?.flatten() {
@@ -335,9 +500,7 @@ pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, Str
     if specs.is_empty() {
         return Err(format!("no spec ran; see {}", run.report.join("e2e.log").display()));
     }
-    let version =
-        sh::run(&crate::binary().display().to_string(), &["kubectl", "version", "--client"]).unwrap_or_default();
-    let k8s = version.lines().find_map(|l| l.strip_prefix("Client Version: ")).unwrap_or("?").trim().to_string();
+    let k8s = kubernetes_version();
     let title = format!(
         "{} suite, {} plugin{}, Kubernetes {k8s}, {} nodes, {} ({} min)",
         run.suite.name(),
