@@ -181,6 +181,29 @@ pub fn reference_conflist(index: usize) -> String {
     .to_string()
 }
 
+/// What a failed install leaves to read once the lab is gone: the plugin's status objects, every pod, the
+/// agents' and the operator's last log lines, in `<report>/diagnostics.txt`.
+fn diagnose(cfg: &LabConfig, report: &Path) {
+    let mut out = String::new();
+    for args in [
+        &["get", "installation,tabbystatus", "-o", "yaml"][..],
+        &["get", "nodestatuses", "-o", "yaml"],
+        &["get", "pods", "-A", "-o", "wide"],
+        &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        &["logs", "-n", "tabby-operator", "deployment/tabby-operator", "--tail=100"],
+        &["logs", "-n", "tabby-system", "-l", "k8s-app=tabby-node", "--all-containers", "--tail=100", "--prefix"],
+    ] {
+        out.push_str(&format!("$ kubectl {}\n", args.join(" ")));
+        out.push_str(&kubectl(cfg, args).unwrap_or_else(|e| e));
+        out.push_str("\n\n");
+    }
+    let path = report.join("diagnostics.txt");
+    match std::fs::write(&path, out) {
+        Ok(()) => println!("    the install failed; what the cluster said: {}", path.display()),
+        Err(e) => eprintln!("{}: {e}", path.display()),
+    }
+}
+
 fn kubectl(cfg: &LabConfig, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cfg.state.join("kubectl"))
         .args(args)
@@ -463,17 +486,19 @@ pub fn run(cfg: &mut LabConfig, run: &Run, lab_exe: &Path) -> Result<Counts, Str
     let start = Instant::now();
     let mut api_specs = Vec::new();
     let mut cyclonus_cases = (Vec::new(), None);
-    let result = daemon::start_cluster(cfg, lab_exe, start).and_then(|()| install(cfg, run.plugin)).and_then(|()| {
-        if run.suite == Suite::Cyclonus {
-            cyclonus_cases = run_cyclonus(cfg, run)?;
-            return Ok(());
-        }
-        run_e2e(cfg, run)?;
-        if run.suite == Suite::Netpol {
-            api_specs = run_netpol_api(cfg, run)?;
-        }
-        Ok(())
-    });
+    let result = daemon::start_cluster(cfg, lab_exe, start)
+        .and_then(|()| install(cfg, run.plugin).inspect_err(|_| diagnose(cfg, &run.report)))
+        .and_then(|()| {
+            if run.suite == Suite::Cyclonus {
+                cyclonus_cases = run_cyclonus(cfg, run)?;
+                return Ok(());
+            }
+            run_e2e(cfg, run)?;
+            if run.suite == Suite::Netpol {
+                api_specs = run_netpol_api(cfg, run)?;
+            }
+            Ok(())
+        });
     if run.keep {
         println!(
             "the lab stays: KUBECONFIG={} (tabby-lab down --state {})",
