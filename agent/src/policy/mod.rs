@@ -19,6 +19,7 @@ pub mod nflog;
 pub mod render;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,8 @@ pub struct Policy {
     gate: Gate,
     attribution: Attribution,
     reporter: Option<conditions::Reporter>,
+    /// How long the last `desired` took (the compile and render), in microseconds, for the apply's log line.
+    compiled_us: AtomicU64,
 }
 
 impl Policy {
@@ -69,6 +72,7 @@ impl Policy {
             gate,
             attribution: Attribution::default(),
             reporter: client.map(conditions::Reporter::new),
+            compiled_us: AtomicU64::new(0),
         }
     }
 
@@ -116,11 +120,15 @@ impl Reconciler for Policy {
     type Desired = Want;
 
     fn desired(&self, facts: &Snapshot, _: &Local) -> Want {
+        let started = Instant::now();
         let (pending, generation) = self.gate.pending();
-        want(facts, &pending, generation)
+        let w = want(facts, &pending, generation);
+        self.compiled_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        w
     }
 
     async fn apply(&mut self, want: &Want, _: &mut Local) -> Outcome {
+        let started = Instant::now();
         let refresh = self.refreshed.is_none_or(|t| t.elapsed() >= self.resync);
         let section = want.rendered.section();
         let nft = self.nft.clone();
@@ -137,8 +145,16 @@ impl Reconciler for Policy {
                 if refresh {
                     self.refreshed = Some(Instant::now());
                 }
+                // One line per pass that changed the kernel (as Felix's "applying updates" line): what
+                // a change cost this node, the compile and render of every policy, then the nft write.
                 if n > 0 {
-                    tracing::debug!(changes = n, "policy programmed");
+                    let ms = |us: u64| us as f64 / 1000.0;
+                    tracing::info!(
+                        changes = n,
+                        compile_ms = ms(self.compiled_us.load(Ordering::Relaxed)),
+                        apply_ms = ms(started.elapsed().as_micros() as u64),
+                        "policy programmed"
+                    );
                 }
                 *self.attribution.lock().unwrap_or_else(|p| p.into_inner()) = want.rendered.attribution.clone();
                 self.gate.applied(want.generation, true);
