@@ -63,7 +63,9 @@ async fn kubernetes_network_policy() {
     let Some(mut lab) = two_node_lab("kubernetes_network_policy").await else { return };
     lab.ipv6();
     lab.pool("10.246.0.0/16", "Never", false);
-    lab.pool_v6("fd00:10:246::/112", "Never");
+    // A /48, as IPv6 pools usually are (2^74 blocks of /122): the agent must find a free block without
+    // listing them.
+    lab.pool_v6("fd00:10:246::/48", "Never");
     lab.namespace("x", &[("team", "a")]);
     lab.namespace("y", &[("team", "b")]);
     lab.start_agents(&lab_env());

@@ -111,9 +111,11 @@ impl Store {
         want: Option<IpNet>,
     ) -> Result<Option<IPAMBlock>, IpamError> {
         let taken: BTreeSet<String> = self.list_blocks().await?.into_iter().map(|b| b.spec.cidr).collect();
-        let candidates: Vec<IpNet> = match want {
-            Some(w) => vec![w],
-            None => pnet.subnets(block_len).map(|s| s.collect()).unwrap_or_default(),
+        // Lazily: an IPv6 pool's blocks are countless (a /48 holds 2^74 blocks of /122), so the first free
+        // one is found by walking, never by listing them all.
+        let candidates: Box<dyn Iterator<Item = IpNet> + Send> = match want {
+            Some(w) => Box::new(std::iter::once(w)),
+            None => Box::new(pnet.subnets(block_len).into_iter().flatten()),
         };
         let me = host_affinity(&self.node);
         for cidr in candidates.into_iter().filter(|c| !taken.contains(&c.to_string()) || want.is_some()) {
