@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -36,17 +35,7 @@ fn env_dir(var: &str, default: &str) -> PathBuf {
 }
 
 fn kubectl(state: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(state.join("kubectl"))
-        .args(args)
-        .env("KUBECONFIG", state.join("kubeconfig"))
-        .current_dir(tabby_e2e::repo_root())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
-    }
+    sh::kubectl(state, args)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -392,17 +392,7 @@ fn verdict(allowed: bool) -> &'static str {
 // The cluster.
 
 fn kubectl(state: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(state.join("kubectl"))
-        .args(args)
-        .env("KUBECONFIG", state.join("kubeconfig"))
-        .current_dir(tabby_e2e::repo_root())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
-    }
+    sh::kubectl(state, args)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {

@@ -52,3 +52,19 @@ pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -
     }
     Ok(())
 }
+
+/// `kubectl` of the lab in `state` (its binary and kubeconfig there), run from the repository root: its
+/// standard output, or the command and its standard error.
+pub fn kubectl(state: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(state.join("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", state.join("kubeconfig"))
+        .current_dir(crate::repo_root())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}

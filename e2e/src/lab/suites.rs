@@ -205,17 +205,7 @@ fn diagnose(cfg: &LabConfig, report: &Path) {
 }
 
 fn kubectl(cfg: &LabConfig, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cfg.state.join("kubectl"))
-        .args(args)
-        .env("KUBECONFIG", cfg.state.join("kubeconfig"))
-        .current_dir(crate::repo_root())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
+    sh::kubectl(&cfg.state, args)
 }
 
 /// The Installation of a dual-stack run: the default IPv4 pool of custom-resources.yaml and an IPv6 pool.
