@@ -34,7 +34,8 @@ fn cluster(policies: usize, pods: usize, nodes: usize) -> Cluster {
     for p in 0..policies {
         let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
             "metadata": {"name": format!("np-{p}"), "namespace": "bench"},
-            "spec": {"podSelector": {"matchLabels": {"app": format!("app-{p}")}},
+            "spec": {"podSelector": {"matchExpressions": [
+                        {"key": "app", "operator": "In", "values": [format!("app-{p}"), "shared"]}]},
                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": format!("client-{p}")}}}],
                                   "ports": [{"port": 80}]}]}}))
         .unwrap();
@@ -57,6 +58,41 @@ fn one_change_at_scale() {
         return;
     }
     let ns = Netns::new("pscale");
+    // What a pass reads before compiling: 10,000 Pod objects and 1,000 policies into the model.
+    let pods: Vec<k8s_openapi::api::core::v1::Pod> = (0..10_000)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("pod-{i}"), "namespace": "bench",
+                             "labels": {"app": format!("app-{}", i % 1000), "role": format!("client-{}", (i / 7) % 1000)}},
+                "spec": {"nodeName": format!("node-{}", i % 100), "containers": [{"name": "c", "image": "pause"}]},
+                "status": {"phase": "Running", "podIPs": [{"ip": format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256)}]}
+            }))
+            .unwrap()
+        })
+        .collect();
+    let nps: Vec<k8s_openapi::api::networking::v1::NetworkPolicy> = (0..1000)
+        .map(|p| {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("np-{p}"), "namespace": "bench"},
+                "spec": {"podSelector": {"matchExpressions": [
+                            {"key": "app", "operator": "In", "values": [format!("app-{p}"), "shared"]}]},
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": format!("client-{p}")}}}],
+                                      "ports": [{"port": 80}]}]}}))
+            .unwrap()
+        })
+        .collect();
+    let objects = tabby_api::policy::cluster::Objects {
+        pods: pods.iter().collect(),
+        k8s: nps.iter().collect(),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let built = tabby_api::policy::cluster::build(&objects, &[]);
+    println!(
+        "build the model from 10000 Pod objects and 1000 policies: {:?} ({} endpoints)",
+        t.elapsed(),
+        built.cluster.endpoints.len()
+    );
     let c = cluster(1000, 10_000, 100);
     let t = Instant::now();
     let r = rendered(&c);
@@ -67,6 +103,30 @@ fn one_change_at_scale() {
         r.chains.len(),
         r.sets.len()
     );
+    // The bench's worst case: one local pod that every policy selects (1,000 peer sets to fill).
+    let mut shared = c.clone();
+    shared.endpoints[0].labels.insert("app".into(), "shared".into());
+    let t = Instant::now();
+    let rs = rendered(&shared);
+    println!(
+        "compile + render, one local pod selected by all 1000 policies: {:?}; {} chains, {} sets",
+        t.elapsed(),
+        rs.chains.len(),
+        rs.sets.len()
+    );
+    let t = Instant::now();
+    let compiled = compile(&shared, |e| e.node == "node-0");
+    println!(
+        "  of which the compile: {:?} ({} policies, {} sets)",
+        t.elapsed(),
+        compiled.policies.len(),
+        compiled.sets.len()
+    );
+    let mut again = shared.clone();
+    again.endpoints[8].labels.insert("role".into(), "client-0".into());
+    let t = Instant::now();
+    let _ = rendered(&again);
+    println!("  then one remote label change: compile + render {:?}", t.elapsed());
     let result = ns.run(move || {
         let nft = Arc::new(Mutex::new(Nft::default()));
         let mut n = nft.lock().unwrap();

@@ -25,6 +25,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 /// The longest selector accepted (Calico's limit).
 pub const MAX_LEN: usize = 1024;
 
+/// Where a selector reads an entity's labels: a map, or a view that adds implicit labels to one.
+pub trait LabelSource {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelSource for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
 /// A parsed selector.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Selector {
@@ -58,19 +69,25 @@ impl Selector {
 
     /// Whether an entity with `labels` matches; `global` says whether it is not namespaced.
     pub fn matches_entity(&self, labels: &BTreeMap<String, String>, global: bool) -> bool {
-        let get = |k: &String| labels.get(k);
+        self.matches_in(labels, global)
+    }
+
+    /// Whether an entity whose labels `labels` reads matches (a view adds implicit labels without
+    /// copying the map); `global` says whether it is not namespaced.
+    pub fn matches_in(&self, labels: &impl LabelSource, global: bool) -> bool {
+        let get = |k: &String| labels.label(k);
         match self {
             Selector::All => true,
             Selector::Global => global,
-            Selector::Has(k) => labels.contains_key(k),
-            Selector::Eq(k, v) => get(k) == Some(v),
-            Selector::In(k, vs) => get(k).is_some_and(|v| vs.contains(v)),
+            Selector::Has(k) => get(k).is_some(),
+            Selector::Eq(k, v) => get(k) == Some(v.as_str()),
+            Selector::In(k, vs) => get(k).is_some_and(|v| vs.iter().any(|x| x == v)),
             Selector::Contains(k, s) => get(k).is_some_and(|v| v.contains(s.as_str())),
             Selector::StartsWith(k, s) => get(k).is_some_and(|v| v.starts_with(s.as_str())),
             Selector::EndsWith(k, s) => get(k).is_some_and(|v| v.ends_with(s.as_str())),
-            Selector::Not(s) => !s.matches_entity(labels, global),
-            Selector::And(a, b) => a.matches_entity(labels, global) && b.matches_entity(labels, global),
-            Selector::Or(a, b) => a.matches_entity(labels, global) || b.matches_entity(labels, global),
+            Selector::Not(s) => !s.matches_in(labels, global),
+            Selector::And(a, b) => a.matches_in(labels, global) && b.matches_in(labels, global),
+            Selector::Or(a, b) => a.matches_in(labels, global) || b.matches_in(labels, global),
         }
     }
 

@@ -6,7 +6,7 @@
 //! The agent builds it from its caches, `kubectl tabby policy trace` from a list of each kind: the same
 //! function, so the trace explains what the agent enforces.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -179,34 +179,36 @@ pub fn build(s: &Objects, pending: &[Endpoint]) -> Built {
     let mut out = Built::default();
     let c = &mut out.cluster;
     let addrs = block_addresses(s);
-    let mut seen = BTreeSet::new();
+    // Endpoint position by (namespace, name); pods without an endpoint (host network, finished) as None.
+    let mut seen: HashMap<(String, String), Option<usize>> = HashMap::with_capacity(s.pods.len() + pending.len());
     for p in s.pods.iter().copied() {
-        let key = (p.namespace().unwrap_or_default(), p.name_any());
-        seen.insert(format!("{}/{}", key.0, key.1));
-        if let Some(e) = endpoint(p, addrs.get(&key).map(|(ips, _)| ips)) {
+        let (ns, name) = (p.metadata.namespace.as_deref().unwrap_or_default(), p.metadata.name.as_deref());
+        let key = (ns.to_string(), name.unwrap_or_default().to_string());
+        let e = endpoint(p, addrs.get(&key).map(|(ips, _)| ips));
+        let at = e.map(|e| {
             c.endpoints.push(e);
-        }
+            c.endpoints.len() - 1
+        });
+        seen.insert(key, at);
     }
     // Attachments with addresses and no Pod object (yet, or at all): endpoints without labels, so their
     // interfaces are known and policies selecting `all()` apply.
-    for ((ns, name), (ips, node)) in &addrs {
-        let key = format!("{ns}/{name}");
-        if !seen.contains(&key) {
-            seen.insert(key);
-            c.endpoints.push(Endpoint {
-                namespace: ns.clone(),
-                name: name.clone(),
-                node: node.clone(),
-                ips: ips.clone(),
-                ..Endpoint::default()
-            });
+    for ((ns, name), (ips, node)) in addrs {
+        if let std::collections::hash_map::Entry::Vacant(v) = seen.entry((ns, name)) {
+            let (ns, name) = v.key().clone();
+            c.endpoints.push(Endpoint { namespace: ns, name, node, ips, ..Endpoint::default() });
+            v.insert(Some(c.endpoints.len() - 1));
         }
     }
     for e in pending {
-        match c.endpoints.iter_mut().find(|x| x.key() == e.key()) {
-            Some(x) => x.ips.extend(e.ips.iter().filter(|ip| !x.ips.contains(ip)).copied().collect::<Vec<_>>()),
-            None if !seen.contains(&e.key()) => c.endpoints.push(e.clone()),
-            None => {}
+        match seen.get(&(e.namespace.clone(), e.name.clone())) {
+            Some(Some(i)) => {
+                let x = &mut c.endpoints[*i];
+                let more: Vec<IpAddr> = e.ips.iter().filter(|ip| !x.ips.contains(ip)).copied().collect();
+                x.ips.extend(more);
+            }
+            Some(None) => {}
+            None => c.endpoints.push(e.clone()),
         }
     }
     c.namespaces = s.namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect();

@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod cnp;
+pub mod index;
 pub mod model;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

@@ -26,11 +26,12 @@ use k8s_openapi::api::networking::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::cnp::{self, ClusterNetworkPolicy, CnpAction, CnpTier};
+use super::index::{Index, Postings};
 use super::{
     ADMIN_TIER, ADMIN_TIER_ORDER, Action, BASELINE_TIER, BASELINE_TIER_ORDER, DEFAULT_TIER, DEFAULT_TIER_ORDER,
     EntityRule, K8S_POLICY_ORDER, PolicyFields, PolicyRule, PolicyType,
 };
-use crate::selector::Selector;
+use crate::selector::{LabelSource, Selector};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -100,6 +101,41 @@ impl Endpoint {
             l.insert(LABEL_SERVICE_ACCOUNT.into(), sa.clone());
         }
         l
+    }
+}
+
+/// An endpoint's labels as selectors read them: its own, with the implicit ones (namespace,
+/// orchestrator, service account) taking precedence, without copying the map.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointLabels<'a>(pub &'a Endpoint);
+
+impl LabelSource for EndpointLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        let e = self.0;
+        match key {
+            LABEL_NAMESPACE => Some(&e.namespace),
+            LABEL_ORCHESTRATOR => Some("k8s"),
+            LABEL_SERVICE_ACCOUNT if e.service_account.is_some() => e.service_account.as_deref(),
+            _ => e.labels.get(key).map(String::as_str),
+        }
+    }
+}
+
+/// A namespace's labels as selectors read them: its own with the implicit name labels.
+#[derive(Debug, Clone, Copy)]
+pub struct NamespaceLabels<'a> {
+    pub name: &'a str,
+    pub labels: Option<&'a Labels>,
+}
+
+impl LabelSource for NamespaceLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        let own = || self.labels.and_then(|l| l.get(key)).map(String::as_str);
+        match key {
+            LABEL_NAMESPACE_NAME => Some(self.name),
+            "kubernetes.io/metadata.name" => own().or(Some(self.name)),
+            _ => own(),
+        }
     }
 }
 
@@ -806,12 +842,18 @@ impl Cluster {
         l
     }
 
-    fn in_scope(&self, scope: &NsScope, ns: Option<&str>) -> bool {
+    /// A namespace's labels as a selector reads them (without copying).
+    pub fn namespace_view<'a>(&'a self, ns: &'a str) -> NamespaceLabels<'a> {
+        NamespaceLabels { name: ns, labels: self.namespaces.get(ns) }
+    }
+
+    /// Whether namespace `ns` (None: not namespaced) is in `scope`.
+    pub fn in_scope(&self, scope: &NsScope, ns: Option<&str>) -> bool {
         match (scope, ns) {
             (NsScope::Any, _) => true,
             (NsScope::Same(n), Some(ns)) => n == ns,
             (NsScope::Same(_), None) => false,
-            (NsScope::Select(s), Some(ns)) => s.matches_entity(&self.namespace_labels(ns), false),
+            (NsScope::Select(s), Some(ns)) => s.matches_in(&self.namespace_view(ns), false),
             (NsScope::Select(s), None) => s.mentions_global() && s.matches_entity(&Labels::new(), true),
         }
     }
@@ -820,7 +862,7 @@ impl Cluster {
     pub fn peer_matches(&self, p: &PeerSel, e: &Endpoint) -> bool {
         self.in_scope(&p.scope, Some(&e.namespace))
             && (p.sa_names.is_empty() || e.service_account.as_ref().is_some_and(|s| p.sa_names.contains(s)))
-            && p.selector.matches(&e.selector_labels())
+            && p.selector.matches_in(&EndpointLabels(e), false)
     }
 
     fn set_matches(&self, p: &PeerSel, s: &NetSet) -> bool {
@@ -837,8 +879,8 @@ impl Cluster {
     pub fn applies(&self, s: &Subject, e: &Endpoint) -> bool {
         s.namespace.as_ref().is_none_or(|n| *n == e.namespace)
             && (s.sa_names.is_empty() || e.service_account.as_ref().is_some_and(|x| s.sa_names.contains(x)))
-            && s.selector.matches(&e.selector_labels())
-            && s.namespace_selector.matches(&self.namespace_labels(&e.namespace))
+            && s.selector.matches_in(&EndpointLabels(e), false)
+            && s.namespace_selector.matches_in(&self.namespace_view(&e.namespace), false)
     }
 
     fn tier(&self, name: &str) -> TierInfo {
@@ -979,17 +1021,26 @@ pub struct Ruleset {
 pub fn disjoint(nets: impl IntoIterator<Item = IpNet>) -> BTreeSet<IpNet> {
     let mut v: Vec<IpNet> = nets.into_iter().map(|n| n.trunc()).collect();
     v.sort_by_key(|n| n.prefix_len());
-    let mut out: Vec<IpNet> = Vec::new();
+    // A network is covered when its supernet at one of the kept prefix lengths was kept: O(n × the
+    // number of distinct lengths), not O(n²) (a set of 10,000 pod addresses is one length).
+    let mut out: BTreeSet<IpNet> = BTreeSet::new();
+    let mut lengths: Vec<(bool, u8)> = Vec::new();
     for n in v {
-        if !out.iter().any(|o| o.contains(&n)) {
-            out.push(n);
+        let v6 = n.addr().is_ipv6();
+        let covered = lengths
+            .iter()
+            .filter(|(f, l)| *f == v6 && *l <= n.prefix_len())
+            .any(|(_, l)| IpNet::new(n.addr(), *l).is_ok_and(|s| out.contains(&s.trunc())));
+        if !covered && out.insert(n) && !lengths.contains(&(v6, n.prefix_len())) {
+            lengths.push((v6, n.prefix_len()));
         }
     }
-    out.into_iter().collect()
+    out
 }
 
 struct Compiler<'a> {
     c: &'a Cluster,
+    idx: &'a Index<'a>,
     sets: BTreeMap<String, (SetDef, Members)>,
 }
 
@@ -1008,12 +1059,21 @@ impl Compiler<'_> {
         let mut m = Members::default();
         match def {
             SetDef::Peers(p) => {
-                let eps = c.endpoints.iter().filter(|e| c.peer_matches(p, e)).flat_map(|e| e.ips.iter().copied());
+                let eps = self
+                    .idx
+                    .endpoints(self.idx.peer(c, p))
+                    .filter(|e| c.peer_matches(p, e))
+                    .flat_map(|e| e.ips.iter().copied());
                 let sets = c.net_sets.iter().filter(|s| c.set_matches(p, s)).flat_map(|s| s.nets.iter().copied());
                 m.nets = disjoint(eps.map(IpNet::from).chain(sets));
             }
             SetDef::NamedPort { name, protocol, sel } => {
-                for e in c.endpoints.iter().filter(|e| sel.as_ref().is_none_or(|p| c.peer_matches(p, e))) {
+                let with_port = Postings::Some(self.idx.with_port(name));
+                let cands = match sel {
+                    Some(p) => with_port.and(self.idx.peer(c, p)),
+                    None => with_port,
+                };
+                for e in self.idx.endpoints(cands).filter(|e| sel.as_ref().is_none_or(|p| c.peer_matches(p, e))) {
                     for np in e.ports.iter().filter(|np| np.name == *name && protocol.is_none_or(|p| p == np.protocol))
                     {
                         m.ports.extend(e.ips.iter().map(|ip| (*ip, np.protocol, np.port)));
@@ -1079,8 +1139,13 @@ fn order_key(o: Option<f64>) -> f64 {
 }
 
 /// Compiles the policies of the endpoints `local` picks (the agent: this node's; the trace: all).
+///
+/// Costs what the selected things are, not what the cluster holds: an [`Index`] of the endpoints'
+/// labels gives each subject and peer selector its candidates (`app in {'a', 'b'}` reads two lists),
+/// which the full match then confirms; the rest is linear in the policies and the local endpoints.
 pub fn compile(c: &Cluster, local: impl Fn(&Endpoint) -> bool) -> Ruleset {
-    let mut comp = Compiler { c, sets: BTreeMap::new() };
+    let idx = Index::new(&c.endpoints);
+    let mut comp = Compiler { c, idx: &idx, sets: BTreeMap::new() };
     let mut out = Ruleset::default();
     // Tiers in order, policies in each in order.
     let mut by_tier: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
@@ -1092,34 +1157,67 @@ pub fn compile(c: &Cluster, local: impl Fn(&Endpoint) -> bool) -> Ruleset {
     for ps in by_tier.values_mut() {
         ps.sort_by(|a, b| order_key(a.order).total_cmp(&order_key(b.order)).then_with(|| a.id.cmp(&b.id)));
     }
-    for e in c.endpoints.iter().filter(|e| local(e)) {
-        let mut progs = (Vec::new(), Vec::new());
-        for dir in [Dir::Ingress, Dir::Egress] {
-            let prog = if dir == Dir::Ingress { &mut progs.0 } else { &mut progs.1 };
-            for (tier, info) in &tiers {
-                let applying: Vec<&Policy> = by_tier[tier]
-                    .iter()
-                    .copied()
-                    .filter(|p| p.rules(dir).is_some() && c.applies(&p.subject, e))
-                    .collect();
-                if applying.is_empty() {
-                    continue;
+    let local: Vec<u32> = (0..c.endpoints.len() as u32).filter(|i| local(&c.endpoints[*i as usize])).collect();
+    let mut is_local = vec![false; c.endpoints.len()];
+    for i in &local {
+        is_local[*i as usize] = true;
+    }
+    // Per local endpoint and direction: the tiers (by position) whose policies apply, each in order.
+    type Applying<'p> = [BTreeMap<usize, Vec<&'p Policy>>; 2];
+    let mut applying: BTreeMap<u32, Applying> = BTreeMap::new();
+    for (ti, (tier, _)) in tiers.iter().enumerate() {
+        for p in &by_tier[tier] {
+            let dirs: Vec<usize> = [Dir::Ingress, Dir::Egress]
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| p.rules(**d).is_some())
+                .map(|(i, _)| i)
+                .collect();
+            if dirs.is_empty() {
+                continue;
+            }
+            let hits: Vec<u32> = match idx.subject(c, &p.subject) {
+                Postings::Some(v) if v.len() < local.len() => v.into_iter().filter(|i| is_local[*i as usize]).collect(),
+                _ => local.clone(),
+            };
+            for i in hits.into_iter().filter(|i| c.applies(&p.subject, &c.endpoints[*i as usize])) {
+                let a = applying.entry(i).or_default();
+                for d in &dirs {
+                    a[*d].entry(ti).or_default().push(p);
                 }
-                let only_staged = applying.iter().all(|p| p.staged());
-                for p in &applying {
-                    let key = (p.id.clone(), dir);
-                    if let std::collections::btree_map::Entry::Vacant(v) = out.policies.entry(key) {
-                        let rules =
-                            p.rules(dir).map(|rs| rs.iter().map(|r| comp.rule(r)).collect()).unwrap_or_default();
-                        v.insert(CPolicy { id: p.id.clone(), tier: p.tier.clone(), dir, staged: p.staged(), rules });
+            }
+        }
+    }
+    for i in local {
+        let e = &c.endpoints[i as usize];
+        let mut progs: (Program, Program) = (Vec::new(), Vec::new());
+        if let Some(a) = applying.get(&i) {
+            for (d, dir) in [Dir::Ingress, Dir::Egress].into_iter().enumerate() {
+                let prog = if dir == Dir::Ingress { &mut progs.0 } else { &mut progs.1 };
+                for (ti, ps) in &a[d] {
+                    let (tier, info) = &tiers[*ti];
+                    let only_staged = ps.iter().all(|p| p.staged());
+                    for p in ps {
+                        let key = (p.id.clone(), dir);
+                        if let std::collections::btree_map::Entry::Vacant(v) = out.policies.entry(key) {
+                            let rules =
+                                p.rules(dir).map(|rs| rs.iter().map(|r| comp.rule(r)).collect()).unwrap_or_default();
+                            v.insert(CPolicy {
+                                id: p.id.clone(),
+                                tier: p.tier.clone(),
+                                dir,
+                                staged: p.staged(),
+                                rules,
+                            });
+                        }
                     }
+                    prog.push(TierStep {
+                        tier: tier.to_string(),
+                        policies: ps.iter().map(|p| p.id.clone()).collect(),
+                        end: if only_staged { Action::Pass } else { info.default_action },
+                        only_staged,
+                    });
                 }
-                prog.push(TierStep {
-                    tier: tier.to_string(),
-                    policies: applying.iter().map(|p| p.id.clone()).collect(),
-                    end: if only_staged { Action::Pass } else { info.default_action },
-                    only_staged,
-                });
             }
         }
         out.endpoints.insert(e.key(), progs);
