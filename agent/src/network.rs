@@ -28,6 +28,9 @@ use crate::routes::RouteTable;
 use crate::routes::pods::PodRoutes;
 use crate::status::{Reporter, Status};
 
+/// A pass this long is logged with its parts (milliseconds per reconciler, desired and apply).
+const SLOW_PASS: Duration = Duration::from_millis(200);
+
 /// The reconcilers, in the order a pass runs them.
 struct Reconcilers {
     node: Slot<Identity>,
@@ -44,17 +47,40 @@ struct Reconcilers {
 impl Reconcilers {
     /// One pass: one snapshot of the facts, the local facts read once, every reconciler in order.
     async fn pass(&mut self, facts: &Facts, kernel: &Kernel) {
+        let started = Instant::now();
         let snap = facts.snapshot();
         let mut local = Local::gather(kernel, self.node.r.reach_destinations()).await;
+        let mut took: Vec<(&str, u64)> = Vec::with_capacity(10);
+        let mut mark = |name, at: &mut Instant| {
+            took.push((name, at.elapsed().as_millis() as u64));
+            *at = Instant::now();
+        };
+        let mut at = Instant::now();
+        mark("snapshot", &mut at);
         self.node.step(&snap, &mut local).await;
+        mark("node", &mut at);
         self.vxlan.step(&snap, &mut local).await;
+        mark("vxlan", &mut at);
         self.ipip.step(&snap, &mut local).await;
+        mark("ipip", &mut at);
         self.annotations.step(&snap, &mut local).await;
+        mark("annotations", &mut at);
         self.pod_routes.step(&snap, &mut local).await;
+        mark("pod_routes", &mut at);
         self.bgp.step(&snap, &mut local).await;
+        mark("bgp", &mut at);
         self.nat.step(&snap, &mut local).await;
+        mark("nat", &mut at);
         self.policy.step(&snap, &mut local).await;
+        mark("policy", &mut at);
         self.status.step(&snap, &mut local).await;
+        mark("status", &mut at);
+        // A slow pass delays every change behind it: say where the time went.
+        let total = started.elapsed();
+        if total >= SLOW_PASS {
+            let parts: Vec<String> = took.iter().filter(|(_, ms)| *ms > 0).map(|(n, ms)| format!("{n}={ms}")).collect();
+            tracing::info!(elapsed_ms = total.as_millis() as u64, parts = %parts.join(" "), "slow network pass");
+        }
     }
 }
 
