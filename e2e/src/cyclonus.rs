@@ -134,6 +134,29 @@ pub fn fatal(stderr: &str) -> Option<String> {
     Some(msg.replace("\\n", " ").replace("\\\"", "\""))
 }
 
+/// Whether cyclonus stopped on a write that lost a race (a get then an update of a whole Pod or
+/// Namespace, without retrying on a conflict): running it again on the same lab goes on (it reuses the
+/// probe pods it finds).
+pub fn retryable(fatal: &str) -> bool {
+    fatal.contains("the object has been modified")
+}
+
+/// The cases of several runs of the same case list on one lab, each case as the latest run that reached a
+/// verdict on it saw it (a rerun repeats the cases before the stop, then goes further).
+pub fn merge(runs: &[Vec<Case>]) -> Vec<Case> {
+    let Some(last) = runs.last() else { return vec![] };
+    last.iter()
+        .map(|case| {
+            runs.iter()
+                .rev()
+                .filter_map(|r| r.iter().find(|c| c.number == case.number))
+                .find(|c| matches!(c.verdict, Verdict::Passed | Verdict::Failed))
+                .unwrap_or(case)
+                .clone()
+        })
+        .collect()
+}
+
 /// Counts of a run: passed and failed cases (stopped and never run count as failed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -256,6 +279,38 @@ Expected ingress:
 finished policy #2
 starting test case #3
 ";
+
+    #[test]
+    fn a_rerun_after_a_conflict_completes_the_cases() {
+        let case = |n, verdict| Case { number: n, description: format!("c{n}"), tags: vec![], steps: vec![], verdict };
+        let first = vec![
+            case(1, Verdict::Passed),
+            case(2, Verdict::Failed),
+            case(3, Verdict::Stopped),
+            case(4, Verdict::NotRun),
+        ];
+        let second = vec![
+            case(1, Verdict::Passed),
+            case(2, Verdict::Passed),
+            case(3, Verdict::Passed),
+            case(4, Verdict::Stopped),
+        ];
+        let verdicts: Vec<Verdict> = merge(&[first.clone(), second]).into_iter().map(|c| c.verdict).collect();
+        assert_eq!(verdicts, [Verdict::Passed, Verdict::Passed, Verdict::Passed, Verdict::Stopped]);
+        // A rerun that stopped earlier keeps the first run's verdicts past its stop.
+        let short = vec![
+            case(1, Verdict::Stopped),
+            case(2, Verdict::NotRun),
+            case(3, Verdict::NotRun),
+            case(4, Verdict::NotRun),
+        ];
+        let verdicts: Vec<Verdict> = merge(&[first, short]).into_iter().map(|c| c.verdict).collect();
+        assert_eq!(verdicts, [Verdict::Passed, Verdict::Failed, Verdict::NotRun, Verdict::NotRun]);
+        assert!(retryable(
+            "unable to update pod y/a: Operation cannot be fulfilled on pods \"a\": the object has been modified; please apply your changes to the latest version and try again"
+        ));
+        assert!(!retryable("pods not ready"));
+    }
 
     #[test]
     fn every_listed_case_with_its_tags_steps_and_verdict() {

@@ -357,16 +357,41 @@ fn run_netpol_api(cfg: &LabConfig, run: &Run) -> Result<Vec<conformance::Spec>, 
 /// `agnhost connect` through the API server's exec, as it does on any cluster). Its standard output goes to
 /// `<report>/cyclonus.log` (what [`cyclonus::parse`] reads), its logging to `<report>/cyclonus-stderr.log`,
 /// with a progress line every minute. Returns the cases and, when it stopped on an error, that error.
+/// A run that cyclonus stops on a lost write race ([`cyclonus::retryable`]) is run again on the same lab,
+/// up to [`CYCLONUS_ATTEMPTS`] times, and the attempts' cases merged ([`cyclonus::merge`]).
 fn run_cyclonus(cfg: &LabConfig, run: &Run) -> Result<(Vec<cyclonus::Case>, Option<String>), String> {
+    let mut runs = Vec::new();
+    for attempt in 1..=CYCLONUS_ATTEMPTS {
+        let (cases, fatal) = cyclonus_attempt(cfg, run, attempt)?;
+        runs.push(cases);
+        match fatal {
+            Some(f) if cyclonus::retryable(&f) && attempt < CYCLONUS_ATTEMPTS => {
+                println!("    cyclonus stopped on a write conflict ({f}); running it again on the same lab");
+            }
+            fatal => return Ok((cyclonus::merge(&runs), fatal)),
+        }
+    }
+    Ok((cyclonus::merge(&runs), None))
+}
+
+/// How many times cyclonus runs when it keeps stopping on write conflicts.
+const CYCLONUS_ATTEMPTS: usize = 3;
+
+fn cyclonus_attempt(
+    cfg: &LabConfig,
+    run: &Run,
+    attempt: usize,
+) -> Result<(Vec<cyclonus::Case>, Option<String>), String> {
     let args = run.cyclonus.args();
     println!("==> cyclonus {}", args.join(" "));
-    let log_path = run.report.join("cyclonus.log");
-    let err_path = run.report.join("cyclonus-stderr.log");
+    let suffix = if attempt == 1 { String::new() } else { format!("-{attempt}") };
+    let log_path = run.report.join(format!("cyclonus{suffix}.log"));
+    let err_path = run.report.join(format!("cyclonus{suffix}-stderr.log"));
     let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let err = std::fs::File::create(&err_path).map_err(|e| format!("{}: {e}", err_path.display()))?;
     let mut child = Command::new(&run.cyclonus.bin)
         .args(&args)
-        .arg(format!("--junit-results-file={}", run.report.join("junit-cyclonus.xml").display()))
+        .arg(format!("--junit-results-file={}", run.report.join(format!("junit-cyclonus{suffix}.xml")).display()))
         .env("KUBECONFIG", cfg.state.join("kubeconfig"))
         .current_dir(&run.report)
         .stdin(Stdio::null())
