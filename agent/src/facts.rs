@@ -25,6 +25,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus, Secret, SecretKeySelector,
+    ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -129,6 +130,15 @@ pub fn lean_pod(p: &mut Pod) {
     });
 }
 
+/// Keeps a ServiceAccount's metadata (its labels select its pods), not its secrets' names.
+pub fn lean_service_account(sa: &mut ServiceAccount) {
+    lean_meta(&mut sa.metadata);
+    sa.metadata.annotations = None;
+    sa.secrets = None;
+    sa.image_pull_secrets = None;
+    sa.automount_service_account_token = None;
+}
+
 /// Keeps a namespace's metadata (its annotations choose pools).
 pub fn lean_namespace(n: &mut Namespace) {
     lean_meta(&mut n.metadata);
@@ -172,6 +182,7 @@ impl Facts {
                 global_sets: reflect(Api::all(client.clone()), all(), lean, net()),
                 tiers: reflect(Api::all(client.clone()), all(), lean, net()),
                 cnps: reflect(Api::all(client.clone()), all(), lean, net()),
+                service_accounts: reflect(Api::all(client.clone()), all(), lean_service_account, net()),
             },
             changed,
             pools_changed,
@@ -194,6 +205,7 @@ impl Facts {
             ("networksets", facts.policy.sets.wait_until_ready().await),
             ("globalnetworksets", facts.policy.global_sets.wait_until_ready().await),
             ("tiers", facts.policy.tiers.wait_until_ready().await),
+            ("serviceaccounts", facts.policy.service_accounts.wait_until_ready().await),
         ];
         // ClusterNetworkPolicy's CRD is optional (the operator installs it when absent): a cluster
         // without it must not hold the agent up.
@@ -238,6 +250,7 @@ impl Facts {
                 global_sets: self.policy.global_sets.state(),
                 tiers: self.policy.tiers.state(),
                 cnps: self.policy.cnps.state(),
+                service_accounts: self.policy.service_accounts.state(),
             },
         }
     }
@@ -255,6 +268,8 @@ pub struct PolicyStores {
     pub global_sets: Store<GlobalNetworkSet>,
     pub tiers: Store<Tier>,
     pub cnps: Store<ClusterNetworkPolicy>,
+    /// Their labels select pods (`serviceAccounts.selector`).
+    pub service_accounts: Store<ServiceAccount>,
 }
 
 /// Every policy object, as one pass sees them.
@@ -269,6 +284,7 @@ pub struct PolicyFacts {
     pub global_sets: Vec<Arc<GlobalNetworkSet>>,
     pub tiers: Vec<Arc<Tier>>,
     pub cnps: Vec<Arc<ClusterNetworkPolicy>>,
+    pub service_accounts: Vec<Arc<ServiceAccount>>,
 }
 
 /// The API as one network pass sees it.

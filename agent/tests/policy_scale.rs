@@ -28,6 +28,7 @@ fn cluster(policies: usize, pods: usize, nodes: usize) -> Cluster {
             service_account: Some("default".into()),
             ips: vec![format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256).parse().unwrap()],
             ports: vec![],
+            ..Endpoint::default()
         });
     }
     c.namespaces = [("bench".to_string(), BTreeMap::new())].into();

@@ -9,7 +9,7 @@ pub fn agent_rules() -> Value {
     json!([
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
-        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods", "namespaces", "serviceaccounts"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
         {"apiGroups": ["tabby.dev"], "resources": ["ippools", "ipamconfigs", "bgpconfigurations", "bgppeers"],
          "verbs": ["get", "list", "watch"]},

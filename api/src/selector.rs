@@ -99,6 +99,25 @@ impl Selector {
         }
     }
 
+    /// The same selector over keys with `prefix` in front (how a ServiceAccount's labels are read on
+    /// its pods: `k == 'v'` becomes `pcsa.k == 'v'`).
+    pub fn prefixed(&self, prefix: &str) -> Selector {
+        let k = |key: &String| format!("{prefix}{key}");
+        match self {
+            Selector::All => Selector::All,
+            Selector::Global => Selector::Global,
+            Selector::Has(key) => Selector::Has(k(key)),
+            Selector::Eq(key, v) => Selector::Eq(k(key), v.clone()),
+            Selector::In(key, vs) => Selector::In(k(key), vs.clone()),
+            Selector::Contains(key, v) => Selector::Contains(k(key), v.clone()),
+            Selector::StartsWith(key, v) => Selector::StartsWith(k(key), v.clone()),
+            Selector::EndsWith(key, v) => Selector::EndsWith(k(key), v.clone()),
+            Selector::Not(s) => Selector::Not(Box::new(s.prefixed(prefix))),
+            Selector::And(a, b) => Selector::And(Box::new(a.prefixed(prefix)), Box::new(b.prefixed(prefix))),
+            Selector::Or(a, b) => Selector::Or(Box::new(a.prefixed(prefix)), Box::new(b.prefixed(prefix))),
+        }
+    }
+
     /// Whether `global()` occurs anywhere in it.
     pub fn mentions_global(&self) -> bool {
         match self {

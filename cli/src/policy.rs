@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube::api::{Api, ListParams};
 use tabby_api::IPAMBlock;
@@ -268,6 +268,7 @@ pub async fn run(cluster: &Cluster, from: &str, to: &str, port: &str, with_live:
     let (port, protocol) = parse_port(port).map_err(Error::Trace)?;
     let (from, to) = (parse_end(from, &cluster.namespace), parse_end(to, &cluster.namespace));
     let pods: Vec<Pod> = all(cluster).await?;
+    let service_accounts: Vec<ServiceAccount> = all(cluster).await?;
     let k8s: Vec<K8sNetworkPolicy> = all(cluster).await?;
     let namespaces: Vec<Namespace> = Api::all(cluster.client.clone())
         .list(&ListParams::default())
@@ -291,6 +292,7 @@ pub async fn run(cluster: &Cluster, from: &str, to: &str, port: &str, with_live:
     let objects = Objects {
         pods: pods.iter().collect(),
         namespaces: namespaces.iter().collect(),
+        service_accounts: service_accounts.iter().collect(),
         nodes: nodes.iter().collect(),
         blocks: blocks.iter().collect(),
         k8s: k8s.iter().collect(),

@@ -96,9 +96,9 @@ impl Gate {
             None => None,
         };
         let mut e =
-            object.as_ref().and_then(|p| tabby_api::policy::cluster::endpoint(p, Some(&ips))).unwrap_or_else(|| {
-                Endpoint { namespace: namespace.into(), name: pod.into(), ips: ips.clone(), ..Endpoint::default() }
-            });
+            object.as_ref().and_then(|p| tabby_api::policy::cluster::endpoint(p, Some(&ips), None)).unwrap_or_else(
+                || Endpoint { namespace: namespace.into(), name: pod.into(), ips: ips.clone(), ..Endpoint::default() },
+            );
         e.node = self.node.clone();
         let g = self.announce(e);
         let ok = self.wait(g, timeout).await;

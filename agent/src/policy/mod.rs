@@ -92,6 +92,7 @@ pub fn objects(s: &Snapshot) -> Objects<'_> {
     Objects {
         pods: s.pods.iter().map(AsRef::as_ref).collect(),
         namespaces: s.namespaces.iter().map(AsRef::as_ref).collect(),
+        service_accounts: p.service_accounts.iter().map(AsRef::as_ref).collect(),
         nodes: s.nodes.iter().map(AsRef::as_ref).collect(),
         blocks: s.blocks.iter().map(AsRef::as_ref).collect(),
         k8s: p.k8s.iter().map(AsRef::as_ref).collect(),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube::ResourceExt;
 
@@ -43,6 +43,8 @@ fn container_of(h: &str) -> &str {
 pub struct Objects<'a> {
     pub pods: Vec<&'a Pod>,
     pub namespaces: Vec<&'a Namespace>,
+    /// Their labels select pods (`serviceAccounts.selector`, `serviceAccountSelector`).
+    pub service_accounts: Vec<&'a ServiceAccount>,
     pub nodes: Vec<&'a Node>,
     pub blocks: Vec<&'a IPAMBlock>,
     pub k8s: Vec<&'a K8sNetworkPolicy>,
@@ -92,8 +94,9 @@ fn block_addresses(s: &Objects) -> BTreeMap<(String, String), (Vec<IpAddr>, Stri
     out
 }
 
-/// A pod as an endpoint; `None` for host-network pods and finished ones (never endpoints).
-pub fn endpoint(p: &Pod, from_blocks: Option<&Vec<IpAddr>>) -> Option<Endpoint> {
+/// A pod as an endpoint, with `sa_labels` (its ServiceAccount's labels, when it has one); `None` for
+/// host-network pods and finished ones (never endpoints).
+pub fn endpoint(p: &Pod, from_blocks: Option<&Vec<IpAddr>>, sa_labels: Option<&model::Labels>) -> Option<Endpoint> {
     let spec = p.spec.as_ref()?;
     if spec.host_network == Some(true) {
         return None;
@@ -127,6 +130,7 @@ pub fn endpoint(p: &Pod, from_blocks: Option<&Vec<IpAddr>>) -> Option<Endpoint> 
         node: spec.node_name.clone().unwrap_or_default(),
         labels: p.labels().clone(),
         service_account: Some(spec.service_account_name.clone().unwrap_or_else(|| "default".into())),
+        sa_labels: sa_labels.cloned().unwrap_or_default(),
         ips,
         ports,
     })
@@ -181,10 +185,20 @@ pub fn build(s: &Objects, pending: &[Endpoint]) -> Built {
     let addrs = block_addresses(s);
     // Endpoint position by (namespace, name); pods without an endpoint (host network, finished) as None.
     let mut seen: HashMap<(String, String), Option<usize>> = HashMap::with_capacity(s.pods.len() + pending.len());
+    // ServiceAccounts with labels, by (namespace, name).
+    let sa_labels: HashMap<(&str, &str), &model::Labels> = s
+        .service_accounts
+        .iter()
+        .filter_map(|sa| {
+            let labels = sa.metadata.labels.as_ref().filter(|l| !l.is_empty())?;
+            Some(((sa.metadata.namespace.as_deref()?, sa.metadata.name.as_deref()?), labels))
+        })
+        .collect();
     for p in s.pods.iter().copied() {
         let (ns, name) = (p.metadata.namespace.as_deref().unwrap_or_default(), p.metadata.name.as_deref());
+        let sa = p.spec.as_ref().and_then(|s| s.service_account_name.as_deref()).unwrap_or("default");
         let key = (ns.to_string(), name.unwrap_or_default().to_string());
-        let e = endpoint(p, addrs.get(&key).map(|(ips, _)| ips));
+        let e = endpoint(p, addrs.get(&key).map(|(ips, _)| ips), sa_labels.get(&(ns, sa)).copied());
         let at = e.map(|e| {
             c.endpoints.push(e);
             c.endpoints.len() - 1
@@ -208,7 +222,14 @@ pub fn build(s: &Objects, pending: &[Endpoint]) -> Built {
                 x.ips.extend(more);
             }
             Some(None) => {}
-            None => c.endpoints.push(e.clone()),
+            None => {
+                let mut e = e.clone();
+                let sa = e.service_account.as_deref().unwrap_or("default");
+                if let Some(l) = sa_labels.get(&(e.namespace.as_str(), sa)) {
+                    e.sa_labels = (*l).clone();
+                }
+                c.endpoints.push(e);
+            }
         }
     }
     c.namespaces = s.namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect();
@@ -333,7 +354,16 @@ mod tests {
             "metadata": {"name": "typo", "namespace": "x"},
             "spec": {"selector": "app == 'web'", "ingress": [{"action": "Allow", "source": {"selector": "role = 'x'"}}]}}))
         .unwrap();
-        let s = Objects { pods: pods.iter().collect(), namespaced: vec![&typo], ..Objects::default() };
+        let sa: ServiceAccount = serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "x", "labels": {"team": "front"}}}),
+        )
+        .unwrap();
+        let s = Objects {
+            pods: pods.iter().collect(),
+            namespaced: vec![&typo],
+            service_accounts: vec![&sa],
+            ..Objects::default()
+        };
         let pending = Endpoint { namespace: "x".into(), name: "new".into(), node: "n1".into(), ..Endpoint::default() };
         let b = build(&s, &[pending]);
         let keys: Vec<String> = b.cluster.endpoints.iter().map(Endpoint::key).collect();
@@ -341,6 +371,8 @@ mod tests {
         let a = &b.cluster.endpoints[0];
         assert_eq!(a.ips.len(), 2);
         assert_eq!(a.service_account.as_deref(), Some("web"));
+        assert_eq!(a.sa_labels.get("team").map(String::as_str), Some("front"), "its ServiceAccount's labels");
+        assert!(b.cluster.endpoints[1].sa_labels.is_empty(), "x/new runs as x/default, which has none");
         assert_eq!(a.ports[1], NamedPort { name: "dns".into(), protocol: model::UDP, port: 53 });
         assert_eq!(b.invalid.len(), 1);
         assert_eq!(b.invalid[0].1.field, "spec.ingress[0].source.selector");

@@ -15,7 +15,8 @@
 use std::collections::HashMap;
 
 use super::model::{
-    Cluster, Endpoint, LABEL_NAMESPACE, LABEL_ORCHESTRATOR, LABEL_SERVICE_ACCOUNT, NsScope, PeerSel, Subject,
+    Cluster, Endpoint, LABEL_NAMESPACE, LABEL_ORCHESTRATOR, LABEL_SERVICE_ACCOUNT, NsScope, PeerSel, SA_LABEL_PREFIX,
+    Subject,
 };
 use crate::selector::Selector;
 
@@ -94,6 +95,9 @@ pub struct Index<'a> {
     endpoints: &'a [Endpoint],
     pairs: HashMap<(&'a str, &'a str), Vec<u32>>,
     keys: HashMap<&'a str, Vec<u32>>,
+    /// The ServiceAccounts' labels (keys without [`SA_LABEL_PREFIX`]).
+    sa_pairs: HashMap<(&'a str, &'a str), Vec<u32>>,
+    sa_keys: HashMap<&'a str, Vec<u32>>,
     namespaces: HashMap<&'a str, Vec<u32>>,
     ports: HashMap<&'a str, Vec<u32>>,
 }
@@ -109,7 +113,12 @@ impl<'a> Index<'a> {
                 k == LABEL_NAMESPACE
                     || k == LABEL_ORCHESTRATOR
                     || (k == LABEL_SERVICE_ACCOUNT && e.service_account.is_some())
+                    || k.starts_with(SA_LABEL_PREFIX)
             };
+            for (k, v) in &e.sa_labels {
+                x.sa_pairs.entry((k.as_str(), v.as_str())).or_default().push(i);
+                x.sa_keys.entry(k.as_str()).or_default().push(i);
+            }
             let own = e.labels.iter().filter(|(k, _)| !implicit(k)).map(|(k, v)| (k.as_str(), v.as_str()));
             let sa = e.service_account.as_deref().map(|s| (LABEL_SERVICE_ACCOUNT, s));
             let all = own.chain([(LABEL_NAMESPACE, e.namespace.as_str()), (LABEL_ORCHESTRATOR, "k8s")]).chain(sa);
@@ -134,15 +143,23 @@ impl<'a> Index<'a> {
         Postings::Some(v.cloned().unwrap_or_default())
     }
 
+    /// The endpoints with label `k` = `v` (a `pcsa.` key: their ServiceAccount's label).
+    fn pair(&self, k: &str, v: &str) -> Postings {
+        Self::list(match k.strip_prefix(SA_LABEL_PREFIX) {
+            Some(k) => self.sa_pairs.get(&(k, v)),
+            None => self.pairs.get(&(k, v)),
+        })
+    }
+
     /// A superset of the endpoints `s` matches.
     pub fn selector(&self, s: &Selector) -> Postings {
         match s {
-            Selector::Eq(k, v) => Self::list(self.pairs.get(&(k.as_str(), v.as_str()))),
-            Selector::In(k, vs) => vs
-                .iter()
-                .map(|v| Self::list(self.pairs.get(&(k.as_str(), v.as_str()))))
-                .fold(Postings::Some(vec![]), Postings::or),
-            Selector::Has(k) => Self::list(self.keys.get(k.as_str())),
+            Selector::Eq(k, v) => self.pair(k, v),
+            Selector::In(k, vs) => vs.iter().map(|v| self.pair(k, v)).fold(Postings::Some(vec![]), Postings::or),
+            Selector::Has(k) => Self::list(match k.strip_prefix(SA_LABEL_PREFIX) {
+                Some(k) => self.sa_keys.get(k),
+                None => self.keys.get(k.as_str()),
+            }),
             Selector::Global => Postings::Some(vec![]),
             Selector::And(a, b) => self.selector(a).and(self.selector(b)),
             Selector::Or(a, b) => self.selector(a).or(self.selector(b)),

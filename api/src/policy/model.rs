@@ -41,6 +41,9 @@ pub const LABEL_NAMESPACE: &str = "projectcalico.org/namespace";
 pub const LABEL_ORCHESTRATOR: &str = "projectcalico.org/orchestrator";
 /// The implicit label: the pod's service account.
 pub const LABEL_SERVICE_ACCOUNT: &str = "projectcalico.org/serviceaccount";
+/// The prefix under which an endpoint carries its ServiceAccount's labels (Calico's): a
+/// `serviceAccounts.selector` `k == 'v'` reads `pcsa.k == 'v'`.
+pub const SA_LABEL_PREFIX: &str = "pcsa.";
 /// The implicit namespace label: its name (Calico's key).
 pub const LABEL_NAMESPACE_NAME: &str = "projectcalico.org/name";
 
@@ -82,6 +85,8 @@ pub struct Endpoint {
     pub node: String,
     pub labels: Labels,
     pub service_account: Option<String>,
+    /// The labels of its ServiceAccount (read as `pcsa.<key>`).
+    pub sa_labels: Labels,
     pub ips: Vec<IpAddr>,
     pub ports: Vec<NamedPort>,
 }
@@ -92,9 +97,15 @@ impl Endpoint {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Its labels with the implicit ones (namespace, orchestrator, service account).
+    /// Its labels with the implicit ones (namespace, orchestrator, service account and its labels).
     pub fn selector_labels(&self) -> Labels {
-        let mut l = self.labels.clone();
+        let mut l: Labels = self
+            .labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with(SA_LABEL_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        l.extend(self.sa_labels.iter().map(|(k, v)| (format!("{SA_LABEL_PREFIX}{k}"), v.clone())));
         l.insert(LABEL_NAMESPACE.into(), self.namespace.clone());
         l.insert(LABEL_ORCHESTRATOR.into(), "k8s".into());
         if let Some(sa) = &self.service_account {
@@ -116,7 +127,10 @@ impl LabelSource for EndpointLabels<'_> {
             LABEL_NAMESPACE => Some(&e.namespace),
             LABEL_ORCHESTRATOR => Some("k8s"),
             LABEL_SERVICE_ACCOUNT if e.service_account.is_some() => e.service_account.as_deref(),
-            _ => e.labels.get(key).map(String::as_str),
+            _ => match key.strip_prefix(SA_LABEL_PREFIX) {
+                Some(k) => e.sa_labels.get(k).map(String::as_str),
+                None => e.labels.get(key).map(String::as_str),
+            },
         }
     }
 }
@@ -436,15 +450,14 @@ fn entity(field: &str, e: &EntityRule, ns: Option<&str>) -> Result<(Match, Vec<P
         NsScope::Select(parse_sel(&format!("{field}.namespaceSelector"), &e.namespace_selector)?)
     };
     let sa = e.service_accounts.as_ref();
-    if sa.is_some_and(|s| !s.selector.is_empty()) {
-        return Err(invalid(
-            format!("{field}.serviceAccounts.selector"),
-            "selecting service accounts by label is not supported yet",
-        ));
-    }
+    // The ServiceAccounts' labels, as their pods carry them.
+    let sa_sel = match sa.filter(|s| !s.selector.is_empty()) {
+        Some(s) => parse_sel(&format!("{field}.serviceAccounts.selector"), &s.selector)?.prefixed(SA_LABEL_PREFIX),
+        None => Selector::All,
+    };
     let sel = if !e.selector.is_empty() || !e.namespace_selector.is_empty() || sa.is_some() {
         Some(PeerSel {
-            selector: parse_sel(&format!("{field}.selector"), &e.selector)?,
+            selector: Selector::and(parse_sel(&format!("{field}.selector"), &e.selector)?, sa_sel),
             scope: scope.clone(),
             sa_names: sa.map(|s| s.names.clone()).unwrap_or_default(),
         })
@@ -535,16 +548,18 @@ pub fn from_tabby(kind: Kind, namespace: Option<&str>, name: &str, f: &PolicyFie
         }
         Ok(out)
     };
-    if !f.service_account_selector.is_empty() {
-        return Err(invalid("spec.serviceAccountSelector", "selecting service accounts by label is not supported yet"));
-    }
+    let sa_sel = if f.service_account_selector.is_empty() {
+        Selector::All
+    } else {
+        parse_sel("spec.serviceAccountSelector", &f.service_account_selector)?.prefixed(SA_LABEL_PREFIX)
+    };
     Ok(Policy {
         id: PolicyId { kind, namespace: namespace.map(str::to_string), name: name.to_string() },
         tier: f.tier.clone().unwrap_or_else(|| DEFAULT_TIER.to_string()),
         order: f.order,
         subject: Subject {
             namespace: namespace.map(str::to_string),
-            selector: parse_sel("spec.selector", &f.selector)?,
+            selector: Selector::and(parse_sel("spec.selector", &f.selector)?, sa_sel),
             namespace_selector: if namespace.is_some() {
                 Selector::All
             } else {

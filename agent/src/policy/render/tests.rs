@@ -21,6 +21,7 @@ fn ep(ns: &str, name: &str, ip: &str, node: &str, labels: &[(&str, &str)]) -> En
         service_account: Some("default".into()),
         ips: ip.split(',').map(|i| i.parse().unwrap()).collect(),
         ports: vec![NamedPort { name: "http".into(), protocol: model::TCP, port: 8080 }],
+        ..Endpoint::default()
     }
 }
 

@@ -14,6 +14,7 @@ fn ep(ns: &str, name: &str, ip: &str, node: &str) -> Endpoint {
         node: node.into(),
         labels: [("pod".to_string(), name.to_string())].into(),
         service_account: Some("default".into()),
+        sa_labels: Labels::new(),
         ips: vec![ip.parse().unwrap()],
         ports: vec![
             NamedPort { name: "serve-80-tcp".into(), protocol: TCP, port: 80 },
@@ -329,6 +330,8 @@ fn indexed_compile_equals_brute_force() {
         "all()",
         "projectcalico.org/namespace == 'n1'",
         "app not in {'a0', 'a1'} || has(role)",
+        "pcsa.team == 't1'",
+        "has(pcsa.team) && app == 'a2'",
     ];
     let mut c = Cluster { tiers: builtin_tiers(), ..Cluster::default() };
     for ns in 0..3 {
@@ -345,7 +348,8 @@ fn indexed_compile_equals_brute_force() {
             name: format!("p{i}"),
             node: format!("node{}", i % 2),
             labels,
-            service_account: Some("default".into()),
+            service_account: Some(format!("sa{}", i % 2)),
+            sa_labels: [("team".to_string(), format!("t{}", i % 2))].into(),
             ips: vec![format!("10.0.{}.{}", i / 200, i % 200).parse().unwrap()],
             ports: vec![],
         });
@@ -399,4 +403,36 @@ fn indexed_compile_equals_brute_force() {
             .collect();
         assert_eq!(members.nets, want, "{def:?}");
     }
+}
+
+/// `serviceAccounts.selector` and `serviceAccountSelector` read the labels of each pod's ServiceAccount
+/// (as Calico does, under `pcsa.`); a pod's own label of that prefix does not count.
+#[test]
+fn service_account_selectors_read_the_accounts_labels() {
+    let mut c = cluster();
+    let b = c.endpoints.iter_mut().find(|e| e.key() == "x/b").unwrap();
+    b.service_account = Some("db".into());
+    b.sa_labels = [("role".to_string(), "db".to_string())].into();
+    let a = c.endpoints.iter_mut().find(|e| e.key() == "x/a").unwrap();
+    a.labels.insert("pcsa.role".into(), "db".into());
+    c.policies = vec![
+        np(
+            "x",
+            "from-db",
+            json!({"selector": "pod == 'a'", "ingress": [
+                {"action": "Allow", "source": {"serviceAccounts": {"selector": "role == 'db'"}}}]}),
+        ),
+        gnp(
+            "db-quiet",
+            json!({"serviceAccountSelector": "role == 'db'", "types": ["Egress"], "egress": [
+            {"action": "Allow", "destination": {"nets": ["10.0.0.1/32"]}}, {"action": "Deny"}]}),
+        ),
+    ];
+    let rs = compile(&c, |_| true);
+    for (src, dst, want) in [(XB, XA, true), (YA, XA, false), (XB, YA, false), (XA, YA, true)] {
+        assert_eq!(allowed(&c, &rs, &pkt(src, dst, TCP, 80)), want, "{src} -> {dst}");
+    }
+    // The selector as the dataplane's set names it.
+    let p = &c.policies[0].ingress.as_ref().unwrap()[0];
+    assert_eq!(p.src.sel.as_ref().unwrap().selector.to_string(), "pcsa.role == 'db'");
 }
