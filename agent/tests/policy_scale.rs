@@ -45,6 +45,19 @@ fn cluster(policies: usize, pods: usize, nodes: usize) -> Cluster {
     c
 }
 
+/// This process's resident and peak memory, MiB (what the pipeline costs beside the caches).
+fn memory() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |k: &str| {
+        status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+    };
+    format!(
+        "RSS {:.1} MiB, peak {:.1} MiB",
+        kib("VmRSS:").unwrap_or(0.0) / 1024.0,
+        kib("VmHWM:").unwrap_or(0.0) / 1024.0
+    )
+}
+
 fn rendered(c: &Cluster) -> tabby_agent::policy::render::Rendered {
     let rs = compile(c, |e| e.node == "node-0");
     let ifaces =
@@ -87,6 +100,7 @@ fn one_change_at_scale() {
         k8s: nps.iter().collect(),
         ..Default::default()
     };
+    println!("  the Pod and policy objects: {}", memory());
     let t = Instant::now();
     let built = tabby_api::policy::cluster::build(&objects, &[]);
     println!(
@@ -94,6 +108,8 @@ fn one_change_at_scale() {
         t.elapsed(),
         built.cluster.endpoints.len()
     );
+    println!("  and the model built from them: {}", memory());
+    drop(built);
     let c = cluster(1000, 10_000, 100);
     let t = Instant::now();
     let r = rendered(&c);

@@ -354,10 +354,9 @@ mod tests {
             "metadata": {"name": "typo", "namespace": "x"},
             "spec": {"selector": "app == 'web'", "ingress": [{"action": "Allow", "source": {"selector": "role = 'x'"}}]}}))
         .unwrap();
-        let sa: ServiceAccount = serde_json::from_value(
-            json!({"metadata": {"name": "web", "namespace": "x", "labels": {"team": "front"}}}),
-        )
-        .unwrap();
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "x", "labels": {"team": "front"}}}))
+                .unwrap();
         let s = Objects {
             pods: pods.iter().collect(),
             namespaced: vec![&typo],
