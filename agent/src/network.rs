@@ -117,7 +117,8 @@ impl Network {
         let node = cfg.node.as_str();
         let nft = Arc::new(Mutex::new(crate::kernel::nft::Nft::default()));
         let policy = Policy::new(nft.clone(), cfg.resync, gate, Some(client.clone()));
-        tokio::spawn(crate::policy::counters::run(nft.clone(), policy.attribution(), Duration::from_secs(5)));
+        tokio::spawn(crate::policy::counters::run(policy.attribution(), Duration::from_secs(5)));
+        tokio::spawn(crate::kernel::nft::verify(nft.clone(), cfg.resync));
         crate::policy::nflog::spawn(policy.attribution());
         let mut r = Reconcilers {
             node: Slot::new(Identity::new(cfg, mtu)),

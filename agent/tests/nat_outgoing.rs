@@ -29,7 +29,7 @@ async fn nat_outgoing_to_the_internet_but_not_between_pods() {
         return;
     }
     lab.pool("10.247.0.0/16", "Never", true);
-    lab.start_agents(&[("TABBY_BGP", "Enabled")]);
+    lab.start_agents(&[("TABBY_BGP", "Enabled"), ("TABBY_ROUTE_RESYNC_SECONDS", "2")]);
     lab.add_pod("node1", "a");
     lab.add_pod("node2", "b");
     let b2 = lab.blocks_of("node2");
@@ -64,6 +64,20 @@ async fn nat_outgoing_to_the_internet_but_not_between_pods() {
     assert_eq!(rule_handles(n1), before, "rules untouched by an element change");
     let masq = n1.ns.ok(&["nft", "list", "set", "inet", "tabby", "masq4"]);
     assert!(!masq.contains("10.248.0.0/16"), "natOutgoing false is not masqueraded: {masq}");
+
+    // Deleted by hand: the table is read back every resync (2 s here), off the pass, and the next apply
+    // puts the element back.
+    n1.ns.ok(&["nft", "delete", "element", "inet", "tabby", "pools4", "{ 10.248.0.0/16 }"]);
+    let start = Instant::now();
+    loop {
+        let t = n1.ns.ok(&["nft", "list", "set", "inet", "tabby", "pools4"]);
+        if t.contains("10.248.0.0/16") {
+            eprintln!("element repaired in {:?}", start.elapsed());
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the deleted element did not come back: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn condition(lab: &Lab, node: &str, t: &str) -> (String, String, String) {

@@ -452,6 +452,39 @@ fn missing(e: &NftError) -> bool {
     matches!(e, NftError::Failed { stderr, .. } if stderr.contains("No such file"))
 }
 
+/// The table from the kernel, parsed (`None`: it does not exist); what [`verify`] reads.
+pub fn read_kernel() -> Result<Option<Current>, NftError> {
+    Cli.list()?.map(|j| parse(&j)).transpose()
+}
+
+/// The table without the elements of its sets (`nft -j -t`), for its rules' counters; `None` when it does
+/// not exist. Read without the writer: a set of 10,000 addresses costs its reader nothing here.
+pub fn list_terse() -> Result<Option<String>, NftError> {
+    match nft(&["-j", "-t", "list", "table", FAMILY, TABLE], None, "list") {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if missing(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every `every`, reads the table from the kernel without holding the writer (a large table takes
+/// hundreds of milliseconds to list and parse, and a pass must not wait for that) and hands it to the
+/// writer ([`Nft::adopt`]): the next commit then repairs anything changed by hand.
+pub async fn verify(writer: std::sync::Arc<std::sync::Mutex<Nft>>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let at = writer.lock().unwrap_or_else(|p| p.into_inner()).generation();
+        match tokio::task::spawn_blocking(read_kernel).await {
+            Ok(Ok(read)) => {
+                let adopted = writer.lock().unwrap_or_else(|p| p.into_inner()).adopt(read, at);
+                tracing::debug!(adopted, "nftables table read back");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "reading the nftables table back"),
+            Err(e) => tracing::debug!(error = %e, "reading the nftables table back"),
+        }
+    }
+}
+
 impl Exec for Cli {
     fn list(&mut self) -> Result<Option<String>, NftError> {
         match nft(&["-j", "list", "table", FAMILY, TABLE], None, "list") {
@@ -480,6 +513,9 @@ pub struct Nft {
     sections: BTreeMap<&'static str, Section>,
     /// What the table holds, as of the last successful commit (`None`: read it).
     known: Option<Current>,
+    /// Counts commits (and anything else that changes what the writer knows): a read of the kernel taken
+    /// at one generation is adopted only if the writer is still at it ([`Nft::adopt`]).
+    generation: u64,
 }
 
 impl Default for Nft {
@@ -490,17 +526,31 @@ impl Default for Nft {
 
 impl Nft {
     pub fn new(exec: Box<dyn Exec>) -> Nft {
-        Nft { exec, sections: BTreeMap::new(), known: None }
+        Nft { exec, sections: BTreeMap::new(), known: None, generation: 0 }
     }
 
     /// The next commit reads the table from the kernel instead of trusting what the writer last wrote.
     pub fn refresh(&mut self) {
         self.known = None;
+        self.generation += 1;
     }
 
-    /// The table as `nft -j list table` shows it (for counters); `None` when it does not exist.
-    pub fn list_json(&mut self) -> Result<Option<String>, NftError> {
-        self.exec.list()
+    /// Where the writer is: see [`Nft::adopt`].
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Takes `read` (the table as the kernel showed it, `None`: no table), read without holding the writer
+    /// while it was at `generation`, as what the table holds, so the next commit repairs whatever changed
+    /// behind the writer's back. Refused (false) when a commit came in between: what that commit wrote is
+    /// newer than the read.
+    pub fn adopt(&mut self, read: Option<Current>, generation: u64) -> bool {
+        if generation != self.generation {
+            return false;
+        }
+        self.known = read;
+        self.generation += 1;
+        true
     }
 
     /// Sets what `section.owner` wants; applied by the next [`Nft::commit`].
@@ -511,6 +561,7 @@ impl Nft {
     /// Reads the table and applies, in one transaction, every change the sections need. Returns how many
     /// changes there were (0: the table already was as wanted, and nothing was written).
     pub fn commit(&mut self) -> Result<usize, NftError> {
+        self.generation += 1;
         let cur = match self.known.take() {
             Some(k) => Some(k),
             None => self.exec.list()?.map(|j| parse(&j)).transpose()?,
@@ -529,7 +580,7 @@ impl Nft {
     /// Removes `owner`'s objects; the table goes when nothing of anyone is left in it (cleanup). Returns
     /// whether the table was deleted.
     pub fn teardown(&mut self, owner: &'static str) -> Result<bool, NftError> {
-        self.known = None;
+        self.refresh();
         let owns = self.sections.remove(owner).map(|s| s.owns);
         let Some(cur) = self.exec.list()?.map(|j| parse(&j)).transpose()? else { return Ok(false) };
         if let Some(owns) = owns {
@@ -750,6 +801,31 @@ pub(crate) mod tests {
         fake.lock().unwrap().fail = None;
         fake.lock().unwrap().table = Some(applied(&Section { chains: vec![], ..nat_like(&["10.0.0.0/16"]) }));
         assert_eq!(w.commit().unwrap(), 1, "after a failure the kernel is read: one element is missing there");
+    }
+
+    #[test]
+    fn a_read_back_is_adopted_only_when_no_commit_came_in_between() {
+        let fake = std::sync::Arc::new(std::sync::Mutex::new(Fake::default()));
+        let mut w = Nft::new(Box::new(fake.clone()));
+        let want = || Section { chains: vec![], ..nat_like(&["10.0.0.0/16", "10.1.0.0/16"]) };
+        w.stage(want());
+        w.commit().unwrap();
+        // Someone deletes an element by hand; a read is taken, then a commit comes before it is handed over.
+        let drifted = applied(&Section { chains: vec![], ..nat_like(&["10.0.0.0/16"]) });
+        let at = w.generation();
+        assert_eq!(w.commit().unwrap(), 0, "the writer still trusts what it wrote");
+        assert!(!w.adopt(Some(drifted.clone()), at), "stale: a commit came in between");
+        // A fresh read is adopted and the next commit repairs the drift, without reading the kernel itself.
+        let at = w.generation();
+        assert!(w.adopt(Some(drifted), at));
+        assert_eq!(w.commit().unwrap(), 1);
+        assert_eq!(fake.lock().unwrap().batches.last().unwrap(), "add element inet tabby pools4 { 10.1.0.0/16 }\n");
+        assert_eq!(fake.lock().unwrap().lists, 1, "only the first commit read the table");
+        // A read that found no table: the next commit reads the kernel and makes it.
+        let at = w.generation();
+        assert!(w.adopt(None, at));
+        w.commit().unwrap();
+        assert_eq!(fake.lock().unwrap().lists, 2);
     }
 
     #[test]

@@ -121,8 +121,8 @@ impl Reconciler for Nat {
         let s = section(want);
         match self
             .with_nft(move |n| {
-                // Applied on a change or a resync: either way, check against the kernel.
-                n.refresh();
+                // What the writer knows is read back from the kernel every resync, off this path
+                // (kernel::nft::verify): this commit repairs anything changed by hand since.
                 n.stage(s);
                 n.commit()
             })

@@ -1,5 +1,5 @@
 //! Per-rule packet counters: every policy rule, tier end and unknown-interface drop carries a counter;
-//! this reads them from the kernel (`nft -j list table`, every few seconds, never after a write) and
+//! this reads them from the kernel (`nft -j -t list table`, every few seconds, never after a write) and
 //! adds what they grew by to `tabby_agent_policy_packets_total` / `_bytes_total`, labelled with the
 //! direction, tier, policy, rule and action the rule stands for ([`super::render::Attr`]).
 
@@ -10,8 +10,7 @@ use serde_json::Value;
 
 use super::Attribution;
 use super::render::Attr;
-use crate::kernel::nft::rule_tag;
-use crate::nat::SharedNft;
+use crate::kernel::nft::{list_terse, rule_tag};
 
 /// One counted rule as the kernel shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,15 +78,14 @@ pub fn feed(
     next
 }
 
-/// Reads the counters every `every` (a table read per period, whatever changed).
-pub async fn run(nft: SharedNft, attribution: Attribution, every: Duration) {
+/// Reads the counters every `every` (a table read per period, whatever changed), without the sets'
+/// elements and without holding the writer, so a pass never waits for it.
+pub async fn run(attribution: Attribution, every: Duration) {
     let mut last = HashMap::new();
     loop {
         tokio::time::sleep(every).await;
-        let n = nft.clone();
-        let json = tokio::task::spawn_blocking(move || n.lock().unwrap_or_else(|p| p.into_inner()).list_json()).await;
-        let Ok(Ok(Some(json))) = json else { continue };
-        let attr = attribution.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Ok(Ok(Some(json))) = tokio::task::spawn_blocking(list_terse).await else { continue };
+        let attr = attribution.lock().unwrap_or_else(|p| p.into_inner());
         last = feed(&parse(&json), &attr, &last);
     }
 }

@@ -53,7 +53,6 @@ pub type Attribution = Arc<Mutex<BTreeMap<(String, String), Attr>>>;
 pub struct Policy {
     nft: SharedNft,
     resync: Duration,
-    refreshed: Option<Instant>,
     gate: Gate,
     attribution: Attribution,
     reporter: Option<conditions::Reporter>,
@@ -62,13 +61,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Policy through the shared writer `nft`; the kernel is re-read every `resync`; `client` reports
+    /// Policy through the shared writer `nft`, applied again every `resync`; `client` reports
     /// on policies (none in tests).
     pub fn new(nft: SharedNft, resync: Duration, gate: Gate, client: Option<Client>) -> Policy {
         Policy {
             nft,
             resync,
-            refreshed: None,
             gate,
             attribution: Attribution::default(),
             reporter: client.map(conditions::Reporter::new),
@@ -130,22 +128,17 @@ impl Reconciler for Policy {
 
     async fn apply(&mut self, want: &Want, _: &mut Local) -> Outcome {
         let started = Instant::now();
-        let refresh = self.refreshed.is_none_or(|t| t.elapsed() >= self.resync);
         let section = want.rendered.section();
         let nft = self.nft.clone();
         let job = tokio::task::spawn_blocking(move || {
+            // What the writer knows is read back every resync off this path (kernel::nft::verify);
+            // after a failed commit the next one reads the kernel itself.
             let mut n = nft.lock().unwrap_or_else(|p| p.into_inner());
-            if refresh {
-                n.refresh();
-            }
             n.stage(section);
             n.commit()
         });
         let out = match job.await {
             Ok(Ok(n)) => {
-                if refresh {
-                    self.refreshed = Some(Instant::now());
-                }
                 // One line per pass that changed the kernel (as Felix's "applying updates" line): what
                 // a change cost this node, the compile and render of every policy, then the nft write.
                 if n > 0 {
@@ -162,7 +155,6 @@ impl Reconciler for Policy {
                 Outcome::changed(n)
             }
             Ok(Err(e)) => {
-                self.refreshed = None;
                 self.gate.applied(want.generation, false);
                 Outcome::failed(Condition::Routes, REASON_FAILED, format!("programming network policy: {e}"))
             }
