@@ -22,6 +22,7 @@
 //! | [`installcni`] | the init container that installs the plugin and its conflist |
 //! | [`cleanup`] | `tabby-agent cleanup`: every reconciler's teardown |
 //! | [`health`], [`metrics`] | liveness, readiness and Prometheus metrics |
+//! | [`memory`] | the allocator: one arena, freed pages returned after passes |
 
 pub mod bgp;
 pub mod cleanup;
@@ -34,6 +35,7 @@ pub mod health;
 pub mod installcni;
 pub mod ipam;
 pub mod kernel;
+pub mod memory;
 pub mod metrics;
 pub mod nat;
 pub mod network;

@@ -141,6 +141,7 @@ impl Network {
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "first network pass done");
         let every = cfg.resync.min(Duration::from_secs(5));
         let task = tokio::spawn(async move {
+            let mut trimmer = crate::memory::Trimmer::new(Duration::from_secs(10));
             loop {
                 tokio::select! {
                     // Debounce bursts of watch events into one pass.
@@ -150,6 +151,7 @@ impl Network {
                 let started = Instant::now();
                 r.pass(&facts, &kernel).await;
                 tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "network pass");
+                trimmer.after_pass();
             }
         });
         Ok(Network { client, table, task, routes_task })
