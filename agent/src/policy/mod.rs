@@ -29,7 +29,10 @@ use tabby_api::policy::model::{Endpoint, Invalid, compile};
 
 use self::gate::Gate;
 use self::render::{Attr, Rendered};
-use crate::facts::Snapshot;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use tabby_api::ipam::IPAMBlock;
+
+use crate::facts::{PolicyFacts, Snapshot};
 use crate::kernel::nft::Nft;
 use crate::nat::SharedNft;
 use crate::reconcile::{Condition, Local, Outcome, Reconciler, Removed, TeardownError};
@@ -58,6 +61,54 @@ pub struct Policy {
     reporter: Option<conditions::Reporter>,
     /// How long the last `desired` took (the compile and render), in microseconds, for the apply's log line.
     compiled_us: AtomicU64,
+    /// The last compile and what it read.
+    memo: Mutex<Option<Memo>>,
+    /// Compiles run (passes that reused the last one are not counted).
+    compiles: AtomicU64,
+}
+
+/// The objects a compile read, held (so no other object can take their addresses while they are
+/// compared), the pods being added, and what came out. A pass that reads the very same objects (the
+/// caches replace an object on every change) reuses it: passes run on every watch event of every kind and
+/// every few seconds, and most change nothing policy reads.
+struct Memo {
+    node: String,
+    pods: Vec<Arc<Pod>>,
+    namespaces: Vec<Arc<Namespace>>,
+    nodes: Vec<Arc<Node>>,
+    blocks: Vec<Arc<IPAMBlock>>,
+    policy: PolicyFacts,
+    pending: Vec<Endpoint>,
+    generation: u64,
+    want: Want,
+}
+
+/// The same objects, in the same order (a reordered cache is a miss, never a wrong hit).
+fn same<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+}
+
+impl Memo {
+    fn hit(&self, s: &Snapshot, pending: &[Endpoint], generation: u64) -> bool {
+        let (p, q) = (&self.policy, &s.policy);
+        self.generation == generation
+            && self.pending == pending
+            && self.node == s.node
+            && same(&self.pods, &s.pods)
+            && same(&self.namespaces, &s.namespaces)
+            && same(&self.nodes, &s.nodes)
+            && same(&self.blocks, &s.blocks)
+            && same(&p.k8s, &q.k8s)
+            && same(&p.namespaced, &q.namespaced)
+            && same(&p.global, &q.global)
+            && same(&p.staged, &q.staged)
+            && same(&p.staged_global, &q.staged_global)
+            && same(&p.sets, &q.sets)
+            && same(&p.global_sets, &q.global_sets)
+            && same(&p.tiers, &q.tiers)
+            && same(&p.cnps, &q.cnps)
+            && same(&p.service_accounts, &q.service_accounts)
+    }
 }
 
 impl Policy {
@@ -71,6 +122,8 @@ impl Policy {
             attribution: Attribution::default(),
             reporter: client.map(conditions::Reporter::new),
             compiled_us: AtomicU64::new(0),
+            memo: Mutex::new(None),
+            compiles: AtomicU64::new(0),
         }
     }
 
@@ -121,8 +174,24 @@ impl Reconciler for Policy {
     fn desired(&self, facts: &Snapshot, _: &Local) -> Want {
         let started = Instant::now();
         let (pending, generation) = self.gate.pending();
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = memo.as_ref().filter(|m| m.hit(facts, &pending, generation)) {
+            return m.want.clone();
+        }
         let w = want(facts, &pending, generation);
         self.compiled_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        *memo = Some(Memo {
+            node: facts.node.clone(),
+            pods: facts.pods.clone(),
+            namespaces: facts.namespaces.clone(),
+            nodes: facts.nodes.clone(),
+            blocks: facts.blocks.clone(),
+            policy: facts.policy.clone(),
+            pending,
+            generation,
+            want: w.clone(),
+        });
         w
     }
 
@@ -289,5 +358,45 @@ pub mod conditions {
             }
             self.reported = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    #[test]
+    fn a_pass_over_the_same_objects_reuses_the_last_compile() {
+        let p = Policy::new(writer(), Duration::from_secs(30), Gate::new("n1", Arc::new(Notify::new()), None), None);
+        let pod: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": []}, "status": {"podIPs": [{"ip": "10.0.0.1"}]}}))
+            .unwrap();
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "deny", "namespace": "x"}, "spec": {"podSelector": {}}}))
+        .unwrap();
+        let mut s = Snapshot { node: "n1".into(), pods: vec![Arc::new(pod.clone())], ..Snapshot::default() };
+        s.policy.k8s = vec![Arc::new(np)];
+        let local = Local::default();
+        let first = p.desired(&s, &local);
+        assert!(!first.rendered.chains.is_empty());
+        assert_eq!(p.desired(&s.clone(), &local), first);
+        assert_eq!(p.compiles.load(Ordering::Relaxed), 1, "the same objects: no second compile");
+        // The cache replaced the pod (an update): compiled again, even with the same content.
+        s.pods = vec![Arc::new(pod)];
+        assert_eq!(p.desired(&s, &local), first);
+        assert_eq!(p.compiles.load(Ordering::Relaxed), 2);
+        // A relabel changes what is wanted.
+        let mut relabelled = (*s.pods[0]).clone();
+        relabelled.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        s.policy.k8s = vec![];
+        s.pods = vec![Arc::new(relabelled)];
+        assert_ne!(p.desired(&s, &local), first);
+        assert_eq!(p.compiles.load(Ordering::Relaxed), 3);
     }
 }
