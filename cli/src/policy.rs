@@ -67,8 +67,10 @@ pub struct Trace {
 
 fn find<'a>(c: &'a model::Cluster, end: &End) -> Option<&'a Endpoint> {
     match end {
-        End::Pod { namespace, name } => c.endpoints.iter().find(|e| e.namespace == *namespace && e.name == *name),
-        End::Ip(ip) => c.endpoints.iter().find(|e| e.ips.contains(ip)),
+        End::Pod { namespace, name } => {
+            c.endpoints.iter().find(|e| e.namespace == *namespace && e.name == *name).map(|e| &**e)
+        }
+        End::Ip(ip) => c.endpoints.iter().find(|e| e.ips.contains(ip)).map(|e| &**e),
     }
 }
 

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use tabby_api::policy::cluster::{self, ObjectRef, Objects};
+use tabby_api::policy::cluster::{self, EndpointCache, ObjectRef, Objects};
 use tabby_api::policy::model::{Endpoint, Invalid, compile};
 
 use self::gate::Gate;
@@ -65,6 +65,8 @@ pub struct Policy {
     memo: Mutex<Option<Memo>>,
     /// Compiles run (passes that reused the last one are not counted).
     compiles: AtomicU64,
+    /// Endpoints of the last compile's Pods.
+    endpoints: Mutex<EndpointCache>,
 }
 
 /// The objects a compile read, held (so no other object can take their addresses while they are
@@ -124,6 +126,7 @@ impl Policy {
             compiled_us: AtomicU64::new(0),
             memo: Mutex::new(None),
             compiles: AtomicU64::new(0),
+            endpoints: Mutex::new(EndpointCache::default()),
         }
     }
 
@@ -160,7 +163,13 @@ pub fn objects(s: &Snapshot) -> Objects<'_> {
 
 /// What the facts and the pods being added ask for (pure).
 pub fn want(facts: &Snapshot, pending: &[Endpoint], generation: u64) -> Want {
-    let built = cluster::build(&objects(facts), pending);
+    want_with(facts, pending, generation, &mut EndpointCache::default())
+}
+
+/// [`want`], reusing the endpoints of unchanged Pods through `cache` (its contract: the Pods of the last
+/// build stay alive until this one is done).
+fn want_with(facts: &Snapshot, pending: &[Endpoint], generation: u64, cache: &mut EndpointCache) -> Want {
+    let built = cluster::build_with(&objects(facts), pending, cache);
     let me = facts.node.as_str();
     let rs = compile(&built.cluster, |e| e.node == me);
     let ifaces = built.cluster.endpoints.iter().filter(|e| e.node == me).map(|e| (e.key(), iface(e))).collect();
@@ -178,7 +187,8 @@ impl Reconciler for Policy {
         if let Some(m) = memo.as_ref().filter(|m| m.hit(facts, &pending, generation)) {
             return m.want.clone();
         }
-        let w = want(facts, &pending, generation);
+        // The last memo holds the Pods the endpoint cache's addresses are of until it is replaced below.
+        let w = want_with(facts, &pending, generation, &mut self.endpoints.lock().unwrap_or_else(|p| p.into_inner()));
         self.compiled_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.compiles.fetch_add(1, Ordering::Relaxed);
         *memo = Some(Memo {

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
@@ -177,9 +178,31 @@ fn subject_only(kind: Kind, ns: Option<&str>, name: &str, f: &PolicyFields) -> O
     model::from_tabby(kind, ns, name, &bare).ok().map(fail_closed)
 }
 
+/// Endpoints kept from one build to the next, by the address of the Pod object they came from: a Pod
+/// the caches did not replace, with the same addresses in the blocks and the same ServiceAccount labels,
+/// keeps its endpoint instead of being converted again. The caller keeps the Pod objects of the last
+/// build alive until the next one is done (the agent holds them to compare passes), so an address is never
+/// another object's in between; the cache never reads through an address.
+#[derive(Debug, Default)]
+pub struct EndpointCache {
+    last: HashMap<usize, Cached>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    ips: Option<Vec<IpAddr>>,
+    sa: Option<model::Labels>,
+    endpoint: Option<Arc<Endpoint>>,
+}
+
 /// Builds the model's cluster from a snapshot, with `pending` endpoints (pods the CNI server is adding
 /// right now, before their allocations reach the cache).
 pub fn build(s: &Objects, pending: &[Endpoint]) -> Built {
+    build_with(s, pending, &mut EndpointCache::default())
+}
+
+/// [`build`], reusing the endpoints of Pods that did not change since the last build with `cache`.
+pub fn build_with(s: &Objects, pending: &[Endpoint], cache: &mut EndpointCache) -> Built {
     let mut out = Built::default();
     let c = &mut out.cluster;
     let addrs = block_addresses(s);
@@ -194,30 +217,38 @@ pub fn build(s: &Objects, pending: &[Endpoint]) -> Built {
             Some(((sa.metadata.namespace.as_deref()?, sa.metadata.name.as_deref()?), labels))
         })
         .collect();
+    let mut next: HashMap<usize, Cached> = HashMap::with_capacity(s.pods.len());
     for p in s.pods.iter().copied() {
         let (ns, name) = (p.metadata.namespace.as_deref().unwrap_or_default(), p.metadata.name.as_deref());
         let sa = p.spec.as_ref().and_then(|s| s.service_account_name.as_deref()).unwrap_or("default");
         let key = (ns.to_string(), name.unwrap_or_default().to_string());
-        let e = endpoint(p, addrs.get(&key).map(|(ips, _)| ips), sa_labels.get(&(ns, sa)).copied());
+        let (ips, sa) = (addrs.get(&key).map(|(ips, _)| ips), sa_labels.get(&(ns, sa)).copied());
+        let at = std::ptr::from_ref(p) as usize;
+        let e = match cache.last.remove(&at) {
+            Some(c) if c.ips.as_ref() == ips && c.sa.as_ref() == sa => c.endpoint,
+            _ => endpoint(p, ips, sa).map(Arc::new),
+        };
+        next.insert(at, Cached { ips: ips.cloned(), sa: sa.cloned(), endpoint: e.clone() });
         let at = e.map(|e| {
             c.endpoints.push(e);
             c.endpoints.len() - 1
         });
         seen.insert(key, at);
     }
+    cache.last = next;
     // Attachments with addresses and no Pod object (yet, or at all): endpoints without labels, so their
     // interfaces are known and policies selecting `all()` apply.
     for ((ns, name), (ips, node)) in addrs {
         if let std::collections::hash_map::Entry::Vacant(v) = seen.entry((ns, name)) {
             let (ns, name) = v.key().clone();
-            c.endpoints.push(Endpoint { namespace: ns, name, node, ips, ..Endpoint::default() });
+            c.endpoints.push(Arc::new(Endpoint { namespace: ns, name, node, ips, ..Endpoint::default() }));
             v.insert(Some(c.endpoints.len() - 1));
         }
     }
     for e in pending {
         match seen.get(&(e.namespace.clone(), e.name.clone())) {
             Some(Some(i)) => {
-                let x = &mut c.endpoints[*i];
+                let x = Arc::make_mut(&mut c.endpoints[*i]);
                 let more: Vec<IpAddr> = e.ips.iter().filter(|ip| !x.ips.contains(ip)).copied().collect();
                 x.ips.extend(more);
             }
@@ -228,7 +259,7 @@ pub fn build(s: &Objects, pending: &[Endpoint]) -> Built {
                 if let Some(l) = sa_labels.get(&(e.namespace.as_str(), sa)) {
                     e.sa_labels = (*l).clone();
                 }
-                c.endpoints.push(e);
+                c.endpoints.push(Arc::new(e));
             }
         }
     }
@@ -336,6 +367,30 @@ mod tests {
     }
 
     #[test]
+    fn an_unchanged_pod_keeps_its_endpoint_between_builds() {
+        let mk = |app: &str| {
+            pod(json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": app}},
+                "spec": {"nodeName": "n1", "containers": []}, "status": {"podIPs": [{"ip": "10.0.0.1"}]}}))
+        };
+        let (a, b) = (mk("web"), mk("web"));
+        let mut cache = EndpointCache::default();
+        let first = build_with(&Objects { pods: vec![&a], ..Objects::default() }, &[], &mut cache);
+        let again = build_with(&Objects { pods: vec![&a], ..Objects::default() }, &[], &mut cache);
+        assert!(Arc::ptr_eq(&first.cluster.endpoints[0], &again.cluster.endpoints[0]), "the same Pod object: reused");
+        // Another object (the cache replaced it) is converted again, whatever its content.
+        let other = build_with(&Objects { pods: vec![&b], ..Objects::default() }, &[], &mut cache);
+        assert!(!Arc::ptr_eq(&again.cluster.endpoints[0], &other.cluster.endpoints[0]));
+        assert_eq!(*again.cluster.endpoints[0], *other.cluster.endpoints[0]);
+        // Its ServiceAccount's labels changed: converted again.
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "default", "namespace": "x", "labels": {"t": "1"}}}))
+                .unwrap();
+        let with_sa =
+            build_with(&Objects { pods: vec![&b], service_accounts: vec![&sa], ..Objects::default() }, &[], &mut cache);
+        assert_eq!(with_sa.cluster.endpoints[0].sa_labels.get("t").map(String::as_str), Some("1"));
+    }
+
+    #[test]
     fn pods_become_endpoints_and_bad_policies_fail_closed() {
         let pods = [
             pod(json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}},
@@ -365,7 +420,7 @@ mod tests {
         };
         let pending = Endpoint { namespace: "x".into(), name: "new".into(), node: "n1".into(), ..Endpoint::default() };
         let b = build(&s, &[pending]);
-        let keys: Vec<String> = b.cluster.endpoints.iter().map(Endpoint::key).collect();
+        let keys: Vec<String> = b.cluster.endpoints.iter().map(|e| e.key()).collect();
         assert_eq!(keys, vec!["x/a", "x/new"], "host-network and finished pods are no endpoints");
         let a = &b.cluster.endpoints[0];
         assert_eq!(a.ips.len(), 2);

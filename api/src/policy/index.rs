@@ -13,6 +13,7 @@
 //! | anything else (`!`, `!=`, `contains`, `all()`) | every endpoint |
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::model::{
     Cluster, Endpoint, LABEL_NAMESPACE, LABEL_ORCHESTRATOR, LABEL_SERVICE_ACCOUNT, NsScope, PeerSel, SA_LABEL_PREFIX,
@@ -92,7 +93,7 @@ fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
 /// The index of a slice of endpoints (positions are indices into it).
 #[derive(Debug, Default)]
 pub struct Index<'a> {
-    endpoints: &'a [Endpoint],
+    endpoints: &'a [Arc<Endpoint>],
     pairs: HashMap<(&'a str, &'a str), Vec<u32>>,
     keys: HashMap<&'a str, Vec<u32>>,
     /// The ServiceAccounts' labels (keys without [`SA_LABEL_PREFIX`]).
@@ -105,7 +106,7 @@ pub struct Index<'a> {
 impl<'a> Index<'a> {
     /// Indexes every label selectors see on each endpoint: its own and the implicit ones
     /// (as [`EndpointLabels`](super::model::EndpointLabels) reads them).
-    pub fn new(endpoints: &'a [Endpoint]) -> Index<'a> {
+    pub fn new(endpoints: &'a [Arc<Endpoint>]) -> Index<'a> {
         let mut x = Index { endpoints, ..Index::default() };
         for (i, e) in endpoints.iter().enumerate() {
             let i = i as u32;
@@ -214,8 +215,8 @@ impl<'a> Index<'a> {
     pub fn endpoints(&self, p: Postings) -> Box<dyn Iterator<Item = &'a Endpoint> + 'a> {
         let eps = self.endpoints;
         match p {
-            Postings::All => Box::new(eps.iter()),
-            Postings::Some(v) => Box::new(v.into_iter().map(move |i| &eps[i as usize])),
+            Postings::All => Box::new(eps.iter().map(|e| &**e)),
+            Postings::Some(v) => Box::new(v.into_iter().map(move |i| &*eps[i as usize])),
         }
     }
 }
@@ -246,6 +247,7 @@ mod tests {
             ep("b", "2", &[("app", "web")]),
             ep("b", "3", &[(LABEL_NAMESPACE, "forged")]),
         ];
+        let eps: Vec<Arc<Endpoint>> = eps.into_iter().map(Arc::new).collect();
         let x = Index::new(&eps);
         let c = Cluster { endpoints: eps.clone(), ..Cluster::default() };
         let cases = [

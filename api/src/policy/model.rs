@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1 as k8s;
@@ -839,7 +840,7 @@ pub fn from_cnp(c: &ClusterNetworkPolicy) -> Result<Policy, Invalid> {
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
     /// Every endpoint (pod with addresses, not host network) of every node.
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Arc<Endpoint>>,
     /// Namespace labels, by name.
     pub namespaces: BTreeMap<String, Labels>,
     pub net_sets: Vec<NetSet>,

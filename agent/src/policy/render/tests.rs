@@ -12,8 +12,8 @@ use tabby_api::policy::{Action, GlobalNetworkPolicySpec, StagedGlobalNetworkPoli
 use super::*;
 use crate::kernel::nft::{after, plan};
 
-fn ep(ns: &str, name: &str, ip: &str, node: &str, labels: &[(&str, &str)]) -> Endpoint {
-    Endpoint {
+fn ep(ns: &str, name: &str, ip: &str, node: &str, labels: &[(&str, &str)]) -> std::sync::Arc<Endpoint> {
+    std::sync::Arc::new(Endpoint {
         namespace: ns.into(),
         name: name.into(),
         node: node.into(),
@@ -22,7 +22,7 @@ fn ep(ns: &str, name: &str, ip: &str, node: &str, labels: &[(&str, &str)]) -> En
         ips: ip.split(',').map(|i| i.parse().unwrap()).collect(),
         ports: vec![NamedPort { name: "http".into(), protocol: model::TCP, port: 8080 }],
         ..Endpoint::default()
-    }
+    })
 }
 
 fn cluster() -> Cluster {

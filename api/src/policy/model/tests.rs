@@ -2,6 +2,8 @@
 //! (labelled `pod=<name>`, serving a named port), a network set, and one table of packets per
 //! scenario with the verdict and what decides it.
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use super::*;
@@ -26,10 +28,10 @@ fn ep(ns: &str, name: &str, ip: &str, node: &str) -> Endpoint {
 fn cluster() -> Cluster {
     Cluster {
         endpoints: vec![
-            ep("x", "a", "10.0.0.1", "n1"),
-            ep("x", "b", "10.0.0.2", "n1"),
-            ep("y", "a", "10.0.1.1", "n2"),
-            Endpoint { ips: vec!["fd00::5".parse().unwrap()], ..ep("y", "v6", "10.0.1.9", "n2") },
+            ep("x", "a", "10.0.0.1", "n1").into(),
+            ep("x", "b", "10.0.0.2", "n1").into(),
+            ep("y", "a", "10.0.1.1", "n2").into(),
+            Endpoint { ips: vec!["fd00::5".parse().unwrap()], ..ep("y", "v6", "10.0.1.9", "n2") }.into(),
         ],
         namespaces: [
             ("x".to_string(), [("team".to_string(), "a".to_string())].into()),
@@ -84,7 +86,7 @@ fn pkt(src: &str, dst: &str, proto: u8, port: u16) -> Packet {
 
 /// The whole path: egress of the source endpoint (if it is one), then ingress of the destination.
 fn allowed(c: &Cluster, rs: &Ruleset, p: &Packet) -> bool {
-    let by_ip = |ip: IpAddr| c.endpoints.iter().find(|e| e.ips.contains(&ip)).map(Endpoint::key);
+    let by_ip = |ip: IpAddr| c.endpoints.iter().find(|e| e.ips.contains(&ip)).map(|e| e.key());
     let empty = (vec![], vec![]);
     let e = by_ip(p.src).map(|k| rs.decide(&rs.endpoints.get(&k).unwrap_or(&empty).1, Dir::Egress, p).allowed);
     let i = by_ip(p.dst).map(|k| rs.decide(&rs.endpoints.get(&k).unwrap_or(&empty).0, Dir::Ingress, p).allowed);
@@ -343,7 +345,7 @@ fn indexed_compile_equals_brute_force() {
         if i % 3 != 0 {
             labels.insert("role".into(), format!("r{}", i % 2));
         }
-        c.endpoints.push(Endpoint {
+        c.endpoints.push(Arc::new(Endpoint {
             namespace: format!("n{}", i % 3),
             name: format!("p{i}"),
             node: format!("node{}", i % 2),
@@ -352,7 +354,7 @@ fn indexed_compile_equals_brute_force() {
             sa_labels: [("team".to_string(), format!("t{}", i % 2))].into(),
             ips: vec![format!("10.0.{}.{}", i / 200, i % 200).parse().unwrap()],
             ports: vec![],
-        });
+        }));
     }
     for (i, s) in selectors.iter().enumerate() {
         let peer = selectors[(i + 3) % selectors.len()];
@@ -410,10 +412,10 @@ fn indexed_compile_equals_brute_force() {
 #[test]
 fn service_account_selectors_read_the_accounts_labels() {
     let mut c = cluster();
-    let b = c.endpoints.iter_mut().find(|e| e.key() == "x/b").unwrap();
+    let b = Arc::make_mut(c.endpoints.iter_mut().find(|e| e.key() == "x/b").unwrap());
     b.service_account = Some("db".into());
     b.sa_labels = [("role".to_string(), "db".to_string())].into();
-    let a = c.endpoints.iter_mut().find(|e| e.key() == "x/a").unwrap();
+    let a = Arc::make_mut(c.endpoints.iter_mut().find(|e| e.key() == "x/a").unwrap());
     a.labels.insert("pcsa.role".into(), "db".into());
     c.policies = vec![
         np(
