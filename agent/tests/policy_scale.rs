@@ -45,6 +45,15 @@ fn cluster(policies: usize, pods: usize, nodes: usize) -> Cluster {
     c
 }
 
+fn rss_kib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// This process's resident and peak memory, MiB (what the pipeline costs beside the caches).
 fn memory() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -101,6 +110,22 @@ fn one_change_at_scale() {
         ..Default::default()
     };
     println!("  the Pod and policy objects: {}", memory());
+    // What the agent's pod cache holds: the same Pods trimmed as the informer trims them.
+    let before = rss_kib();
+    let lean: Vec<Arc<k8s_openapi::api::core::v1::Pod>> = pods
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            tabby_agent::facts::lean_pod(&mut p);
+            Arc::new(p)
+        })
+        .collect();
+    println!(
+        "  10000 trimmed Pods as the agent caches them: {:.1} MiB ({} bytes of struct each before any field)",
+        (rss_kib() - before) / 1024.0,
+        std::mem::size_of::<k8s_openapi::api::core::v1::Pod>()
+    );
+    drop(lean);
     let t = Instant::now();
     let built = tabby_api::policy::cluster::build(&objects, &[]);
     println!(
