@@ -23,10 +23,7 @@ use futures::StreamExt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus, Secret, SecretKeySelector,
-    ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeStatus, Secret, SecretKeySelector, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
@@ -36,6 +33,7 @@ use serde::de::DeserializeOwned;
 use tabby_api::bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer};
 use tabby_api::ipam::{IPAMBlock, IPAMConfig, IPPool};
 use tabby_api::names;
+use tabby_api::pod::{LeanContainer, LeanPod};
 use tabby_api::policy::cnp::ClusterNetworkPolicy;
 use tabby_api::policy::{
     GlobalNetworkPolicy, GlobalNetworkSet, NetworkPolicy, NetworkSet, StagedGlobalNetworkPolicy, StagedNetworkPolicy,
@@ -56,7 +54,7 @@ pub struct Facts {
     pub bgp_peers: Store<BGPPeer>,
     pub secrets: Store<Secret>,
     /// Every pod of the cluster (policy selects pods of every node).
-    pub pods: Store<Pod>,
+    pub pods: Store<LeanPod>,
     pub namespaces: Store<Namespace>,
     pub policy: PolicyStores,
     /// Notified on every event of the kinds the network pass reads.
@@ -103,31 +101,22 @@ fn lean<K: Resource>(o: &mut K) {
     lean_meta(o.meta_mut());
 }
 
-/// Keeps what IPAM and policy read of a pod: its metadata (annotations choose pools and addresses,
-/// labels are selected), node, host network, service account, named container ports, addresses and phase.
-pub fn lean_pod(p: &mut Pod) {
+/// Keeps what IPAM and policy read of a pod (the cache holds [`LeanPod`]s, which the watch parses with
+/// nothing else): its metadata without managed fields, and only containers with named ports.
+pub fn lean_pod(p: &mut LeanPod) {
     lean_meta(&mut p.metadata);
-    p.spec = p.spec.take().map(|s| {
-        let named = |c: Container| {
-            let ports: Vec<ContainerPort> =
-                c.ports.unwrap_or_default().into_iter().filter(|p| p.name.is_some()).collect();
-            (!ports.is_empty()).then(|| Container { name: c.name, ports: Some(ports), ..Container::default() })
+    if let Some(s) = &mut p.spec {
+        let named = |v: &mut Vec<LeanContainer>| {
+            v.retain_mut(|c| {
+                c.ports = c.ports.take().map(|ps| ps.into_iter().filter(|p| p.name.is_some()).collect());
+                c.ports.as_ref().is_some_and(|ps| !ps.is_empty())
+            });
         };
-        PodSpec {
-            node_name: s.node_name,
-            host_network: s.host_network,
-            service_account_name: s.service_account_name,
-            containers: s.containers.into_iter().filter_map(named).collect(),
-            init_containers: s.init_containers.map(|v| v.into_iter().filter_map(named).collect()),
-            ..PodSpec::default()
+        named(&mut s.containers);
+        if let Some(v) = &mut s.init_containers {
+            named(v);
         }
-    });
-    p.status = p.status.take().map(|s| PodStatus {
-        phase: s.phase,
-        pod_ip: s.pod_ip,
-        pod_ips: s.pod_ips,
-        ..PodStatus::default()
-    });
+    }
 }
 
 /// Keeps a ServiceAccount's metadata (its labels select its pods), not its secrets' names.
@@ -300,7 +289,7 @@ pub struct Snapshot {
     pub bgp_peers: Vec<Arc<BGPPeer>>,
     pub secrets: Vec<Arc<Secret>>,
     /// Every pod and namespace of the cluster.
-    pub pods: Vec<Arc<Pod>>,
+    pub pods: Vec<Arc<LeanPod>>,
     pub namespaces: Vec<Arc<Namespace>>,
     pub policy: PolicyFacts,
 }
@@ -348,12 +337,12 @@ mod tests {
 
     #[test]
     fn lean_objects_keep_what_the_agent_reads() {
-        let mut p: Pod = serde_json::from_value(serde_json::json!({
+        let mut p: LeanPod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"},
                 "annotations": {"tabby.dev/ipv4pools": "[\"a\"]", LAST_APPLIED: "{\"big\": 1}"},
                 "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "pause"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
         }))
         .unwrap();
         lean_pod(&mut p);
@@ -363,7 +352,6 @@ mod tests {
         assert!(p.metadata.managed_fields.is_none());
         let status = p.status.unwrap();
         assert_eq!((status.phase.as_deref(), status.pod_ip.as_deref()), (Some("Running"), Some("10.0.0.1")));
-        assert!(status.conditions.is_none());
         let spec = p.spec.unwrap();
         assert_eq!((spec.node_name.as_deref(), spec.containers.len()), (Some("n1"), 0), "no named port, no container");
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde_json::json;
 use tabby_agent::kernel::nft::{Change, Nft, plan};
 use tabby_agent::policy::render::render;
+use tabby_api::pod::LeanPod;
 use tabby_api::policy::model::{self, Cluster, Endpoint, compile};
 use tabby_testkit::netns::Netns;
 use tabby_testkit::skip::require_root;
@@ -81,18 +82,36 @@ fn one_change_at_scale() {
         return;
     }
     let ns = Netns::new("pscale");
-    // What a pass reads before compiling: 10,000 Pod objects and 1,000 policies into the model.
-    let pods: Vec<k8s_openapi::api::core::v1::Pod> = (0..10_000)
+    // What a pass reads before compiling: 10,000 pods and 1,000 policies into the model.
+    let pod_json = |i: usize| {
+        json!({
+            "metadata": {"name": format!("pod-{i}"), "namespace": "bench",
+                         "labels": {"app": format!("app-{}", i % 1000), "role": format!("client-{}", (i / 7) % 1000)}},
+            "spec": {"nodeName": format!("node-{}", i % 100), "containers": [{"name": "c", "image": "pause"}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256)}]}
+        })
+    };
+    // The agent's pod cache as LeanPod, and (measured after it, so freed pages are not reused) as
+    // k8s-openapi's Pod, what it held until this version.
+    let before = rss_kib();
+    let pods: Vec<LeanPod> = (0..10_000)
         .map(|i| {
-            serde_json::from_value(json!({
-                "metadata": {"name": format!("pod-{i}"), "namespace": "bench",
-                             "labels": {"app": format!("app-{}", i % 1000), "role": format!("client-{}", (i / 7) % 1000)}},
-                "spec": {"nodeName": format!("node-{}", i % 100), "containers": [{"name": "c", "image": "pause"}]},
-                "status": {"phase": "Running", "podIPs": [{"ip": format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256)}]}
-            }))
-            .unwrap()
+            let mut p: LeanPod = serde_json::from_value(pod_json(i)).unwrap();
+            tabby_agent::facts::lean_pod(&mut p);
+            p
         })
         .collect();
+    let as_lean = (rss_kib() - before) / 1024.0;
+    let before = rss_kib();
+    let full: Vec<Arc<k8s_openapi::api::core::v1::Pod>> =
+        (0..10_000).map(|i| Arc::new(serde_json::from_value(pod_json(i)).unwrap())).collect();
+    println!(
+        "10000 pods cached: {as_lean:.1} MiB as LeanPod ({} bytes of struct), {:.1} MiB as Pod ({} bytes of struct before any field)",
+        std::mem::size_of::<LeanPod>(),
+        (rss_kib() - before) / 1024.0,
+        std::mem::size_of::<k8s_openapi::api::core::v1::Pod>()
+    );
+    drop(full);
     let nps: Vec<k8s_openapi::api::networking::v1::NetworkPolicy> = (0..1000)
         .map(|p| {
             serde_json::from_value(json!({
@@ -109,23 +128,7 @@ fn one_change_at_scale() {
         k8s: nps.iter().collect(),
         ..Default::default()
     };
-    println!("  the Pod and policy objects: {}", memory());
-    // What the agent's pod cache holds: the same Pods trimmed as the informer trims them.
-    let before = rss_kib();
-    let lean: Vec<Arc<k8s_openapi::api::core::v1::Pod>> = pods
-        .iter()
-        .map(|p| {
-            let mut p = p.clone();
-            tabby_agent::facts::lean_pod(&mut p);
-            Arc::new(p)
-        })
-        .collect();
-    println!(
-        "  10000 trimmed Pods as the agent caches them: {:.1} MiB ({} bytes of struct each before any field)",
-        (rss_kib() - before) / 1024.0,
-        std::mem::size_of::<k8s_openapi::api::core::v1::Pod>()
-    );
-    drop(lean);
+    println!("  the pod and policy objects: {}", memory());
     let t = Instant::now();
     let built = tabby_api::policy::cluster::build(&objects, &[]);
     println!(

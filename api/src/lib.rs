@@ -27,6 +27,7 @@ pub mod installation;
 pub mod ipam;
 pub mod names;
 pub mod nodestatus;
+pub mod pod;
 pub mod policy;
 pub mod rbac;
 pub mod selector;

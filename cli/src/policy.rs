@@ -5,10 +5,11 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube::api::{Api, ListParams};
 use tabby_api::IPAMBlock;
+use tabby_api::pod::LeanPod;
 use tabby_api::policy::cluster::{self, Objects};
 use tabby_api::policy::cnp::ClusterNetworkPolicy;
 use tabby_api::policy::model::{self, Decider, Dir, Endpoint, Packet, Ruleset, Verdict, compile};
@@ -269,7 +270,7 @@ async fn live(cluster: &Cluster, node: &str, dir: Dir, v: &Verdict) -> String {
 pub async fn run(cluster: &Cluster, from: &str, to: &str, port: &str, with_live: bool) -> Result<()> {
     let (port, protocol) = parse_port(port).map_err(Error::Trace)?;
     let (from, to) = (parse_end(from, &cluster.namespace), parse_end(to, &cluster.namespace));
-    let pods: Vec<Pod> = all(cluster).await?;
+    let pods: Vec<LeanPod> = all(cluster).await?;
     let service_accounts: Vec<ServiceAccount> = all(cluster).await?;
     let k8s: Vec<K8sNetworkPolicy> = all(cluster).await?;
     let namespaces: Vec<Namespace> = Api::all(cluster.client.clone())
@@ -328,7 +329,7 @@ mod tests {
 
     #[test]
     fn traces_name_the_deciding_rule() {
-        let pod = |ns: &str, name: &str, ip: &str, labels: serde_json::Value| -> Pod {
+        let pod = |ns: &str, name: &str, ip: &str, labels: serde_json::Value| -> LeanPod {
             serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns, "labels": labels},
                 "spec": {"nodeName": "n1", "containers": []}, "status": {"podIPs": [{"ip": ip}]}}))
             .unwrap()

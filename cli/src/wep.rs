@@ -92,7 +92,7 @@ pub fn derive(pods: &[Pod], pools: &[IpNet], blocks: &[IPAMBlockSpec]) -> Vec<Wo
 
 /// The addresses in a pod's status (`podIPs`, else `podIP`).
 pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    PodFacts::of(pod).ips
+    PodFacts::of_pod(pod).ips
 }
 
 #[cfg(test)]

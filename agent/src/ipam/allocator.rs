@@ -10,10 +10,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use tabby_api::ipam::{IPAMBlock, IPPool, block, host_affinity};
+use tabby_api::pod::LeanPod;
 use tabby_api::{IPAMConfigSpec, names};
 use tokio::sync::{mpsc, oneshot};
 
@@ -165,7 +165,7 @@ impl Allocator {
             pod = match facts.pods.get(&ObjectRef::new(name).within(ns)) {
                 Some(p) => p.annotations().clone(),
                 None => {
-                    let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), ns);
+                    let api: Api<LeanPod> = Api::namespaced(self.inner.client.clone(), ns);
                     api.get_opt(name).await.map_err(api_err)?.map(|p| p.annotations().clone()).unwrap_or_default()
                 }
             };

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, ObjectList, ObjectMeta, PostParams};
@@ -23,6 +23,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use tabby_api::ipam::leak::{self, Found, Holder, PodFacts, leak};
 use tabby_api::ipam::{BlockAffinity, IPAMBlock, IPAMHandle, IPPool, block, block_affinity_name};
+use tabby_api::pod::LeanPod;
 use tabby_wire::veth_name;
 
 use super::allocator::{Allocator, ReleaseSel};
@@ -40,7 +41,7 @@ fn attachment_present(ns: &str, pod: &str) -> bool {
 /// pod or node read again). Unsure (the API did not answer): no.
 async fn still_leaked(client: &Client, h: &Holder<'_>, pools: &[IpNet]) -> bool {
     match (h.pod(), h.node) {
-        (Some((ns, pod)), _) => match Api::<Pod>::namespaced(client.clone(), ns).get_opt(pod).await {
+        (Some((ns, pod)), _) => match Api::<LeanPod>::namespaced(client.clone(), ns).get_opt(pod).await {
             Ok(p) => leak(h, p.as_ref().map(PodFacts::of).as_ref(), |_| true, in_pools(pools)).is_some(),
             Err(_) => false,
         },
@@ -59,7 +60,7 @@ fn pool_nets(pools: &[IPPool]) -> Vec<IpNet> {
 }
 
 /// At start: releases this node's allocations with no pod on this node and no veth, after `grace`.
-pub async fn release_local_leaks(alloc: Allocator, client: Client, pods: Store<Pod>, grace: Duration) {
+pub async fn release_local_leaks(alloc: Allocator, client: Client, pods: Store<LeanPod>, grace: Duration) {
     // The cache holds every pod (trimmed: node, phase, addresses): a pod missing from it is gone, one on
     // another node has moved. Nodes exist (this one does).
     let candidates = |alloc: &Allocator| -> Vec<(IpNet, usize, Option<String>, String, String)> {
@@ -222,7 +223,7 @@ impl ClusterView {
         ClusterView { pods: HashMap::new(), nodes: nodes.into_iter().collect(), pools: pool_nets(pools) }
     }
 
-    pub fn add_pods<'a>(&mut self, pods: impl IntoIterator<Item = &'a Pod>) {
+    pub fn add_pods<'a>(&mut self, pods: impl IntoIterator<Item = &'a LeanPod>) {
         self.pods
             .extend(pods.into_iter().map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), PodFacts::of(p))));
     }
@@ -245,7 +246,7 @@ impl ClusterView {
 }
 
 /// Lists every pod into `view`, `POD_PAGE` at a time.
-async fn add_pods(api: &Api<Pod>, view: &mut ClusterView) -> Result<(), kube::Error> {
+async fn add_pods(api: &Api<LeanPod>, view: &mut ClusterView) -> Result<(), kube::Error> {
     let mut lp = ListParams::default().limit(POD_PAGE);
     loop {
         let page = api.list(&lp).await?;
@@ -265,7 +266,7 @@ pub async fn gc_pass(client: &Client, state: &mut GcState, grace: Duration) -> R
     let nodes = Api::<Node>::all(client.clone()).list_metadata(&ListParams::default()).await?;
     let pools = Api::<IPPool>::all(client.clone()).list(&ListParams::default()).await?.items;
     let mut view = ClusterView::new(nodes.into_iter().map(|n| n.name_any()), &pools);
-    add_pods(&Api::<Pod>::all(client.clone()), &mut view).await?;
+    add_pods(&Api::<LeanPod>::all(client.clone()), &mut view).await?;
     let mut report = GcReport::default();
     let mut offered = HashSet::new();
     let mut referenced: HashSet<String> = HashSet::new();
@@ -413,7 +414,8 @@ mod tests {
     fn leaks_agree_with_the_shared_table() {
         for case in tabby_testkit::cases::leak_cases() {
             let mut view = ClusterView::new(case.nodes.clone(), &case.pools());
-            view.add_pods(&case.pods());
+            let pods: Vec<LeanPod> = case.pods().iter().map(LeanPod::from).collect();
+            view.add_pods(&pods);
             let blocks = case.blocks();
             let mut leaked: Vec<std::net::IpAddr> =
                 blocks.iter().flat_map(|b| view.leaked(b)).map(|f| f.allocation.ip).collect();

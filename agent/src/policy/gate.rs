@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
+use tabby_api::pod::LeanPod;
 use tabby_api::policy::model::Endpoint;
 use tokio::sync::{Notify, watch};
 
@@ -32,13 +32,13 @@ pub struct Gate {
     applied: Arc<watch::Sender<(u64, bool)>>,
     /// Wakes the network pass.
     wake: Arc<Notify>,
-    pods: Option<(Store<Pod>, Client)>,
+    pods: Option<(Store<LeanPod>, Client)>,
     node: String,
 }
 
 impl Gate {
     /// A gate that wakes `wake` on an announcement; pods' labels come from `pods` (else the API).
-    pub fn new(node: &str, wake: Arc<Notify>, pods: Option<(Store<Pod>, Client)>) -> Gate {
+    pub fn new(node: &str, wake: Arc<Notify>, pods: Option<(Store<LeanPod>, Client)>) -> Gate {
         Gate {
             state: Arc::default(),
             applied: Arc::new(watch::channel((0, true)).0),
@@ -91,7 +91,7 @@ impl Gate {
         let object = match &self.pods {
             Some((store, client)) => match store.get(&ObjectRef::new(pod).within(namespace)) {
                 Some(p) => Some((*p).clone()),
-                None => Api::<Pod>::namespaced(client.clone(), namespace).get_opt(pod).await.ok().flatten(),
+                None => Api::<LeanPod>::namespaced(client.clone(), namespace).get_opt(pod).await.ok().flatten(),
             },
             None => None,
         };

@@ -29,8 +29,9 @@ use tabby_api::policy::model::{Endpoint, Invalid, compile};
 
 use self::gate::Gate;
 use self::render::{Attr, Rendered};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use tabby_api::ipam::IPAMBlock;
+use tabby_api::pod::LeanPod;
 
 use crate::facts::{PolicyFacts, Snapshot};
 use crate::kernel::nft::Nft;
@@ -75,7 +76,7 @@ pub struct Policy {
 /// every few seconds, and most change nothing policy reads.
 struct Memo {
     node: String,
-    pods: Vec<Arc<Pod>>,
+    pods: Vec<Arc<LeanPod>>,
     namespaces: Vec<Arc<Namespace>>,
     nodes: Vec<Arc<Node>>,
     blocks: Vec<Arc<IPAMBlock>>,
@@ -383,7 +384,7 @@ mod tests {
     #[test]
     fn a_pass_over_the_same_objects_reuses_the_last_compile() {
         let p = Policy::new(writer(), Duration::from_secs(30), Gate::new("n1", Arc::new(Notify::new()), None), None);
-        let pod: Pod =
+        let pod: LeanPod =
             serde_json::from_value(json!({"metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}},
             "spec": {"nodeName": "n1", "containers": []}, "status": {"podIPs": [{"ip": "10.0.0.1"}]}}))
             .unwrap();

@@ -24,6 +24,8 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::pod::LeanPod;
+
 use ipnet::IpNet;
 
 use super::IPAMBlockSpec;
@@ -43,8 +45,13 @@ pub struct PodFacts {
 }
 
 impl PodFacts {
+    /// What the rule reads of a pod object.
+    pub fn of_pod(pod: &Pod) -> PodFacts {
+        PodFacts::of(&LeanPod::from(pod))
+    }
+
     /// What the rule reads of a pod.
-    pub fn of(pod: &Pod) -> PodFacts {
+    pub fn of(pod: &LeanPod) -> PodFacts {
         let status = pod.status.as_ref();
         let mut ips: Vec<IpAddr> =
             status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
@@ -200,13 +207,13 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]},
         }))
         .unwrap();
-        let f = PodFacts::of(&p);
+        let f = PodFacts::of_pod(&p);
         assert_eq!((f.node.as_deref(), f.ips.len(), f.finished), (Some("n1"), 2, false));
         let done: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "a"}, "status": {"phase": "Succeeded", "podIP": "10.0.0.1"},
         }))
         .unwrap();
-        let f = PodFacts::of(&done);
+        let f = PodFacts::of_pod(&done);
         assert_eq!((f.node, f.ips, f.finished, f.host_network), (None, vec![ip("10.0.0.1")], true, false));
     }
 

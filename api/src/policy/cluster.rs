@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sNetworkPolicy;
 use kube::ResourceExt;
 
@@ -25,6 +25,7 @@ use super::{
 };
 use crate::ipam::IPAMBlock;
 use crate::ipam::block::{self, ATTR_NAMESPACE, ATTR_NODE, ATTR_POD};
+use crate::pod::LeanPod;
 
 /// Node annotations with a node's addresses (`10.0.0.1/24`), published by its agent.
 pub const NODE_ADDRESS_ANNOTATIONS: [&str; 2] = ["tabby.dev/IPv4Address", "tabby.dev/IPv6Address"];
@@ -42,7 +43,7 @@ fn container_of(h: &str) -> &str {
 /// Every object policy reads, of each kind.
 #[derive(Debug, Clone, Default)]
 pub struct Objects<'a> {
-    pub pods: Vec<&'a Pod>,
+    pub pods: Vec<&'a LeanPod>,
     pub namespaces: Vec<&'a Namespace>,
     /// Their labels select pods (`serviceAccounts.selector`, `serviceAccountSelector`).
     pub service_accounts: Vec<&'a ServiceAccount>,
@@ -97,7 +98,7 @@ fn block_addresses(s: &Objects) -> BTreeMap<(String, String), (Vec<IpAddr>, Stri
 
 /// A pod as an endpoint, with `sa_labels` (its ServiceAccount's labels, when it has one); `None` for
 /// host-network pods and finished ones (never endpoints).
-pub fn endpoint(p: &Pod, from_blocks: Option<&Vec<IpAddr>>, sa_labels: Option<&model::Labels>) -> Option<Endpoint> {
+pub fn endpoint(p: &LeanPod, from_blocks: Option<&Vec<IpAddr>>, sa_labels: Option<&model::Labels>) -> Option<Endpoint> {
     let spec = p.spec.as_ref()?;
     if spec.host_network == Some(true) {
         return None;
@@ -362,7 +363,7 @@ mod tests {
 
     use super::*;
 
-    fn pod(v: serde_json::Value) -> Pod {
+    fn pod(v: serde_json::Value) -> LeanPod {
         serde_json::from_value(v).unwrap()
     }
 
