@@ -21,8 +21,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use tabby_e2e::lab::daemon::{self, LabConfig};
-use tabby_e2e::lab::node::LabNode;
-use tabby_e2e::lab::sh;
+use tabby_e2e::lab::{reference, sh};
 
 const PODS: usize = 30;
 const GAP: Duration = Duration::from_millis(200);
@@ -120,21 +119,6 @@ async fn run(client: &kube::Client, host_network: bool) -> Result<Vec<Duration>,
     Ok(times)
 }
 
-/// Debian's reference plugins on every node: ptp with host-local (a /24 per node) and portmap.
-fn reference_conflist(index: usize) -> String {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "reference",
-        "plugins": [
-            {"type": "ptp", "ipMasq": false, "mtu": 1500,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.244.{index}.0/24")}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "/var/lib/cni/networks"}},
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    })
-    .to_string()
-}
-
 fn all_nodes_ready(state: &Path, want: bool) -> bool {
     kubectl(state, &["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"])
         .is_ok_and(|s| s.split_whitespace().count() == 3 && s.split_whitespace().all(|v| (v == "True") == want))
@@ -154,22 +138,15 @@ async fn bench(cfg: &LabConfig) -> Result<Vec<(&'static str, Vec<Duration>)>, St
     sh::wait_until("the default service account", Duration::from_secs(30), || {
         kubectl(state, &["get", "sa", "default", "-n", NAMESPACE]).is_ok()
     })?;
+    // Debian's ptp + host-local + portmap as every node's network while it is there.
     let set_reference = |on: bool| -> Result<(), String> {
-        for i in 0..cfg.nodes {
-            let dir = LabNode::new(state, i).host_path("/etc/cni/net.d");
-            if on {
-                // Written beside, then renamed in: containerd reloads on the rename. "10-reference" sorts before
-                // "10-tabby", so while it is there it is the node's network.
-                std::fs::write(dir.join(".10-reference.tmp"), reference_conflist(i)).map_err(|e| e.to_string())?;
-                std::fs::rename(dir.join(".10-reference.tmp"), dir.join("10-reference.conflist"))
-                    .map_err(|e| e.to_string())?;
-            } else {
-                std::fs::remove_file(dir.join("10-reference.conflist")).map_err(|e| e.to_string())?;
-            }
+        if on {
+            reference::install(state, cfg.nodes, |i| reference::ptp_conflist(i, true))?;
+            std::thread::sleep(reference::RELOAD);
+            Ok(())
+        } else {
+            reference::remove(state, cfg.nodes)
         }
-        // containerd reloads the CNI configuration within a few hundred milliseconds of the change.
-        std::thread::sleep(Duration::from_secs(3));
-        Ok(())
     };
 
     // Warm-up, not counted: every node unpacks the pause image once (the lab imports without unpacking).

@@ -56,7 +56,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tabby_e2e::lab::daemon::{self, LabConfig};
 use tabby_e2e::lab::node::LabNode;
-use tabby_e2e::lab::{cgroups, sh};
+use tabby_e2e::lab::{cgroups, reference, sh};
 
 const SCALE_NS: &str = "bench";
 const PROBE_NS: &str = "probe";
@@ -401,49 +401,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 
 fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
     serde_json::from_value(v).map_err(|e| e.to_string())
-}
-
-/// Debian's reference plugins on node `index`: ptp with host-local (10.244.index.0/24), no masquerade.
-fn reference_conflist(index: usize) -> String {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "reference",
-        "plugins": [
-            {"type": "ptp", "ipMasq": false, "mtu": 1500,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.244.{index}.0/24")}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "/var/lib/cni/networks"}}
-        ]
-    })
-    .to_string()
-}
-
-/// The reference plugins on every node: routes to the other nodes' /24s, then the configuration ("10-reference"
-/// sorts before "10-tabby": while it is there it is the node's network).
-fn reference_on(state: &Path, nodes: usize) -> Result<(), String> {
-    for i in 0..nodes {
-        let node = LabNode::new(state, i);
-        for j in (0..nodes).filter(|j| *j != i) {
-            let peer = LabNode::new(state, j);
-            let out = node.shell(&format!("ip route replace 10.244.{j}.0/24 via {}", peer.address)).output();
-            if !out.as_ref().is_ok_and(|o| o.status.success()) {
-                return Err(format!("{}: route to node-{j}'s pods: {out:?}", node.name));
-            }
-        }
-        let dir = node.host_path("/etc/cni/net.d");
-        std::fs::write(dir.join(".10-reference.tmp"), reference_conflist(i)).map_err(|e| e.to_string())?;
-        std::fs::rename(dir.join(".10-reference.tmp"), dir.join("10-reference.conflist")).map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-fn reference_off(state: &Path, nodes: usize) -> Result<(), String> {
-    for i in 0..nodes {
-        let dir = LabNode::new(state, i).host_path("/etc/cni/net.d");
-        std::fs::remove_file(dir.join("10-reference.conflist")).map_err(|e| e.to_string())?;
-    }
-    // containerd reloads the CNI configuration within a few hundred milliseconds of a change.
-    std::thread::sleep(Duration::from_secs(3));
-    Ok(())
 }
 
 fn nodes_ready(state: &Path, nodes: usize) -> Result<(), String> {
@@ -1192,7 +1149,7 @@ async fn tabby_phase(ctx: &Ctx, r: &mut Results) -> Result<(), String> {
         kubectl(&state, &["create", "-f", "custom-resources.yaml"])?;
         sh::wait_until("TabbyStatus network", WAIT, || kubectl(&state, &["get", "tabbystatus", "network"]).is_ok())?;
         kubectl(&state, &["wait", "--for=condition=Available", "tabbystatus/network", "--timeout=300s"])?;
-        reference_off(&state, nodes)?;
+        reference::remove(&state, nodes)?;
         nodes_ready(&state, nodes)
     })
     .await?;
@@ -1231,7 +1188,7 @@ async fn bench(
     println!("==> the reference plugins (ptp + host-local) on every node");
     let (state, nodes) = (ctx.state.clone(), ctx.nodes);
     blocking(move || {
-        reference_on(&state, nodes)?;
+        reference::install(&state, nodes, |i| reference::ptp_conflist(i, false))?;
         nodes_ready(&state, nodes)
     })
     .await?;

@@ -25,6 +25,7 @@ pub mod cgroups;
 pub mod daemon;
 pub mod node;
 pub mod pki;
+pub mod reference;
 pub mod registry;
 pub mod render;
 pub mod sh;

@@ -6,11 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use super::daemon::{self, LabConfig};
-use super::node::LabNode;
-use super::{PodNetwork, sh};
+use super::{PodNetwork, reference, sh};
 use crate::conformance::{self, Counts};
 use crate::cyclonus;
 
@@ -165,22 +162,6 @@ impl CyclonusRun {
     }
 }
 
-/// The reference plugins' configuration for node `index`: bridge `cni0` with its gateway, host-local from the
-/// node's /24, no masquerade (pods keep their addresses across nodes), portmap for hostPorts.
-pub fn reference_conflist(index: usize) -> String {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "reference",
-        "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.244.{index}.0/24")}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
-        ]
-    })
-    .to_string()
-}
-
 /// What a failed install leaves to read once the lab is gone: the plugin's status objects, every pod, the
 /// agents' and the operator's last log lines, in `<report>/diagnostics.txt`.
 fn diagnose(cfg: &LabConfig, report: &Path) {
@@ -245,20 +226,7 @@ fn install(cfg: &LabConfig, plugin: Plugin) -> Result<(), String> {
         }
         Plugin::Reference => {
             println!("==> the reference plugins: bridge + host-local on every node, routes between nodes");
-            for i in 0..cfg.nodes {
-                let node = LabNode::new(&cfg.state, i);
-                for j in (0..cfg.nodes).filter(|j| *j != i) {
-                    let peer = LabNode::new(&cfg.state, j);
-                    let out = node.shell(&format!("ip route replace 10.244.{j}.0/24 via {}", peer.address)).output();
-                    if !out.as_ref().is_ok_and(|o| o.status.success()) {
-                        return Err(format!("{}: route to node-{j}'s pods: {out:?}", node.name));
-                    }
-                }
-                let dir = node.host_path("/etc/cni/net.d");
-                std::fs::write(dir.join(".10-reference.tmp"), reference_conflist(i)).map_err(|e| e.to_string())?;
-                std::fs::rename(dir.join(".10-reference.tmp"), dir.join("10-reference.conflist"))
-                    .map_err(|e| e.to_string())?;
-            }
+            reference::install(&cfg.state, cfg.nodes, reference::bridge_conflist)?;
         }
     }
     sh::wait_until("every node Ready", Duration::from_secs(120), || {
