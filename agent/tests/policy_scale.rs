@@ -46,26 +46,23 @@ fn cluster(policies: usize, pods: usize, nodes: usize) -> Cluster {
     c
 }
 
-fn rss_kib() -> f64 {
+/// A `/proc/self/status` figure in KiB (`VmRSS:`, `VmHWM:`).
+fn status_kib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .unwrap_or(0.0)
 }
 
+fn rss_kib() -> f64 {
+    status_kib("VmRSS:")
+}
+
 /// This process's resident and peak memory, MiB (what the pipeline costs beside the caches).
 fn memory() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = |k: &str| {
-        status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-    };
-    format!(
-        "RSS {:.1} MiB, peak {:.1} MiB",
-        kib("VmRSS:").unwrap_or(0.0) / 1024.0,
-        kib("VmHWM:").unwrap_or(0.0) / 1024.0
-    )
+    format!("RSS {:.1} MiB, peak {:.1} MiB", rss_kib() / 1024.0, status_kib("VmHWM:") / 1024.0)
 }
 
 fn rendered(c: &Cluster) -> tabby_agent::policy::render::Rendered {

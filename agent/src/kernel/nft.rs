@@ -460,7 +460,13 @@ pub fn read_kernel() -> Result<Option<Current>, NftError> {
 /// The table without the elements of its sets (`nft -j -t`), for its rules' counters; `None` when it does
 /// not exist. Read without the writer: a set of 10,000 addresses costs its reader nothing here.
 pub fn list_terse() -> Result<Option<String>, NftError> {
-    match nft(&["-j", "-t", "list", "table", FAMILY, TABLE], None, "list") {
+    list_table(&["-j", "-t"])
+}
+
+/// `nft <flags> list table inet tabby`; `None` when the table does not exist.
+fn list_table(flags: &[&str]) -> Result<Option<String>, NftError> {
+    let args: Vec<&str> = flags.iter().copied().chain(["list", "table", FAMILY, TABLE]).collect();
+    match nft(&args, None, "list") {
         Ok(s) => Ok(Some(s)),
         Err(e) if missing(&e) => Ok(None),
         Err(e) => Err(e),
@@ -487,11 +493,7 @@ pub async fn verify(writer: std::sync::Arc<std::sync::Mutex<Nft>>, every: std::t
 
 impl Exec for Cli {
     fn list(&mut self) -> Result<Option<String>, NftError> {
-        match nft(&["-j", "list", "table", FAMILY, TABLE], None, "list") {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if missing(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        list_table(&["-j"])
     }
 
     fn run(&mut self, batch: &str) -> Result<(), NftError> {

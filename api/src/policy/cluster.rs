@@ -225,11 +225,13 @@ pub fn build_with(s: &Objects, pending: &[Endpoint], cache: &mut EndpointCache) 
         let key = (ns.to_string(), name.unwrap_or_default().to_string());
         let (ips, sa) = (addrs.get(&key).map(|(ips, _)| ips), sa_labels.get(&(ns, sa)).copied());
         let at = std::ptr::from_ref(p) as usize;
-        let e = match cache.last.remove(&at) {
-            Some(c) if c.ips.as_ref() == ips && c.sa.as_ref() == sa => c.endpoint,
-            _ => endpoint(p, ips, sa).map(Arc::new),
+        // A hit moves its entry to the next generation as it is: nothing is converted or copied.
+        let entry = match cache.last.remove(&at) {
+            Some(c) if c.ips.as_ref() == ips && c.sa.as_ref() == sa => c,
+            _ => Cached { ips: ips.cloned(), sa: sa.cloned(), endpoint: endpoint(p, ips, sa).map(Arc::new) },
         };
-        next.insert(at, Cached { ips: ips.cloned(), sa: sa.cloned(), endpoint: e.clone() });
+        let e = entry.endpoint.clone();
+        next.insert(at, entry);
         let at = e.map(|e| {
             c.endpoints.push(e);
             c.endpoints.len() - 1
