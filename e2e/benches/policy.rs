@@ -173,37 +173,39 @@ fn pod_seen(p: &Pod, at: Instant, deleted: bool) -> PodSeen {
     }
 }
 
+/// Watches `api` in the background: every object applied or deleted, when it was seen, and whether it was
+/// deleted, to `on`.
+fn watch_events<K>(api: Api<K>, cfg: watcher::Config, on: impl Fn(K, Instant, bool) + Send + 'static)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher(api, cfg).boxed();
+        while let Some(event) = stream.next().await {
+            let at = Instant::now();
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => on(o, at, false),
+                Ok(watcher::Event::Delete(o)) => on(o, at, true),
+                _ => {}
+            }
+        }
+    });
+}
+
 /// Watches the bench's real pods (every namespace) and the probe namespace's policies into `seen`.
 fn watch(client: &kube::Client, seen: &Shared) {
-    let pods: Api<Pod> = Api::all(client.clone());
     let s = seen.clone();
-    tokio::spawn(async move {
-        let cfg = watcher::Config::default().labels(&format!("{}={}", REAL.0, REAL.1));
-        let mut stream = watcher(pods, cfg).boxed();
-        while let Some(event) = stream.next().await {
-            let at = Instant::now();
-            let (p, deleted) = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => (p, false),
-                Ok(watcher::Event::Delete(p)) => (p, true),
-                _ => continue,
-            };
-            lock(&s).pods.push(pod_seen(&p, at, deleted));
-        }
-    });
-    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), PROBE_NS);
+    watch_events(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(&format!("{}={}", REAL.0, REAL.1)),
+        move |p, at, deleted| lock(&s).pods.push(pod_seen(&p, at, deleted)),
+    );
     let s = seen.clone();
-    tokio::spawn(async move {
-        let mut stream = watcher(policies, watcher::Config::default()).boxed();
-        while let Some(event) = stream.next().await {
-            let at = Instant::now();
-            let (p, deleted) = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => (p, false),
-                Ok(watcher::Event::Delete(p)) => (p, true),
-                _ => continue,
-            };
-            lock(&s).policies.push((at, p.metadata.name.unwrap_or_default(), deleted));
-        }
-    });
+    watch_events(
+        Api::<NetworkPolicy>::namespaced(client.clone(), PROBE_NS),
+        watcher::Config::default(),
+        move |p, at, deleted| lock(&s).policies.push((at, p.metadata.name.unwrap_or_default(), deleted)),
+    );
 }
 
 /// The first watch event of pod `name` after `after` that `pred` accepts, waiting up to `WAIT`.
@@ -684,25 +686,32 @@ async fn agent_log(client: &kube::Client, node: usize) -> Result<String, String>
         .map_err(|e| format!("logs of {pod}: {e}"))
 }
 
-/// What the controller on `node` did for a change made at `at`: the first apply (Tabby: that ended after
-/// it; kube-router: that started after it), by the controller's own clock, and (Tabby) its compile part.
-async fn controller_apply(
+/// One apply of a controller, by its own clock: when it counts for a change (Tabby: when it ended, so the
+/// change made before it is in; kube-router: when it started), how long it took, and (Tabby) its compile part.
+type Apply = (SystemTime, Duration, Option<Duration>);
+
+/// Every apply of the controller on `node` so far (its log, read once).
+async fn controller_applies(
     c: Controller,
     state: &Path,
     client: &kube::Client,
     node: usize,
-    at: SystemTime,
-) -> Result<Option<(Duration, Option<Duration>)>, String> {
+) -> Result<Vec<Apply>, String> {
     Ok(match c {
         Controller::KubeRouter => {
             let log = std::fs::read_to_string(kube_router_log(state, node)).map_err(|e| e.to_string())?;
-            kube_router_syncs(&log).into_iter().find(|(start, _)| *start >= at).map(|(_, d)| (d, None))
+            kube_router_syncs(&log).into_iter().map(|(start, d)| (start, d, None)).collect()
         }
         Controller::Tabby => tabby_applies(&agent_log(client, node).await?)
             .into_iter()
-            .find(|(end, _, _)| *end >= at)
-            .map(|(_, d, compile)| (d, Some(compile))),
+            .map(|(end, d, compile)| (end, d, Some(compile)))
+            .collect(),
     })
+}
+
+/// What the controller did for a change made at `at`: its first apply that counts for it.
+fn apply_for(applies: &[Apply], at: SystemTime) -> Option<(Duration, Option<Duration>)> {
+    applies.iter().find(|(t, _, _)| *t >= at).map(|(_, d, compile)| (*d, *compile))
 }
 
 /// Waits until the controllers have applied what changed at `at` and are idle. kube-router: on every node
@@ -935,14 +944,12 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
     }
 
     // Each policy's programming on its slowest node (every node enforces a probe policy).
+    let mut applies = Vec::with_capacity(n);
+    for node in 0..n {
+        applies.push(controller_applies(c, state, &ctx.client, node).await?);
+    }
     for wall in policy_events {
-        let mut slowest: Option<Duration> = None;
-        for node in 0..n {
-            if let Some((d, _)) = controller_apply(c, state, &ctx.client, node, wall).await? {
-                slowest = slowest.max(Some(d));
-            }
-        }
-        r.policy_apply.extend(slowest);
+        r.policy_apply.extend(applies.iter().filter_map(|a| apply_for(a, wall)).map(|(d, _)| d).max());
     }
 
     // One label change: the two policies stand; a client leaves role=client and comes back.
@@ -975,8 +982,12 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
             settle(c, state, n, wall).await?;
         }
     }
+    let mut applies = Vec::with_capacity(n);
+    for node in 0..n {
+        applies.push(controller_applies(c, state, &ctx.client, node).await?);
+    }
     for (wall, node) in events {
-        match controller_apply(c, state, &ctx.client, node, wall).await? {
+        match apply_for(&applies[node], wall) {
             Some((d, compile)) => {
                 r.label_apply.push(d);
                 r.label_compile.extend(compile);
