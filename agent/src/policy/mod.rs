@@ -27,12 +27,12 @@ use kube::Client;
 use tabby_api::policy::cluster::{self, EndpointCache, ObjectRef, Objects};
 use tabby_api::policy::model::{Endpoint, Invalid, compile};
 
-use self::gate::Gate;
-use self::render::{Attr, Rendered};
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use tabby_api::ipam::IPAMBlock;
 use tabby_api::pod::LeanPod;
 
+use self::gate::Gate;
+use self::render::{Attr, Rendered};
 use crate::facts::{PolicyFacts, Snapshot};
 use crate::kernel::nft::Nft;
 use crate::nat::SharedNft;
@@ -62,12 +62,11 @@ pub struct Policy {
     reporter: Option<conditions::Reporter>,
     /// How long the last `desired` took (the compile and render), in microseconds, for the apply's log line.
     compiled_us: AtomicU64,
-    /// The last compile and what it read.
-    memo: Mutex<Option<Memo>>,
+    /// The last compile, what it read, and the endpoints of its Pods: one lock, since the memo is what
+    /// keeps those Pods alive for the endpoint cache.
+    last: Mutex<(Option<Memo>, EndpointCache)>,
     /// Compiles run (passes that reused the last one are not counted).
     compiles: AtomicU64,
-    /// Endpoints of the last compile's Pods.
-    endpoints: Mutex<EndpointCache>,
 }
 
 /// The objects a compile read, held (so no other object can take their addresses while they are
@@ -125,9 +124,8 @@ impl Policy {
             attribution: Attribution::default(),
             reporter: client.map(conditions::Reporter::new),
             compiled_us: AtomicU64::new(0),
-            memo: Mutex::new(None),
+            last: Mutex::new((None, EndpointCache::default())),
             compiles: AtomicU64::new(0),
-            endpoints: Mutex::new(EndpointCache::default()),
         }
     }
 
@@ -162,14 +160,9 @@ pub fn objects(s: &Snapshot) -> Objects<'_> {
     }
 }
 
-/// What the facts and the pods being added ask for (pure).
-pub fn want(facts: &Snapshot, pending: &[Endpoint], generation: u64) -> Want {
-    want_with(facts, pending, generation, &mut EndpointCache::default())
-}
-
-/// [`want`], reusing the endpoints of unchanged Pods through `cache` (its contract: the Pods of the last
-/// build stay alive until this one is done).
-fn want_with(facts: &Snapshot, pending: &[Endpoint], generation: u64, cache: &mut EndpointCache) -> Want {
+/// What the facts and the pods being added ask for (pure but for `cache`, which keeps the endpoints of
+/// unchanged Pods; its contract: the Pods of the last build stay alive until this one is done).
+pub fn want(facts: &Snapshot, pending: &[Endpoint], generation: u64, cache: &mut EndpointCache) -> Want {
     let built = cluster::build_with(&objects(facts), pending, cache);
     let me = facts.node.as_str();
     let rs = compile(&built.cluster, |e| e.node == me);
@@ -184,12 +177,13 @@ impl Reconciler for Policy {
     fn desired(&self, facts: &Snapshot, _: &Local) -> Want {
         let started = Instant::now();
         let (pending, generation) = self.gate.pending();
-        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (memo, endpoints) = &mut *last;
         if let Some(m) = memo.as_ref().filter(|m| m.hit(facts, &pending, generation)) {
             return m.want.clone();
         }
         // The last memo holds the Pods the endpoint cache's addresses are of until it is replaced below.
-        let w = want_with(facts, &pending, generation, &mut self.endpoints.lock().unwrap_or_else(|p| p.into_inner()));
+        let w = want(facts, &pending, generation, endpoints);
         self.compiled_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.compiles.fetch_add(1, Ordering::Relaxed);
         *memo = Some(Memo {
