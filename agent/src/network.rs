@@ -50,35 +50,27 @@ impl Reconcilers {
         let started = Instant::now();
         let snap = facts.snapshot();
         let mut local = Local::gather(kernel, self.node.r.reach_destinations()).await;
-        let mut took: Vec<(&str, u64)> = Vec::with_capacity(10);
-        let mut mark = |name, at: &mut Instant| {
-            took.push((name, at.elapsed().as_millis() as u64));
-            *at = Instant::now();
-        };
-        let mut at = Instant::now();
-        mark("snapshot", &mut at);
-        self.node.step(&snap, &mut local).await;
-        mark("node", &mut at);
-        self.vxlan.step(&snap, &mut local).await;
-        mark("vxlan", &mut at);
-        self.ipip.step(&snap, &mut local).await;
-        mark("ipip", &mut at);
-        self.annotations.step(&snap, &mut local).await;
-        mark("annotations", &mut at);
-        self.pod_routes.step(&snap, &mut local).await;
-        mark("pod_routes", &mut at);
-        self.bgp.step(&snap, &mut local).await;
-        mark("bgp", &mut at);
-        self.nat.step(&snap, &mut local).await;
-        mark("nat", &mut at);
-        self.policy.step(&snap, &mut local).await;
-        mark("policy", &mut at);
-        self.status.step(&snap, &mut local).await;
-        mark("status", &mut at);
+        let took = [
+            ("snapshot", started.elapsed()),
+            self.node.step(&snap, &mut local).await,
+            self.vxlan.step(&snap, &mut local).await,
+            self.ipip.step(&snap, &mut local).await,
+            self.annotations.step(&snap, &mut local).await,
+            self.pod_routes.step(&snap, &mut local).await,
+            self.bgp.step(&snap, &mut local).await,
+            self.nat.step(&snap, &mut local).await,
+            self.policy.step(&snap, &mut local).await,
+            self.status.step(&snap, &mut local).await,
+        ];
         // A slow pass delays every change behind it: say where the time went.
         let total = started.elapsed();
         if total >= SLOW_PASS {
-            let parts: Vec<String> = took.iter().filter(|(_, ms)| *ms > 0).map(|(n, ms)| format!("{n}={ms}")).collect();
+            let parts: Vec<String> = took
+                .iter()
+                .map(|(n, d)| (n, d.as_millis()))
+                .filter(|(_, ms)| *ms > 0)
+                .map(|(n, ms)| format!("{n}={ms}"))
+                .collect();
             tracing::info!(elapsed_ms = total.as_millis() as u64, parts = %parts.join(" "), "slow network pass");
         }
     }

@@ -177,14 +177,16 @@ impl<R: Reconciler> Slot<R> {
     }
 
     /// One pass of the reconciler: desired, then (unless nothing is due) a timed apply whose error is
-    /// counted and logged and whose problem joins `local.problems`.
-    pub async fn step(&mut self, facts: &Snapshot, local: &mut Local) {
+    /// counted and logged and whose problem joins `local.problems`. Returns its name and how long the
+    /// whole step took (desired and apply).
+    pub async fn step(&mut self, facts: &Snapshot, local: &mut Local) -> (&'static str, Duration) {
+        let begun = Instant::now();
         let want = self.r.desired(facts, local);
         let resync = self.r.resync();
         let due = resync.is_zero() || self.last.as_ref().is_none_or(|(w, at, _)| *w != want || at.elapsed() >= resync);
         if !due {
             local.problems.extend(self.last.as_ref().and_then(|(_, _, p)| p.clone()));
-            return;
+            return (R::NAME, begun.elapsed());
         }
         let started = Instant::now();
         let out = self.r.apply(&want, local).await;
@@ -203,6 +205,7 @@ impl<R: Reconciler> Slot<R> {
             }
         }
         local.problems.extend(out.problem);
+        (R::NAME, begun.elapsed())
     }
 }
 
