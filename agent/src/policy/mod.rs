@@ -44,7 +44,9 @@ pub const REASON_FAILED: &str = "PolicyProgrammingFailed";
 /// What policy wants in the kernel, and what it reports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Want {
-    pub rendered: Rendered,
+    /// Shared: a pass that reuses the last compile hands out the same one, and comparing it with what
+    /// was applied is a pointer comparison.
+    pub rendered: Arc<Rendered>,
     pub invalid: Vec<(ObjectRef, Invalid)>,
     /// The newest CNI ADD included (the gate releases it once applied).
     pub generation: u64,
@@ -167,7 +169,7 @@ pub fn want(facts: &Snapshot, pending: &[Endpoint], generation: u64, cache: &mut
     let me = facts.node.as_str();
     let rs = compile(&built.cluster, |e| e.node == me);
     let ifaces = built.cluster.endpoints.iter().filter(|e| e.node == me).map(|e| (e.key(), iface(e))).collect();
-    Want { rendered: render::render(&rs, &ifaces), invalid: built.invalid, generation }
+    Want { rendered: Arc::new(render::render(&rs, &ifaces)), invalid: built.invalid, generation }
 }
 
 impl Reconciler for Policy {

@@ -59,7 +59,7 @@ pub struct Attr {
 }
 
 /// Policy's section and what each counted rule means, by (chain, rule text).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rendered {
     pub sets: Vec<Set>,
     pub chains: Vec<Chain>,
