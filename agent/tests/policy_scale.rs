@@ -228,3 +228,105 @@ fn one_change_at_scale() {
     });
     assert!(result > 0);
 }
+
+/// A writer that writes nowhere (what a commit costs before `nft` runs).
+struct NoKernel;
+
+impl tabby_agent::kernel::nft::Exec for NoKernel {
+    fn list(&mut self) -> Result<Option<String>, tabby_agent::kernel::nft::NftError> {
+        Ok(None)
+    }
+    fn run(&mut self, _: &str) -> Result<(), tabby_agent::kernel::nft::NftError> {
+        Ok(())
+    }
+    fn delete_table(&mut self) -> Result<bool, tabby_agent::kernel::nft::NftError> {
+        Ok(true)
+    }
+}
+
+#[test]
+#[ignore = "a measurement: run with --release --ignored --nocapture"]
+fn pass_breakdown() {
+    use tabby_agent::facts::Snapshot;
+    let pod = |i: usize, role: String, app: String| {
+        let mut p: LeanPod = serde_json::from_value(json!({
+            "metadata": {"name": format!("pod-{i}"), "namespace": "bench", "labels": {"app": app, "role": role}},
+            "spec": {"nodeName": format!("node-{}", i % 100), "containers": [{"name": "c", "image": "pause"}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": format!("10.{}.{}.{}", 64 + i / 65536, (i / 256) % 256, i % 256)}]}
+        }))
+        .unwrap();
+        tabby_agent::facts::lean_pod(&mut p);
+        Arc::new(p)
+    };
+    let mut snap = Snapshot { node: "node-0".into(), ..Snapshot::default() };
+    snap.pods = (0..10_000)
+        .map(|i| {
+            let app = if i == 0 { "shared".to_string() } else { format!("app-{}", i % 1000) };
+            pod(i, format!("client-{}", (i / 7) % 1000), app)
+        })
+        .collect();
+    snap.policy.k8s = (0..1000)
+        .map(|p| {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": format!("np-{p}"), "namespace": "bench"},
+                    "spec": {"podSelector": {"matchExpressions": [
+                                {"key": "app", "operator": "In", "values": [format!("app-{p}"), "shared"]}]},
+                             "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": format!("client-{p}")}}}],
+                                          "ports": [{"port": 80}]}]}}))
+                .unwrap(),
+            )
+        })
+        .collect();
+    let mut cache = tabby_api::policy::cluster::EndpointCache::default();
+    let mut nft = Nft::new(Box::new(NoKernel));
+    let w = tabby_agent::policy::want(&snap, &[], 0, &mut cache);
+    nft.stage(w.rendered.section());
+    nft.commit().unwrap();
+    let keep = snap.clone();
+    for round in 0..5 {
+        // pod-8 (node-8) joins client-0's set, then leaves it.
+        let mut next = snap.clone();
+        let role = if round % 2 == 0 { "client-0".to_string() } else { format!("client-{}", 8 / 7) };
+        next.pods[8] = pod(8, role, "app-8".into());
+        let t = Instant::now();
+        let objects = tabby_agent::policy::objects(&next);
+        let built = tabby_api::policy::cluster::build_with(&objects, &[], &mut cache);
+        let build = t.elapsed();
+        let t = Instant::now();
+        let rs = compile(&built.cluster, |e| e.node == "node-0");
+        let comp = t.elapsed();
+        let t = Instant::now();
+        let ifaces = built
+            .cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.node == "node-0")
+            .map(|e| (e.key(), tabby_agent::policy::iface(e)))
+            .collect();
+        let r = render(&rs, &ifaces);
+        let rend = t.elapsed();
+        let t = Instant::now();
+        let sec = r.section();
+        let sect = t.elapsed();
+        let known = tabby_agent::kernel::nft::after(None, [&sec]);
+        let t = Instant::now();
+        let b = plan(Some(&known), [&sec]);
+        let plant = t.elapsed();
+        let t = Instant::now();
+        let _ = tabby_agent::kernel::nft::after(Some(&known), [&sec]);
+        let aftert = t.elapsed();
+        println!("  section {sect:?} plan {plant:?} ({} changes) after {aftert:?}", b.0.len());
+        let t = Instant::now();
+        nft.stage(r.section());
+        let n = nft.commit().unwrap();
+        let commit = t.elapsed();
+        println!(
+            "label change {round}: build {build:?}, compile {comp:?}, render {rend:?}, stage+commit (no nft) {commit:?}, {n} changes; {} chains {} sets",
+            r.chains.len(),
+            r.sets.len()
+        );
+        snap = next;
+    }
+    drop(keep);
+}

@@ -25,9 +25,10 @@
 //! only when something changed or a resync is due, and there is no maintained Rust crate for the netlink
 //! encoding of nftables expressions; so the CLI stays.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde_json::Value;
@@ -77,6 +78,10 @@ impl Element {
     }
 }
 
+/// A set's elements, shared: what an owner rendered, what the writer has staged and what it knows the
+/// kernel holds after a commit are one copy, and a set nobody changed compares by pointer.
+pub type Elements = Arc<BTreeSet<Element>>;
+
 /// A named set, or a map when `map` names the type of its values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
@@ -86,7 +91,7 @@ pub struct Set {
     pub interval: bool,
     /// A map's value type (`verdict`); `None` for a set.
     pub map: Option<String>,
-    pub elements: BTreeSet<Element>,
+    pub elements: Elements,
 }
 
 /// What makes a chain a base chain.
@@ -117,13 +122,20 @@ pub struct Section {
     pub owns: fn(&str) -> bool,
 }
 
+impl Section {
+    /// The names of its chains and of its sets (what it wants to keep: linear, not a scan per name).
+    fn names(&self) -> (HashSet<&str>, HashSet<&str>) {
+        (self.chains.iter().map(|c| c.name.as_str()).collect(), self.sets.iter().map(|x| x.name.as_str()).collect())
+    }
+}
+
 /// A set (or map) as the kernel holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CurrentSet {
     pub ty: String,
     pub interval: bool,
     pub map: Option<String>,
-    pub elements: BTreeSet<Element>,
+    pub elements: Elements,
 }
 
 impl CurrentSet {
@@ -214,13 +226,9 @@ pub fn parse(json: &str) -> Result<Current, NftError> {
                     ty: type_of(s),
                     interval: flags.is_some_and(|f| f.iter().any(|x| x == "interval")),
                     map,
-                    elements: s
-                        .get("elem")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(element)
-                        .collect(),
+                    elements: Arc::new(
+                        s.get("elem").and_then(Value::as_array).into_iter().flatten().filter_map(element).collect(),
+                    ),
                 },
             );
         } else if let Some(c) = o.get("chain") {
@@ -307,7 +315,7 @@ impl Batch {
 }
 
 /// The batch that brings the table (`cur`, `None` when it does not exist) to what `sections` want.
-pub fn plan(cur: Option<&Current>, sections: &[Section]) -> Batch {
+pub fn plan<'s>(cur: Option<&Current>, sections: impl IntoIterator<Item = &'s Section>) -> Batch {
     let empty = Current::default();
     let have = cur.unwrap_or(&empty);
     let mut b = Batch::default();
@@ -326,10 +334,14 @@ pub fn plan(cur: Option<&Current>, sections: &[Section]) -> Batch {
             }
             let had = known.map(|h| &h.elements);
             if had.is_none() {
-                add_sets.push(Change::AddSet(Set { elements: BTreeSet::new(), ..set.clone() }));
+                add_sets.push(Change::AddSet(Set { elements: Elements::default(), ..set.clone() }));
+            }
+            // What the last commit wrote from this very set (or an equal one): nothing to compare.
+            if had.is_some_and(|h| Arc::ptr_eq(h, &set.elements) || h == &set.elements) {
+                continue;
             }
             let none = BTreeSet::new();
-            let had = had.unwrap_or(&none);
+            let had = had.map_or(&none, |h| &**h);
             let gone: Vec<Element> = had.difference(&set.elements).cloned().collect();
             let new: Vec<Element> = set.elements.difference(had).cloned().collect();
             if !gone.is_empty() {
@@ -372,11 +384,12 @@ pub fn plan(cur: Option<&Current>, sections: &[Section]) -> Batch {
             }
         }
         // What this owner has in the table and no longer wants.
-        for name in have.chains.keys().filter(|n| (s.owns)(n) && !s.chains.iter().any(|c| &c.name == *n)) {
+        let (chains, sets) = s.names();
+        for name in have.chains.keys().filter(|n| (s.owns)(n) && !chains.contains(n.as_str())) {
             flush.push(Change::FlushChain(name.clone()));
             drop_chains.push(Change::DeleteChain(name.clone()));
         }
-        for (name, h) in have.sets.iter().filter(|(n, _)| (s.owns)(n) && !s.sets.iter().any(|x| &x.name == *n)) {
+        for (name, h) in have.sets.iter().filter(|(n, _)| (s.owns)(n) && !sets.contains(n.as_str())) {
             drop_sets.push(delete_set(name, h));
         }
     }
@@ -393,11 +406,17 @@ fn delete_set(name: &str, h: &CurrentSet) -> Change {
 }
 
 /// What the table holds after `batch` (planned by [`plan`] from `cur` for `sections`) was applied.
-pub fn after(cur: Option<&Current>, sections: &[Section]) -> Current {
-    let mut out = cur.cloned().unwrap_or_default();
+pub fn after<'s>(cur: Option<&Current>, sections: impl IntoIterator<Item = &'s Section>) -> Current {
+    applied(cur.cloned().unwrap_or_default(), sections)
+}
+
+/// [`after`], taking what the table held: the writer's own state moves instead of being copied; elements
+/// are shared with the sections, and a chain whose rules did not change keeps its tags.
+fn applied<'s>(mut out: Current, sections: impl IntoIterator<Item = &'s Section>) -> Current {
     for s in sections {
-        out.chains.retain(|n, _| !(s.owns)(n) || s.chains.iter().any(|c| &c.name == n));
-        out.sets.retain(|n, _| !(s.owns)(n) || s.sets.iter().any(|x| &x.name == n));
+        let (chains, sets) = s.names();
+        out.chains.retain(|n, _| !(s.owns)(n) || chains.contains(n.as_str()));
+        out.sets.retain(|n, _| !(s.owns)(n) || sets.contains(n.as_str()));
         for set in &s.sets {
             out.sets.insert(
                 set.name.clone(),
@@ -410,10 +429,8 @@ pub fn after(cur: Option<&Current>, sections: &[Section]) -> Current {
             );
         }
         for c in &s.chains {
-            out.chains.insert(
-                c.name.clone(),
-                CurrentChain { hook: c.hook.clone(), rules: c.rules.iter().map(|r| Some(rule_tag(r))).collect() },
-            );
+            let rules = c.rules.iter().map(|r| Some(rule_tag(r))).collect();
+            out.chains.insert(c.name.clone(), CurrentChain { hook: c.hook.clone(), rules });
         }
     }
     out
@@ -568,14 +585,12 @@ impl Nft {
             Some(k) => Some(k),
             None => self.exec.list()?.map(|j| parse(&j)).transpose()?,
         };
-        let sections: Vec<&Section> = self.sections.values().collect();
-        let sections: Vec<Section> = sections.into_iter().cloned().collect();
-        let batch = plan(cur.as_ref(), &sections);
+        let batch = plan(cur.as_ref(), self.sections.values());
         if !batch.is_empty() {
             // On failure `known` stays empty: the next commit reads the kernel.
             self.exec.run(&batch.render())?;
         }
-        self.known = Some(after(cur.as_ref(), &sections));
+        self.known = Some(applied(cur.unwrap_or_default(), self.sections.values()));
         Ok(batch.0.len())
     }
 
@@ -601,8 +616,8 @@ impl Nft {
 pub(crate) mod tests {
     use super::*;
 
-    fn el(v: &[&str]) -> BTreeSet<Element> {
-        v.iter().map(|s| Element::net(s.parse().unwrap())).collect()
+    fn el(v: &[&str]) -> Elements {
+        Arc::new(v.iter().map(|s| Element::net(s.parse().unwrap())).collect())
     }
 
     fn nat_like(pools: &[&str]) -> Section {
@@ -848,7 +863,7 @@ pub(crate) mod tests {
             ty: "ifname".into(),
             interval: false,
             map: Some("verdict".into()),
-            elements: [Element::map_entry("tbyxyz", "goto ep-1")].into(),
+            elements: Arc::new([Element::map_entry("tbyxyz", "goto ep-1")].into()),
         };
         let sec = Section { owner: "p", sets: vec![want], chains: vec![], owns: |n| n == "disp" };
         assert_eq!(

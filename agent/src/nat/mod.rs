@@ -58,7 +58,7 @@ fn owns(name: &str) -> bool {
 
 /// The NAT section of table `inet tabby` for `want`.
 pub fn section(want: &NatState) -> Section {
-    let elements = |s: &BTreeSet<IpNet>| s.iter().map(|n| Element::net(*n)).collect();
+    let elements = |s: &BTreeSet<IpNet>| Arc::new(s.iter().map(|n| Element::net(*n)).collect());
     let sets = [&want.pools4, &want.pools6, &want.masq4, &want.masq6];
     Section {
         owner: "nat",

@@ -85,8 +85,8 @@ pub async fn run(attribution: Attribution, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Ok(Ok(Some(json))) = tokio::task::spawn_blocking(list_terse).await else { continue };
-        let attr = attribution.lock().unwrap_or_else(|p| p.into_inner());
-        last = feed(&parse(&json), &attr, &last);
+        let rendered = attribution.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        last = feed(&parse(&json), &rendered.attribution, &last);
     }
 }
 

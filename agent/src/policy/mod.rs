@@ -18,7 +18,6 @@ pub mod gate;
 pub mod nflog;
 pub mod render;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use tabby_api::ipam::IPAMBlock;
 use tabby_api::pod::LeanPod;
 
 use self::gate::Gate;
-use self::render::{Attr, Rendered};
+use self::render::Rendered;
 use crate::facts::{PolicyFacts, Snapshot};
 use crate::kernel::nft::Nft;
 use crate::nat::SharedNft;
@@ -52,8 +51,9 @@ pub struct Want {
     pub generation: u64,
 }
 
-/// The shared attribution of counted rules (read by the counters task).
-pub type Attribution = Arc<Mutex<BTreeMap<(String, String), Attr>>>;
+/// The shared attribution of counted rules (read by the counters and Log tasks): the last applied
+/// [`Rendered`], handed over as a pointer.
+pub type Attribution = Arc<Mutex<Arc<Rendered>>>;
 
 /// The policy reconciler.
 pub struct Policy {
@@ -226,7 +226,7 @@ impl Reconciler for Policy {
                         "policy programmed"
                     );
                 }
-                *self.attribution.lock().unwrap_or_else(|p| p.into_inner()) = want.rendered.attribution.clone();
+                *self.attribution.lock().unwrap_or_else(|p| p.into_inner()) = want.rendered.clone();
                 self.gate.applied(want.generation, true);
                 Outcome::changed(n)
             }

@@ -161,9 +161,9 @@ fn run(attribution: &Attribution) -> std::io::Result<()> {
             }
             return Err(e);
         }
-        let attr = attribution.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rendered = attribution.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for l in messages(&buf[..n as usize]) {
-            let a = attribute(&l.prefix, &attr);
+            let a = attribute(&l.prefix, &rendered.attribution);
             tracing::info!(
                 target: "tabby_agent::policy_log",
                 policy = a.map(|a| a.policy.as_str()).unwrap_or("?"),

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use tabby_api::policy::Action;
@@ -343,7 +344,7 @@ pub fn render(rs: &Ruleset, ifaces: &BTreeMap<String, String>) -> Rendered {
                 let e = members.nets.iter().filter(|n| family(&n.addr())).map(|n| Element::net(*n)).collect();
                 ((if v6 { "ipv6_addr" } else { "ipv4_addr" }).to_string(), true, e)
             };
-            o.r.sets.push(Set { name: set_name(id, named, v6), ty, interval, map: None, elements });
+            o.r.sets.push(Set { name: set_name(id, named, v6), ty, interval, map: None, elements: Arc::new(elements) });
         }
     }
     let unknown = |dir| Attr {
@@ -360,7 +361,7 @@ pub fn render(rs: &Ruleset, ifaces: &BTreeMap<String, String>) -> Rendered {
             ty: "ifname".into(),
             interval: false,
             map: Some("verdict".into()),
-            elements: elems.into_iter().collect(),
+            elements: Arc::new(elems.into_iter().collect()),
         });
         let chain = name.trim_end_matches("-map").to_string();
         let dir = if key == "iifname" { Dir::Egress } else { Dir::Ingress };
