@@ -284,6 +284,39 @@ fn pass_breakdown() {
     nft.stage(w.rendered.section());
     nft.commit().unwrap();
     let keep = snap.clone();
+    // The agent's way: its reconciler, which patches the last compile for another node's pod.
+    {
+        use tabby_agent::reconcile::Reconciler;
+        let gate = tabby_agent::policy::gate::Gate::new("node-0", Arc::new(tokio::sync::Notify::new()), None);
+        let p = tabby_agent::policy::Policy::new(
+            tabby_agent::policy::writer(),
+            std::time::Duration::from_secs(30),
+            gate,
+            None,
+        );
+        let local = tabby_agent::reconcile::Local::default();
+        let mut s = snap.clone();
+        let t = Instant::now();
+        let w = p.desired(&s, &local);
+        println!("agent pass, first: {:?}", t.elapsed());
+        let mut n = Nft::new(Box::new(NoKernel));
+        n.stage(w.rendered.section());
+        n.commit().unwrap();
+        for round in 0..5 {
+            let role = if round % 2 == 0 { "client-0".to_string() } else { format!("client-{}", 8 / 7) };
+            s.pods[8] = pod(8, role, "app-8".into());
+            let t = Instant::now();
+            let w = p.desired(&s, &local);
+            let d = t.elapsed();
+            let t = Instant::now();
+            n.stage(w.rendered.section());
+            let changes = n.commit().unwrap();
+            println!(
+                "agent pass, label change {round}: desired {d:?}, stage+commit (no nft) {:?}, {changes} changes",
+                t.elapsed()
+            );
+        }
+    }
     for round in 0..5 {
         // pod-8 (node-8) joins client-0's set, then leaves it.
         let mut next = snap.clone();

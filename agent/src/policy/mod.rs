@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 use tabby_api::policy::cluster::{self, EndpointCache, ObjectRef, Objects};
-use tabby_api::policy::model::{Endpoint, Invalid, compile};
+use tabby_api::policy::model::{self, Cluster, Endpoint, Invalid, Ruleset, compile};
 
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use tabby_api::ipam::IPAMBlock;
@@ -69,6 +69,8 @@ pub struct Policy {
     last: Mutex<(Option<Memo>, EndpointCache)>,
     /// Compiles run (passes that reused the last one are not counted).
     compiles: AtomicU64,
+    /// Passes that patched the last compile for other nodes' pods instead.
+    patches: AtomicU64,
 }
 
 /// The objects a compile read, held (so no other object can take their addresses while they are
@@ -85,6 +87,9 @@ struct Memo {
     pending: Vec<Endpoint>,
     generation: u64,
     want: Want,
+    /// The model and its compile behind `want`, kept so that another node's pod changing patches them.
+    cluster: Cluster,
+    ruleset: Ruleset,
 }
 
 /// The same objects, in the same order (a reordered cache is a miss, never a wrong hit).
@@ -92,13 +97,41 @@ fn same<T>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
+/// At most this many pods changed between two passes are patched in; more take a full build.
+const PATCH_LIMIT: usize = 64;
+
+/// The Pod objects of `old` that `new` no longer has and those it has instead (by address: the cache
+/// replaces an object on every change), or `None` when more than `limit` changed.
+fn pod_changes<'a, T>(old: &'a [Arc<T>], new: &'a [Arc<T>], limit: usize) -> Option<(Vec<&'a T>, Vec<&'a T>)> {
+    let (mut gone, mut added) = (Vec::new(), Vec::new());
+    if old.len() == new.len() {
+        // The cache keeps its order while objects are only replaced: compare place by place.
+        for (a, b) in old.iter().zip(new).filter(|(a, b)| !Arc::ptr_eq(a, b)) {
+            if gone.len() == limit {
+                return None;
+            }
+            gone.push(&**a);
+            added.push(&**b);
+        }
+        return Some((gone, added));
+    }
+    let addr = |x: &Arc<T>| Arc::as_ptr(x) as usize;
+    let before: std::collections::HashSet<usize> = old.iter().map(addr).collect();
+    let after: std::collections::HashSet<usize> = new.iter().map(addr).collect();
+    gone.extend(old.iter().filter(|x| !after.contains(&addr(x))).map(|x| &**x));
+    added.extend(new.iter().filter(|x| !before.contains(&addr(x))).map(|x| &**x));
+    (gone.len() + added.len() <= 2 * limit).then_some((gone, added))
+}
+
 impl Memo {
     fn hit(&self, s: &Snapshot, pending: &[Endpoint], generation: u64) -> bool {
+        self.generation == generation && self.pending == pending && same(&self.pods, &s.pods) && self.same_but_pods(s)
+    }
+
+    /// Everything but the pods is as it was.
+    fn same_but_pods(&self, s: &Snapshot) -> bool {
         let (p, q) = (&self.policy, &s.policy);
-        self.generation == generation
-            && self.pending == pending
-            && self.node == s.node
-            && same(&self.pods, &s.pods)
+        self.node == s.node
             && same(&self.namespaces, &s.namespaces)
             && same(&self.nodes, &s.nodes)
             && same(&self.blocks, &s.blocks)
@@ -112,6 +145,31 @@ impl Memo {
             && same(&p.tiers, &q.tiers)
             && same(&p.cnps, &q.cnps)
             && same(&p.service_accounts, &q.service_accounts)
+    }
+
+    /// Patches the last compile when the pass differs from it only in other nodes' pods (what most
+    /// changes at scale are): their endpoints are replaced in the model, the sets they were or are in read
+    /// again, and those sets rendered again; nothing else is compiled. `None` when that does not apply.
+    fn patch(
+        &mut self,
+        s: &Snapshot,
+        pending: &[Endpoint],
+        generation: u64,
+        cache: &mut EndpointCache,
+    ) -> Option<Want> {
+        if !pending.is_empty() || !self.pending.is_empty() || self.generation != generation || !self.same_but_pods(s) {
+            return None;
+        }
+        let (gone, added) = pod_changes(&self.pods, &s.pods, PATCH_LIMIT)?;
+        let me = s.node.as_str();
+        let changes = cluster::patch_pods(&mut self.cluster, &objects(s), &gone, &added, cache, |e| e.node == me)?;
+        let ids = model::repatch(&self.cluster, &mut self.ruleset, &changes);
+        if !ids.is_empty() {
+            self.want.rendered = Arc::new(render::patch(&self.want.rendered, &self.ruleset, &ids));
+        }
+        // The new Pods are the ones the cache's addresses are of from now on.
+        self.pods = s.pods.clone();
+        Some(self.want.clone())
     }
 }
 
@@ -128,6 +186,7 @@ impl Policy {
             compiled_us: AtomicU64::new(0),
             last: Mutex::new((None, EndpointCache::default())),
             compiles: AtomicU64::new(0),
+            patches: AtomicU64::new(0),
         }
     }
 
@@ -165,11 +224,22 @@ pub fn objects(s: &Snapshot) -> Objects<'_> {
 /// What the facts and the pods being added ask for (pure but for `cache`, which keeps the endpoints of
 /// unchanged Pods; its contract: the Pods of the last build stay alive until this one is done).
 pub fn want(facts: &Snapshot, pending: &[Endpoint], generation: u64, cache: &mut EndpointCache) -> Want {
+    full(facts, pending, generation, cache).0
+}
+
+/// [`want`], with the model and the compile it came from.
+fn full(
+    facts: &Snapshot,
+    pending: &[Endpoint],
+    generation: u64,
+    cache: &mut EndpointCache,
+) -> (Want, Cluster, Ruleset) {
     let built = cluster::build_with(&objects(facts), pending, cache);
     let me = facts.node.as_str();
     let rs = compile(&built.cluster, |e| e.node == me);
     let ifaces = built.cluster.endpoints.iter().filter(|e| e.node == me).map(|e| (e.key(), iface(e))).collect();
-    Want { rendered: Arc::new(render::render(&rs, &ifaces)), invalid: built.invalid, generation }
+    let want = Want { rendered: Arc::new(render::render(&rs, &ifaces)), invalid: built.invalid, generation };
+    (want, built.cluster, rs)
 }
 
 impl Reconciler for Policy {
@@ -184,8 +254,13 @@ impl Reconciler for Policy {
         if let Some(m) = memo.as_ref().filter(|m| m.hit(facts, &pending, generation)) {
             return m.want.clone();
         }
+        if let Some(w) = memo.as_mut().and_then(|m| m.patch(facts, &pending, generation, endpoints)) {
+            self.compiled_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.patches.fetch_add(1, Ordering::Relaxed);
+            return w;
+        }
         // The last memo holds the Pods the endpoint cache's addresses are of until it is replaced below.
-        let w = want(facts, &pending, generation, endpoints);
+        let (w, cluster, ruleset) = full(facts, &pending, generation, endpoints);
         self.compiled_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.compiles.fetch_add(1, Ordering::Relaxed);
         *memo = Some(Memo {
@@ -198,6 +273,8 @@ impl Reconciler for Policy {
             pending,
             generation,
             want: w.clone(),
+            cluster,
+            ruleset,
         });
         w
     }
@@ -405,5 +482,106 @@ mod tests {
         s.pods = vec![Arc::new(relabelled)];
         assert_ne!(p.desired(&s, &local), first);
         assert_eq!(p.compiles.load(Ordering::Relaxed), 3);
+    }
+
+    /// A pod of `node` in namespace `ns`, with labels, a named port maybe, and a state.
+    fn pod(
+        i: usize,
+        ns: &str,
+        node: &str,
+        app: &str,
+        role: &str,
+        port: Option<(&str, &str, u16)>,
+        state: u8,
+    ) -> LeanPod {
+        let ports: Vec<serde_json::Value> =
+            port.map(|(n, proto, p)| json!({"name": n, "protocol": proto, "containerPort": p})).into_iter().collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("p{i}"), "namespace": ns, "labels": {"app": app, "role": role}},
+            "spec": {"nodeName": node, "hostNetwork": state == 1, "serviceAccountName": if i.is_multiple_of(3) { "robot" } else { "default" },
+                     "containers": [{"name": "c", "ports": ports}]},
+            "status": {"phase": if state == 2 { "Succeeded" } else { "Running" },
+                       "podIPs": [{"ip": format!("10.1.{}.{}", i / 200, i % 200 + 1)}, {"ip": format!("fd00::{i:x}")}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn patching_for_other_nodes_pods_renders_what_a_full_compile_does() {
+        // A small xorshift: the same sequence every run.
+        let seed = std::cell::Cell::new(0x9e37_79b9_7f4a_7c15_u64);
+        let rnd = |n: usize| {
+            let mut x = seed.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            seed.set(x);
+            (x % n as u64) as usize
+        };
+        let (apps, roles, nodes, nss) =
+            (["web", "db", "cache"], ["client", "server", "batch"], ["n1", "n2", "n3"], ["a", "b"]);
+        let ports = [None, Some(("http", "TCP", 8080)), Some(("dns", "UDP", 53)), Some(("http", "TCP", 9090))];
+        let make = |i: usize| {
+            let state = [0, 0, 0, 0, 0, 0, 1, 2][rnd(8)];
+            pod(i, nss[rnd(2)], nodes[rnd(3)], apps[rnd(3)], roles[rnd(3)], ports[rnd(4)], state)
+        };
+        let mut pods: Vec<Arc<LeanPod>> = (0..60).map(|i| Arc::new(make(i))).collect();
+        fn j<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).unwrap()
+        }
+        let mut s = Snapshot { node: "n1".into(), ..Snapshot::default() };
+        s.namespaces = vec![
+            Arc::new(j(json!({"metadata": {"name": "a", "labels": {"team": "front"}}}))),
+            Arc::new(j(json!({"metadata": {"name": "b", "labels": {"team": "back"}}}))),
+        ];
+        s.policy.service_accounts =
+            vec![Arc::new(j(json!({"metadata": {"name": "robot", "namespace": "a", "labels": {"kind": "bot"}}})))];
+        s.policy.k8s = vec![
+            Arc::new(j(json!({"metadata": {"name": "web", "namespace": "a"}, "spec": {
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}},
+                                      {"namespaceSelector": {"matchLabels": {"team": "back"}},
+                                       "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["db", "cache"]}]}}],
+                             "ports": [{"port": "http"}]}],
+                "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "dns", "protocol": "UDP"}]}]}}))),
+            Arc::new(j(json!({"metadata": {"name": "all", "namespace": "b"}, "spec": {
+                "podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "server"}}},
+                                                         {"ipBlock": {"cidr": "10.1.0.0/24", "except": ["10.1.0.0/28"]}}]}]}}))),
+        ];
+        s.policy.global = vec![Arc::new(j(json!({"apiVersion": "tabby.dev/v1", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "g"}, "spec": {"selector": "role == 'batch'", "types": ["Ingress", "Egress"],
+            "ingress": [{"action": "Allow", "source": {"selector": "app != 'web'", "notSelector": "role == 'client'"}}],
+            "egress": [{"action": "Allow", "destination": {"selector": "has(app)", "ports": ["http"]}},
+                       {"action": "Deny", "destination": {"serviceAccounts": {"selector": "kind == 'bot'"}}}]}})))];
+        s.policy.global_sets = vec![Arc::new(j(json!({"apiVersion": "tabby.dev/v1", "kind": "GlobalNetworkSet",
+            "metadata": {"name": "lb", "labels": {"role": "server"}}, "spec": {"nets": ["10.1.0.0/30", "192.0.2.0/24"]}})))];
+        s.pods = pods.clone();
+        let p = Policy::new(writer(), Duration::from_secs(30), Gate::new("n1", Arc::new(Notify::new()), None), None);
+        let local = Local::default();
+        let mut next = 60;
+        for step in 0..400 {
+            match rnd(10) {
+                // Replaced in place (a relabel, a new phase, new ports): the common case.
+                0..=6 => {
+                    let i = rnd(pods.len());
+                    let n = pods[i].metadata.name.as_deref().unwrap_or_default()[1..].parse().unwrap();
+                    pods[i] = Arc::new(make(n));
+                }
+                7 if pods.len() > 5 => {
+                    pods.remove(rnd(pods.len()));
+                }
+                _ => {
+                    pods.push(Arc::new(make(next)));
+                    next += 1;
+                }
+            }
+            s.pods = pods.clone();
+            let got = p.desired(&s, &local);
+            let want = want(&s, &[], 0, &mut EndpointCache::default());
+            assert_eq!(*got.rendered, *want.rendered, "step {step}");
+            assert_eq!(got.invalid, want.invalid);
+        }
+        let (patched, compiled) = (p.patches.load(Ordering::Relaxed), p.compiles.load(Ordering::Relaxed));
+        assert!(patched > 100 && compiled > 50, "both ways ran: {patched} patches, {compiled} compiles");
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use tabby_api::policy::Action;
-use tabby_api::policy::model::{self, CMatch, CRule, Dir, PolicyId, Program, Ruleset, TierStep, fnv};
+use tabby_api::policy::model::{self, CMatch, CRule, Dir, Members, PolicyId, Program, Ruleset, SetDef, TierStep, fnv};
 
 use crate::kernel::nft::{Chain, Element, Hook, Section, Set};
 
@@ -315,6 +315,44 @@ fn base(name: &str, hook: &str, rules: Vec<String>) -> Chain {
     }
 }
 
+/// The two sets (IPv4, IPv6) of set `id`.
+fn sets(id: &str, def: &SetDef, members: &Members) -> [Set; 2] {
+    let named = def.is_named_port();
+    [false, true].map(|v6| {
+        let family = |ip: &IpAddr| ip.is_ipv6() == v6;
+        let (ty, interval, elements) = if named {
+            let a = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+            let e = members
+                .ports
+                .iter()
+                .filter(|(ip, _, _)| family(ip))
+                .map(|(ip, p, port)| Element::raw(format!("{ip} . {} . {port}", proto_name(*p))))
+                .collect();
+            (format!("{a} . inet_proto . inet_service"), false, e)
+        } else {
+            let e = members.nets.iter().filter(|n| family(&n.addr())).map(|n| Element::net(*n)).collect();
+            ((if v6 { "ipv6_addr" } else { "ipv4_addr" }).to_string(), true, e)
+        };
+        Set { name: set_name(id, named, v6), ty, interval, map: None, elements: Arc::new(elements) }
+    })
+}
+
+/// `r` (rendered from an earlier `rs`) with the sets `ids` of `rs` rendered again: what [`render`] gives
+/// when only those sets' members changed (another node's pods), at the cost of those sets.
+pub fn patch(r: &Rendered, rs: &Ruleset, ids: &[String]) -> Rendered {
+    let mut out = r.clone();
+    for id in ids {
+        let Some((def, members)) = rs.sets.get(id) else { continue };
+        for set in sets(id, def, members) {
+            match out.sets.binary_search_by(|s| s.name.as_str().cmp(&set.name)) {
+                Ok(i) => out.sets[i] = set,
+                Err(i) => out.sets.insert(i, set),
+            }
+        }
+    }
+    out
+}
+
 /// Policy's section for the local endpoints: `ifaces` maps an endpoint key (`namespace/name`) of
 /// `rs.endpoints` to its host-side interface.
 pub fn render(rs: &Ruleset, ifaces: &BTreeMap<String, String>) -> Rendered {
@@ -328,24 +366,7 @@ pub fn render(rs: &Ruleset, ifaces: &BTreeMap<String, String>) -> Rendered {
         to.push(Element::map_entry(iface, &format!("goto {i}")));
     }
     for (id, (def, members)) in &rs.sets {
-        let named = def.is_named_port();
-        for v6 in [false, true] {
-            let family = |ip: &IpAddr| ip.is_ipv6() == v6;
-            let (ty, interval, elements) = if named {
-                let a = if v6 { "ipv6_addr" } else { "ipv4_addr" };
-                let e = members
-                    .ports
-                    .iter()
-                    .filter(|(ip, _, _)| family(ip))
-                    .map(|(ip, p, port)| Element::raw(format!("{ip} . {} . {port}", proto_name(*p))))
-                    .collect();
-                (format!("{a} . inet_proto . inet_service"), false, e)
-            } else {
-                let e = members.nets.iter().filter(|n| family(&n.addr())).map(|n| Element::net(*n)).collect();
-                ((if v6 { "ipv6_addr" } else { "ipv4_addr" }).to_string(), true, e)
-            };
-            o.r.sets.push(Set { name: set_name(id, named, v6), ty, interval, map: None, elements: Arc::new(elements) });
-        }
+        o.r.sets.extend(sets(id, def, members));
     }
     let unknown = |dir| Attr {
         dir,

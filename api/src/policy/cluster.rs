@@ -79,16 +79,27 @@ pub struct Built {
 /// Every attachment's addresses and node from the blocks' allocations, by (namespace, pod); an
 /// attachment without a pod (a runtime that names none) is ("", container ID), as its veth is named.
 fn block_addresses(s: &Objects) -> BTreeMap<(String, String), (Vec<IpAddr>, String)> {
+    block_addresses_where(s, |_, _| true)
+}
+
+/// [`block_addresses`] of the attachments whose (namespace, pod) `want` picks.
+fn block_addresses_where(
+    s: &Objects,
+    want: impl Fn(&str, &str) -> bool,
+) -> BTreeMap<(String, String), (Vec<IpAddr>, String)> {
     let mut out: BTreeMap<(String, String), (Vec<IpAddr>, String)> = BTreeMap::new();
     for b in s.blocks.iter().filter(|b| !b.spec.deleted) {
         let Some(cidr) = block::parse_cidr(&b.spec.cidr) else { continue };
         for a in block::allocated(&cidr, &b.spec) {
             let Some(handle) = a.handle().filter(|h| !is_tunnel_handle(h)) else { continue };
-            let key = match (a.secondary(ATTR_NAMESPACE), a.secondary(ATTR_POD)) {
-                (Some(ns), Some(pod)) if !ns.is_empty() && !pod.is_empty() => (ns.to_string(), pod.to_string()),
-                _ => (String::new(), container_of(handle).to_string()),
+            let (ns, pod) = match (a.secondary(ATTR_NAMESPACE), a.secondary(ATTR_POD)) {
+                (Some(ns), Some(pod)) if !ns.is_empty() && !pod.is_empty() => (ns, pod),
+                _ => ("", container_of(handle)),
             };
-            let e = out.entry(key).or_default();
+            if !want(ns, pod) {
+                continue;
+            }
+            let e = out.entry((ns.to_string(), pod.to_string())).or_default();
             e.0.push(a.ip);
             e.1 = a.secondary(ATTR_NODE).unwrap_or_default().to_string();
         }
@@ -194,6 +205,104 @@ struct Cached {
     ips: Option<Vec<IpAddr>>,
     sa: Option<model::Labels>,
     endpoint: Option<Arc<Endpoint>>,
+}
+
+/// The labels of ServiceAccount `ns`/`name`, when it has any.
+fn sa_labels_of<'a>(s: &Objects<'a>, ns: &str, name: &str) -> Option<&'a model::Labels> {
+    s.service_accounts
+        .iter()
+        .find(|sa| sa.metadata.namespace.as_deref() == Some(ns) && sa.metadata.name.as_deref() == Some(name))
+        .and_then(|sa| sa.metadata.labels.as_ref())
+        .filter(|l| !l.is_empty())
+}
+
+/// Updates `c`, built by [`build_with`] (with `cache`) from objects that differ from `s` only in their
+/// pods, for those: `gone` are the Pod objects of the last build that `s` no longer has, `new` the ones it
+/// has instead (a relabelled pod is one of each). What a full build would give, at the cost of the
+/// changed pods: their endpoints are made, replaced or removed, and the cache follows. Returns the
+/// endpoints that changed (before, after), or `None`, having changed nothing, when one of them is an
+/// endpoint `local` picks (its program may change: that takes a compile). No pending endpoints: the
+/// caller builds in full while the CNI server adds one.
+pub fn patch_pods(
+    c: &mut Cluster,
+    s: &Objects,
+    gone: &[&LeanPod],
+    new: &[&LeanPod],
+    cache: &mut EndpointCache,
+    local: impl Fn(&Endpoint) -> bool,
+) -> Option<Vec<model::EndpointChange>> {
+    let key =
+        |p: &LeanPod| (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+    let mut keys: Vec<(String, String)> = gone.iter().chain(new).map(|p| key(p)).collect();
+    keys.sort();
+    keys.dedup();
+    let addrs = block_addresses_where(s, |ns, pod| keys.iter().any(|(n, p)| n == ns && p == pod));
+    // Where each key's endpoint is now (one pass over the endpoints, comparing names first).
+    let mut at: Vec<Option<usize>> = vec![None; keys.len()];
+    for (i, e) in c.endpoints.iter().enumerate() {
+        if let Some(k) = keys.iter().position(|(ns, name)| *name == e.name && *ns == e.namespace) {
+            at[k] = Some(i);
+        }
+    }
+    let mut plan = Vec::with_capacity(keys.len());
+    let mut entries = Vec::with_capacity(new.len());
+    for (k, (ns, name)) in keys.iter().enumerate() {
+        let ips = addrs.get(&(ns.clone(), name.clone()));
+        let after = match new.iter().find(|p| key(p) == (ns.clone(), name.clone())) {
+            Some(p) => {
+                let sa_name = p.spec.as_ref().and_then(|s| s.service_account_name.as_deref()).unwrap_or("default");
+                let sa = sa_labels_of(s, ns, sa_name);
+                let e = endpoint(p, ips.map(|(ips, _)| ips), sa).map(Arc::new);
+                let at = std::ptr::from_ref(*p) as usize;
+                entries
+                    .push((at, Cached { ips: ips.map(|(ips, _)| ips.clone()), sa: sa.cloned(), endpoint: e.clone() }));
+                e
+            }
+            // No Pod object any more: its attachment, while the blocks still hold one (as a build makes it).
+            None => ips.map(|(ips, node)| {
+                Arc::new(Endpoint {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    node: node.clone(),
+                    ips: ips.clone(),
+                    ..Endpoint::default()
+                })
+            }),
+        };
+        let before = at[k].map(|i| c.endpoints[i].clone());
+        if before.iter().chain(&after).any(|e| local(e)) {
+            return None;
+        }
+        plan.push((at[k], before, after));
+    }
+    for p in gone {
+        cache.last.remove(&(std::ptr::from_ref(*p) as usize));
+    }
+    cache.last.extend(entries);
+    let mut changes = Vec::new();
+    let mut drop = Vec::new();
+    for (at, before, after) in plan {
+        match (at, &after) {
+            (Some(i), Some(e)) => c.endpoints[i] = e.clone(),
+            (Some(i), None) => drop.push(i),
+            (None, Some(e)) => c.endpoints.push(e.clone()),
+            (None, None) => {}
+        }
+        let same = match (&before, &after) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            changes.push((before, after));
+        }
+    }
+    // Positions do not matter to the model (it is keyed by names), so a removal swaps the last one in.
+    drop.sort_unstable();
+    for i in drop.into_iter().rev() {
+        c.endpoints.swap_remove(i);
+    }
+    Some(changes)
 }
 
 /// Builds the model's cluster from a snapshot, with `pending` endpoints (pods the CNI server is adding

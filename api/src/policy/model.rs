@@ -1071,37 +1071,7 @@ impl Compiler<'_> {
     }
 
     fn members(&self, def: &SetDef) -> Members {
-        let c = self.c;
-        let mut m = Members::default();
-        match def {
-            SetDef::Peers(p) => {
-                let eps = self
-                    .idx
-                    .endpoints(self.idx.peer(c, p))
-                    .filter(|e| c.peer_matches(p, e))
-                    .flat_map(|e| e.ips.iter().copied());
-                let sets = c.net_sets.iter().filter(|s| c.set_matches(p, s)).flat_map(|s| s.nets.iter().copied());
-                m.nets = disjoint(eps.map(IpNet::from).chain(sets));
-            }
-            SetDef::NamedPort { name, protocol, sel } => {
-                let with_port = Postings::Some(self.idx.with_port(name));
-                let cands = match sel {
-                    Some(p) => with_port.and(self.idx.peer(c, p)),
-                    None => with_port,
-                };
-                for e in self.idx.endpoints(cands).filter(|e| sel.as_ref().is_none_or(|p| c.peer_matches(p, e))) {
-                    for np in e.ports.iter().filter(|np| np.name == *name && protocol.is_none_or(|p| p == np.protocol))
-                    {
-                        m.ports.extend(e.ips.iter().map(|ip| (*ip, np.protocol, np.port)));
-                    }
-                }
-            }
-            SetDef::Nodes(s) => {
-                let ips = c.nodes.iter().filter(|n| s.matches(&n.labels)).flat_map(|n| n.ips.iter().copied());
-                m.nets = disjoint(ips.map(IpNet::from));
-            }
-        }
-        m
+        members_in(self.c, Some(self.idx), def)
     }
 
     fn side(&mut self, m: &Match, protocol: Option<u8>, dst: bool) -> CMatch {
@@ -1147,6 +1117,84 @@ impl Compiler<'_> {
             dst: self.side(&r.dst, r.protocol, true),
         }
     }
+}
+
+/// The members of `def` in `c`: the candidates from `idx` (every endpoint without one), confirmed by the
+/// full match.
+fn members_in(c: &Cluster, idx: Option<&Index>, def: &SetDef) -> Members {
+    let every = || -> Box<dyn Iterator<Item = &Endpoint>> { Box::new(c.endpoints.iter().map(|e| &**e)) };
+    let mut m = Members::default();
+    match def {
+        SetDef::Peers(p) => {
+            let cands = match idx {
+                Some(x) => x.endpoints(x.peer(c, p)),
+                None => every(),
+            };
+            let eps = cands.filter(|e| c.peer_matches(p, e)).flat_map(|e| e.ips.iter().copied());
+            let sets = c.net_sets.iter().filter(|s| c.set_matches(p, s)).flat_map(|s| s.nets.iter().copied());
+            m.nets = disjoint(eps.map(IpNet::from).chain(sets));
+        }
+        SetDef::NamedPort { name, protocol, sel } => {
+            let cands = match idx {
+                Some(x) => {
+                    let with_port = Postings::Some(x.with_port(name));
+                    x.endpoints(match sel {
+                        Some(p) => with_port.and(x.peer(c, p)),
+                        None => with_port,
+                    })
+                }
+                None => every(),
+            };
+            for e in cands.filter(|e| sel.as_ref().is_none_or(|p| c.peer_matches(p, e))) {
+                for np in e.ports.iter().filter(|np| np.name == *name && protocol.is_none_or(|p| p == np.protocol)) {
+                    m.ports.extend(e.ips.iter().map(|ip| (*ip, np.protocol, np.port)));
+                }
+            }
+        }
+        SetDef::Nodes(s) => {
+            let ips = c.nodes.iter().filter(|n| s.matches(&n.labels)).flat_map(|n| n.ips.iter().copied());
+            m.nets = disjoint(ips.map(IpNet::from));
+        }
+    }
+    m
+}
+
+impl SetDef {
+    /// Whether endpoint `e` is among what this set holds in `c` (nodes never are).
+    pub fn touches(&self, c: &Cluster, e: &Endpoint) -> bool {
+        match self {
+            SetDef::Peers(p) => c.peer_matches(p, e),
+            SetDef::NamedPort { name, protocol, sel } => {
+                e.ports.iter().any(|np| np.name == *name && protocol.is_none_or(|p| p == np.protocol))
+                    && sel.as_ref().is_none_or(|p| c.peer_matches(p, e))
+            }
+            SetDef::Nodes(_) => false,
+        }
+    }
+}
+
+/// An endpoint before and after a change (`None`: it did not exist, or no longer does).
+pub type EndpointChange = (Option<Arc<Endpoint>>, Option<Arc<Endpoint>>);
+
+/// Brings `rs`, compiled from the cluster as it was, up to date with `changes` of endpoints that are not
+/// among the compiled ones (another node's pods), `c` being the cluster after them. Such a change moves set
+/// members only: programs and rules name sets, never endpoints. Each set the changed endpoints belonged to
+/// or now belong to is read again from `c`; the ids of the sets whose members changed are returned. The
+/// caller makes sure no change touches a compiled endpoint (those go through [`compile`]).
+pub fn repatch(c: &Cluster, rs: &mut Ruleset, changes: &[EndpointChange]) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (id, (def, members)) in rs.sets.iter_mut() {
+        let touched = changes.iter().flat_map(|(a, b)| [a, b]).flatten().any(|e| def.touches(c, e));
+        if !touched {
+            continue;
+        }
+        let now = members_in(c, None, def);
+        if now != *members {
+            *members = now;
+            changed.push(id.clone());
+        }
+    }
+    changed
 }
 
 /// Sort key of an order: unset last.
