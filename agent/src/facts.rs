@@ -105,6 +105,7 @@ fn lean<K: Resource>(o: &mut K) {
 /// nothing else): its metadata without managed fields, and only containers with named ports.
 pub fn lean_pod(p: &mut LeanPod) {
     lean_meta(&mut p.metadata);
+    p.compact_labels();
     if let Some(s) = &mut p.spec {
         let named = |v: &mut Vec<LeanContainer>| {
             v.retain_mut(|c| {
@@ -348,7 +349,8 @@ mod tests {
         lean_pod(&mut p);
         assert_eq!(p.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
         assert!(p.metadata.annotations.as_ref().unwrap().contains_key("tabby.dev/ipv4pools"));
-        assert_eq!(p.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        assert!(p.metadata.labels.is_none(), "moved to the compact set");
+        assert_eq!(p.labels.get("app"), Some("web"));
         assert!(p.metadata.managed_fields.is_none());
         let status = p.status.unwrap();
         assert_eq!((status.phase.as_deref(), status.pod_ip.as_deref()), (Some("Running"), Some("10.0.0.1")));

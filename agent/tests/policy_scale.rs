@@ -258,6 +258,12 @@ fn pass_breakdown() {
         tabby_agent::facts::lean_pod(&mut p);
         Arc::new(p)
     };
+    tabby_agent::memory::limit_arenas();
+    let trim = || {
+        tabby_agent::memory::Trimmer::new(std::time::Duration::ZERO).after_pass();
+        rss_kib() / 1024.0
+    };
+    let base = trim();
     let mut snap = Snapshot { node: "node-0".into(), ..Snapshot::default() };
     snap.pods = (0..10_000)
         .map(|i| {
@@ -278,12 +284,42 @@ fn pass_breakdown() {
             )
         })
         .collect();
+    let objects = trim();
+    println!("memory (trimmed RSS): start {base:.1} MiB, 10000 pods + 1000 policies {objects:.1} MiB");
     let mut cache = tabby_api::policy::cluster::EndpointCache::default();
     let mut nft = Nft::new(Box::new(NoKernel));
     let w = tabby_agent::policy::want(&snap, &[], 0, &mut cache);
     nft.stage(w.rendered.section());
     nft.commit().unwrap();
     let keep = snap.clone();
+    {
+        let before = trim();
+        let mut c2 = tabby_api::policy::cluster::EndpointCache::default();
+        let built = tabby_api::policy::cluster::build_with(&tabby_agent::policy::objects(&snap), &[], &mut c2);
+        let m1 = trim();
+        let rs = compile(&built.cluster, |e| e.node == "node-0");
+        let m2 = trim();
+        let ifaces = built
+            .cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.node == "node-0")
+            .map(|e| (e.key(), tabby_agent::policy::iface(e)))
+            .collect();
+        let r = render(&rs, &ifaces);
+        let m3 = trim();
+        let known = tabby_agent::kernel::nft::after(None, [&r.section()]);
+        let m4 = trim();
+        println!(
+            "memory: model +{:.1} MiB (of which policies {} parsed), ruleset +{:.1}, rendered +{:.1}, writer's state +{:.1}",
+            m1 - before,
+            built.cluster.policies.len(),
+            m2 - m1,
+            m3 - m2,
+            m4 - m3
+        );
+        drop((built, rs, r, known, c2));
+    }
     // The agent's way: its reconciler, which patches the last compile for another node's pod.
     {
         use tabby_agent::reconcile::Reconciler;
@@ -296,12 +332,15 @@ fn pass_breakdown() {
         );
         let local = tabby_agent::reconcile::Local::default();
         let mut s = snap.clone();
+        let before = trim();
         let t = Instant::now();
         let w = p.desired(&s, &local);
         println!("agent pass, first: {:?}", t.elapsed());
         let mut n = Nft::new(Box::new(NoKernel));
         n.stage(w.rendered.section());
         n.commit().unwrap();
+        drop(w);
+        println!("memory: the reconciler's memo and the writer's state: +{:.1} MiB", trim() - before);
         for round in 0..5 {
             let role = if round % 2 == 0 { "client-0".to_string() } else { format!("client-{}", 8 / 7) };
             s.pods[8] = pod(8, role, "app-8".into());

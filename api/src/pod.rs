@@ -7,6 +7,9 @@
 //! ([`From<&Pod>`]) for code that already holds one (the CLI, tests).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, PodIP};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -22,6 +25,94 @@ pub struct LeanPod {
     pub spec: Option<LeanPodSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<LeanPodStatus>,
+    /// Its labels once [`LeanPod::compact_labels`] moved them out of the metadata (what the agent's cache
+    /// keeps): policy's endpoint of the pod shares them instead of copying a map.
+    #[serde(skip)]
+    pub labels: LabelSet,
+}
+
+impl LeanPod {
+    /// Moves the metadata's labels into [`LeanPod::labels`].
+    pub fn compact_labels(&mut self) {
+        if let Some(l) = self.metadata.labels.take() {
+            self.labels = LabelSet::from(&l);
+        }
+    }
+
+    /// Its labels, wherever they are (a pod straight from the API has them in its metadata).
+    pub fn label_set(&self) -> LabelSet {
+        match &self.metadata.labels {
+            Some(l) => LabelSet::from(l),
+            None => self.labels.clone(),
+        }
+    }
+}
+
+/// Labels, compact and shared: sorted `(key, value)` pairs in one reference-counted slice. A `BTreeMap`
+/// of two labels allocates a whole node (about 540 bytes) before its strings; this costs the strings and
+/// one small slice, and a clone is a pointer.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabelSet(Arc<[(Box<str>, Box<str>)]>);
+
+impl LabelSet {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*self.0[i].1)
+    }
+
+    /// In key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sets `key` (a new slice: label sets change rarely).
+    pub fn insert(&mut self, key: String, value: String) {
+        let mut m = self.to_map();
+        m.insert(key, value);
+        *self = LabelSet::from(&m);
+    }
+
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+}
+
+impl From<&BTreeMap<String, String>> for LabelSet {
+    fn from(m: &BTreeMap<String, String>) -> LabelSet {
+        LabelSet(m.iter().map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str()))).collect())
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for LabelSet {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(it: I) -> LabelSet {
+        let m: BTreeMap<String, String> = it.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        LabelSet::from(&m)
+    }
+}
+
+impl<const N: usize> From<[(String, String); N]> for LabelSet {
+    fn from(a: [(String, String); N]) -> LabelSet {
+        a.into_iter().collect()
+    }
+}
+
+impl fmt::Debug for LabelSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl crate::selector::LabelSource for LabelSet {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
 }
 
 /// Node, host network, service account and the containers' ports.
@@ -110,6 +201,7 @@ impl From<&Pod> for LeanPod {
                 pod_ip: s.pod_ip.clone(),
                 pod_ips: s.pod_ips.clone(),
             }),
+            labels: LabelSet::default(),
         }
     }
 }
@@ -138,6 +230,13 @@ mod tests {
         assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));
         assert_eq!(lean.status.as_ref().unwrap().pod_ips.as_ref().unwrap().len(), 2);
         assert!(std::mem::size_of::<LeanPod>() * 3 < std::mem::size_of::<Pod>(), "a fraction of Pod");
+        // Compacted, the labels move out of the metadata and read the same.
+        let mut compact = lean.clone();
+        compact.compact_labels();
+        assert!(compact.metadata.labels.is_none());
+        assert_eq!(compact.label_set(), lean.label_set());
+        assert_eq!(compact.labels.get("app"), Some("web"));
+        assert_eq!(compact.labels.get("zone"), None);
         assert_eq!(<LeanPod as kube::Resource>::url_path(&(), Some("x")), "/api/v1/namespaces/x/pods");
     }
 }

@@ -18,7 +18,7 @@ pub mod gate;
 pub mod nflog;
 pub mod render;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,8 @@ pub struct Policy {
     compiles: AtomicU64,
     /// Passes that patched the last compile for other nodes' pods instead.
     patches: AtomicU64,
+    /// Whether the last `desired` patched (for the apply's log line).
+    patched: AtomicBool,
 }
 
 /// The objects a compile read, held (so no other object can take their addresses while they are
@@ -157,10 +159,21 @@ impl Memo {
         generation: u64,
         cache: &mut EndpointCache,
     ) -> Option<Want> {
-        if !pending.is_empty() || !self.pending.is_empty() || self.generation != generation || !self.same_but_pods(s) {
+        // The pods the CNI server is adding stay pending for a while after their ADD: the same ones are
+        // in the kept model already, merged into their endpoints (which are this node's, so never patched).
+        if self.pending != pending || self.generation != generation || !self.same_but_pods(s) {
             return None;
         }
         let (gone, added) = pod_changes(&self.pods, &s.pods, PATCH_LIMIT)?;
+        let is_pending = |p: &&LeanPod| {
+            pending.iter().any(|e| {
+                p.metadata.name.as_deref() == Some(e.name.as_str())
+                    && p.metadata.namespace.as_deref() == Some(e.namespace.as_str())
+            })
+        };
+        if gone.iter().chain(&added).any(is_pending) {
+            return None;
+        }
         let me = s.node.as_str();
         let changes = cluster::patch_pods(&mut self.cluster, &objects(s), &gone, &added, cache, |e| e.node == me)?;
         let ids = model::repatch(&self.cluster, &mut self.ruleset, &changes);
@@ -187,6 +200,7 @@ impl Policy {
             last: Mutex::new((None, EndpointCache::default())),
             compiles: AtomicU64::new(0),
             patches: AtomicU64::new(0),
+            patched: AtomicBool::new(false),
         }
     }
 
@@ -239,7 +253,9 @@ fn full(
     let rs = compile(&built.cluster, |e| e.node == me);
     let ifaces = built.cluster.endpoints.iter().filter(|e| e.node == me).map(|e| (e.key(), iface(e))).collect();
     let want = Want { rendered: Arc::new(render::render(&rs, &ifaces)), invalid: built.invalid, generation };
-    (want, built.cluster, rs)
+    // What a patch reads of the model is endpoints, namespaces and network sets: the parsed policies go.
+    let cluster = Cluster { policies: Vec::new(), ..built.cluster };
+    (want, cluster, rs)
 }
 
 impl Reconciler for Policy {
@@ -257,12 +273,14 @@ impl Reconciler for Policy {
         if let Some(w) = memo.as_mut().and_then(|m| m.patch(facts, &pending, generation, endpoints)) {
             self.compiled_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             self.patches.fetch_add(1, Ordering::Relaxed);
+            self.patched.store(true, Ordering::Relaxed);
             return w;
         }
         // The last memo holds the Pods the endpoint cache's addresses are of until it is replaced below.
         let (w, cluster, ruleset) = full(facts, &pending, generation, endpoints);
         self.compiled_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.compiles.fetch_add(1, Ordering::Relaxed);
+        self.patched.store(false, Ordering::Relaxed);
         *memo = Some(Memo {
             node: facts.node.clone(),
             pods: facts.pods.clone(),
@@ -299,6 +317,7 @@ impl Reconciler for Policy {
                     tracing::info!(
                         changes = n,
                         compile_ms = ms(self.compiled_us.load(Ordering::Relaxed)),
+                        patched = self.patched.load(Ordering::Relaxed),
                         apply_ms = ms(started.elapsed().as_micros() as u64),
                         "policy programmed"
                     );
@@ -556,10 +575,23 @@ mod tests {
         s.policy.global_sets = vec![Arc::new(j(json!({"apiVersion": "tabby.dev/v1", "kind": "GlobalNetworkSet",
             "metadata": {"name": "lb", "labels": {"role": "server"}}, "spec": {"nets": ["10.1.0.0/30", "192.0.2.0/24"]}})))];
         s.pods = pods.clone();
-        let p = Policy::new(writer(), Duration::from_secs(30), Gate::new("n1", Arc::new(Notify::new()), None), None);
+        let gate = Gate::new("n1", Arc::new(Notify::new()), None);
+        let p = Policy::new(writer(), Duration::from_secs(30), gate.clone(), None);
         let local = Local::default();
         let mut next = 60;
         for step in 0..400 {
+            if rnd(20) == 0 {
+                // The CNI server adds a pod here (it stays pending for a while): an existing one's or a new one.
+                let name = format!("p{}", rnd(next + 5));
+                let ips = vec![format!("10.2.0.{}", rnd(250) + 1).parse().unwrap()];
+                gate.announce(Endpoint {
+                    namespace: nss[rnd(2)].into(),
+                    name,
+                    node: "n1".into(),
+                    ips,
+                    ..Endpoint::default()
+                });
+            }
             match rnd(10) {
                 // Replaced in place (a relabel, a new phase, new ports): the common case.
                 0..=6 => {
@@ -577,7 +609,8 @@ mod tests {
             }
             s.pods = pods.clone();
             let got = p.desired(&s, &local);
-            let want = want(&s, &[], 0, &mut EndpointCache::default());
+            let (pending, generation) = gate.pending();
+            let want = want(&s, &pending, generation, &mut EndpointCache::default());
             assert_eq!(*got.rendered, *want.rendered, "step {step}");
             assert_eq!(got.invalid, want.invalid);
         }

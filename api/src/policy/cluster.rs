@@ -141,7 +141,7 @@ pub fn endpoint(p: &LeanPod, from_blocks: Option<&Vec<IpAddr>>, sa_labels: Optio
         namespace: p.namespace().unwrap_or_default(),
         name: p.name_any(),
         node: spec.node_name.clone().unwrap_or_default(),
-        labels: p.labels().clone(),
+        labels: p.label_set(),
         service_account: Some(spec.service_account_name.clone().unwrap_or_else(|| "default".into())),
         sa_labels: sa_labels.cloned().unwrap_or_default(),
         ips,

@@ -120,7 +120,7 @@ impl<'a> Index<'a> {
                 x.sa_pairs.entry((k.as_str(), v.as_str())).or_default().push(i);
                 x.sa_keys.entry(k.as_str()).or_default().push(i);
             }
-            let own = e.labels.iter().filter(|(k, _)| !implicit(k)).map(|(k, v)| (k.as_str(), v.as_str()));
+            let own = e.labels.iter().filter(|(k, _)| !implicit(k));
             let sa = e.service_account.as_deref().map(|s| (LABEL_SERVICE_ACCOUNT, s));
             let all = own.chain([(LABEL_NAMESPACE, e.namespace.as_str()), (LABEL_ORCHESTRATOR, "k8s")]).chain(sa);
             for (k, v) in all {

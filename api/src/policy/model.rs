@@ -32,6 +32,7 @@ use super::{
     ADMIN_TIER, ADMIN_TIER_ORDER, Action, BASELINE_TIER, BASELINE_TIER_ORDER, DEFAULT_TIER, DEFAULT_TIER_ORDER,
     EntityRule, K8S_POLICY_ORDER, PolicyFields, PolicyRule, PolicyType,
 };
+use crate::pod::LabelSet;
 use crate::selector::{LabelSource, Selector};
 
 pub type Labels = BTreeMap<String, String>;
@@ -84,7 +85,8 @@ pub struct Endpoint {
     pub namespace: String,
     pub name: String,
     pub node: String,
-    pub labels: Labels,
+    /// Shared with the pod it came from.
+    pub labels: LabelSet,
     pub service_account: Option<String>,
     /// The labels of its ServiceAccount (read as `pcsa.<key>`).
     pub sa_labels: Labels,
@@ -104,7 +106,7 @@ impl Endpoint {
             .labels
             .iter()
             .filter(|(k, _)| !k.starts_with(SA_LABEL_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         l.extend(self.sa_labels.iter().map(|(k, v)| (format!("{SA_LABEL_PREFIX}{k}"), v.clone())));
         l.insert(LABEL_NAMESPACE.into(), self.namespace.clone());
@@ -130,7 +132,7 @@ impl LabelSource for EndpointLabels<'_> {
             LABEL_SERVICE_ACCOUNT if e.service_account.is_some() => e.service_account.as_deref(),
             _ => match key.strip_prefix(SA_LABEL_PREFIX) {
                 Some(k) => e.sa_labels.get(k).map(String::as_str),
-                None => e.labels.get(key).map(String::as_str),
+                None => e.labels.get(key),
             },
         }
     }

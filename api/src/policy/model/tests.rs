@@ -349,7 +349,7 @@ fn indexed_compile_equals_brute_force() {
             namespace: format!("n{}", i % 3),
             name: format!("p{i}"),
             node: format!("node{}", i % 2),
-            labels,
+            labels: (&labels).into(),
             service_account: Some(format!("sa{}", i % 2)),
             sa_labels: [("team".to_string(), format!("t{}", i % 2))].into(),
             ips: vec![format!("10.0.{}.{}", i / 200, i % 200).parse().unwrap()],
