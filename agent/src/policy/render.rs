@@ -7,7 +7,7 @@
 //! | `p-ee-<hash>`, `p-ei-<hash>` | endpoint chains (egress, ingress): the endpoint's tiers in order; named by content, so endpoints with the same policies share one |
 //! | `p-te-<hash>`, `p-ti-<hash>` | tier chains: the tier's policies that apply, in order, then the tier's end (Deny: a counted drop) |
 //! | `p-pe-<id>`, `p-pi-<id>` | policy chains, one per policy and direction, shared by every endpoint: one rule per model rule and address family, each counted |
-//! | `p-s<id>-4`, `p-s<id>-6` | interval sets: the addresses a peer selector matches (pods, network sets, nodes) |
+//! | `p-s<id>-4`, `p-s<id>-6` | the addresses a peer selector matches (pods, network sets, nodes): a hash set, an interval set when a network is among them |
 //! | `p-n<id>-4`, `p-n<id>-6` | `addr . proto . port` sets: a named port on the pods that have it |
 //!
 //! Verdicts travel in three packet-mark bits: a policy's Allow sets [`ACCEPT`] and returns, Pass sets
@@ -330,8 +330,13 @@ fn sets(id: &str, def: &SetDef, members: &Members) -> [Set; 2] {
                 .collect();
             (format!("{a} . inet_proto . inet_service"), false, e)
         } else {
-            let e = members.nets.iter().filter(|n| family(&n.addr())).map(|n| Element::net(*n)).collect();
-            ((if v6 { "ipv6_addr" } else { "ipv4_addr" }).to_string(), true, e)
+            let nets = members.nets.iter().filter(|n| family(&n.addr()));
+            // An interval set only when a network is in it: nft (1.0) reads back the elements of every
+            // interval set of the table before it changes any of them (80 ms per change at 2,000 sets);
+            // a set of pod addresses is a plain hash set, and a set that gains a network is made again.
+            let interval = nets.clone().any(|n| n.prefix_len() < n.max_prefix_len());
+            let e = nets.map(|n| Element::net(*n)).collect();
+            ((if v6 { "ipv6_addr" } else { "ipv4_addr" }).to_string(), interval, e)
         };
         Set { name: set_name(id, named, v6), ty, interval, map: None, elements: Arc::new(elements) }
     })
