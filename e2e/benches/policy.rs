@@ -677,6 +677,15 @@ fn slow_passes(log: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The agent's last `heap` line (after a trim): (what its allocator holds, its peak) MiB.
+fn last_heap(log: &str) -> Option<(f64, f64)> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "heap")
+        .filter_map(|v| Some((v["committed_mib"].as_f64()?, v["peak_committed_mib"].as_f64()?)))
+        .last()
+}
+
 /// The agent's log on lab node `node`.
 async fn agent_log(client: &kube::Client, node: usize) -> Result<String, String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "tabby-system");
@@ -794,6 +803,8 @@ struct Results {
     tput_with: Vec<f64>,
     /// (RSS, peak) KiB per node.
     rss: Vec<(u64, u64)>,
+    /// Tabby: the heap as the agent last reported it (held, peak), MiB per node.
+    heap: Vec<Option<(f64, f64)>>,
     /// Start → first complete program with every object listed (kube-router: its first sync; Tabby: the
     /// agent's first network pass), per node.
     first: Vec<Duration>,
@@ -1060,7 +1071,9 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
     }
     if c == Controller::Tabby {
         for i in 0..n {
-            r.slow_passes.extend(slow_passes(&agent_log(&ctx.client, i).await?).into_iter().map(|(ms, p)| (i, ms, p)));
+            let log = agent_log(&ctx.client, i).await?;
+            r.slow_passes.extend(slow_passes(&log).into_iter().map(|(ms, p)| (i, ms, p)));
+            r.heap.push(last_heap(&log));
         }
     }
 
@@ -1357,6 +1370,13 @@ fn print_table(k: &Knobs, tb: &Results, kr: &Results, floor: &[Duration], made: 
         show(max_rss(kr), max_hwm(kr)),
         ratio(max_rss(tb).map(|v| v as f64), max_rss(kr).map(|v| v as f64))
     );
+    if let Some(i) = tb.rss.iter().enumerate().max_by_key(|(_, (rss, _))| *rss).map(|(i, _)| i)
+        && let Some(Some((held, peak))) = tb.heap.get(i)
+    {
+        println!(
+            "| Tabby's heap on that node, as the agent last reported it: what its allocator holds (peak) | {held:.1} MiB ({peak:.1}) | — | — | — |"
+        );
+    }
     let first = |r: &Results| r.first.iter().max().copied();
     println!(
         "| start → first full program at scale, slowest node | {} | {} | {} | — |",
