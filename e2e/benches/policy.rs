@@ -680,10 +680,10 @@ fn slow_passes(log: &str) -> Vec<(u64, String)> {
 /// The agent's last `heap` line (after a trim): (what its allocator holds, its peak) MiB.
 fn last_heap(log: &str) -> Option<(f64, f64)> {
     log.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["message"] == "heap")
-        .filter_map(|v| Some((v["committed_mib"].as_f64()?, v["peak_committed_mib"].as_f64()?)))
-        .last()
+        .find_map(|v| Some((v["committed_mib"].as_f64()?, v["peak_committed_mib"].as_f64()?)))
 }
 
 /// The agent's log on lab node `node`.
