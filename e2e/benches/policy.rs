@@ -677,13 +677,13 @@ fn slow_passes(log: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// The agent's last `heap` line (after a trim): (what its allocator holds, its peak) MiB.
+/// The agent's last `heap` line (after a trim): (in use, free inside the heap) MiB.
 fn last_heap(log: &str) -> Option<(f64, f64)> {
     log.lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["message"] == "heap")
-        .find_map(|v| Some((v["committed_mib"].as_f64()?, v["peak_committed_mib"].as_f64()?)))
+        .find_map(|v| Some((v["in_use_mib"].as_f64()?, v["free_mib"].as_f64()?)))
 }
 
 /// The agent's log on lab node `node`.
@@ -803,7 +803,7 @@ struct Results {
     tput_with: Vec<f64>,
     /// (RSS, peak) KiB per node.
     rss: Vec<(u64, u64)>,
-    /// Tabby: the heap as the agent last reported it (held, peak), MiB per node.
+    /// Tabby: the heap as the agent last reported it (in use, free inside it), MiB per node.
     heap: Vec<Option<(f64, f64)>>,
     /// Start → first complete program with every object listed (kube-router: its first sync; Tabby: the
     /// agent's first network pass), per node.
@@ -1371,10 +1371,10 @@ fn print_table(k: &Knobs, tb: &Results, kr: &Results, floor: &[Duration], made: 
         ratio(max_rss(tb).map(|v| v as f64), max_rss(kr).map(|v| v as f64))
     );
     if let Some(i) = tb.rss.iter().enumerate().max_by_key(|(_, (rss, _))| *rss).map(|(i, _)| i)
-        && let Some(Some((held, peak))) = tb.heap.get(i)
+        && let Some(Some((used, free))) = tb.heap.get(i)
     {
         println!(
-            "| Tabby's heap on that node, as the agent last reported it: what its allocator holds (peak) | {held:.1} MiB ({peak:.1}) | — | — | — |"
+            "| Tabby's heap on that node, as the agent last reported it: in use / free inside it | {used:.1} / {free:.1} MiB | — | — | — |"
         );
     }
     let first = |r: &Results| r.first.iter().max().copied();
