@@ -253,8 +253,10 @@ fn full(
     let rs = compile(&built.cluster, |e| e.node == me);
     let ifaces = built.cluster.endpoints.iter().filter(|e| e.node == me).map(|e| (e.key(), iface(e))).collect();
     let want = Want { rendered: Arc::new(render::render(&rs, &ifaces)), invalid: built.invalid, generation };
-    // What a patch reads of the model is endpoints, namespaces and network sets: the parsed policies go.
+    // What a patch reads is the model's endpoints, namespaces and network sets, and the compile's sets:
+    // the parsed policies, the compiled ones and the programs go (they are in what was rendered).
     let cluster = Cluster { policies: Vec::new(), ..built.cluster };
+    let rs = Ruleset { sets: rs.sets, ..Ruleset::default() };
     (want, cluster, rs)
 }
 
