@@ -5,7 +5,7 @@
 #                 --run-router=false --run-service-proxy=false), v2.1.0: the newest release the Go module
 #                 proxy this project builds from serves. It runs on each lab node as a node process, over
 #                 Debian's iptables and ipset (deps/apt-packages.txt).
-.PHONY: kube-router bench-policy
+.PHONY: kube-router bench-policy bench-policy-scale
 
 KUBE_ROUTER_VERSION := v2.1.0
 KUBE_ROUTER_BIN     := $(CACHE)/kube-router/bin
@@ -30,3 +30,6 @@ $(KUBE_ROUTER): $(ROOT)/mk/policy.mk
 bench-policy: controlplane node-software images kube-router ## Policy → enforced, pod Ready+enforced, label change, iperf3, RSS at 1k policies/10k pods: Tabby vs kube-router (root)
 	TABBY_BIN_DIR=$(LAB_BIN) TABBY_IMAGES=$(IMAGES_DIR) TABBY_NODE_BIN=$(NODE_BIN) TABBY_KUBE_ROUTER=$(KUBE_ROUTER) \
 	  $(CARGO) bench -p tabby-e2e --bench policy
+
+bench-policy-scale: ## One relabel and one policy edit at 1k policies/10k pods inside one agent: patch vs full compile, nft apply, memory per part (root)
+	$(CARGO) bench -p tabby-agent --bench policy_scale

@@ -9,7 +9,7 @@
 //!    kubelet behind them, 10,000 pods bound to those nodes with an address written into their status
 //!    (phase Running; they never run anywhere, and tolerate the nodes' unreachable taints so nothing evicts
 //!    them), 1,000 NetworkPolicies over them (policy p selects `app in (app-p, shared)` and admits
-//!    `role=client-p` on TCP 80, the shape of `agent/tests/policy_scale.rs`);
+//!    `role=client-p` on TCP 80, the shape of `agent/benches/policy_scale.rs`);
 //! 2. **kube-router** (only its firewall: `--run-firewall=true --run-router=false --run-service-proxy=false`)
 //!    as a process on every node, over the reference plugins' pods; measured; then its pods deleted, the
 //!    process stopped, its iptables rules and ipsets removed;

@@ -1,8 +1,10 @@
-//! What one change costs at scale (`cargo test -p tabby-agent --release --test policy_scale -- --ignored
-//! --nocapture`, root): 1,000 Kubernetes NetworkPolicies, 10,000 pods on 100 nodes (100 on this one),
-//! programmed into a real kernel's nftables in a network namespace; then one remote pod relabelled and
-//! one policy edited. Prints the compile+render time, the batch sizes and the `nft` apply times, and
-//! checks that a label change is set elements only and a policy edit one chain.
+//! What one change costs at scale, inside one agent (`make bench-policy-scale`, root; `make bench-policy`
+//! measures the same on real nodes beside kube-router): 1,000 Kubernetes NetworkPolicies, 10,000 pods on
+//! 100 nodes (100 on this one), programmed into a real kernel's nftables in a network namespace; then one
+//! remote pod relabelled and one policy edited. Prints the compile+render time, the batch sizes and the
+//! `nft` apply times, and checks that a label change is set elements only and a policy edit one chain.
+//! Then the reconciler's own pass for a remote relabel (a patch of the last compile) beside the full
+//! build, compile and render it replaces, and the memory of each part.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -65,19 +67,24 @@ fn memory() -> String {
     format!("RSS {:.1} MiB, peak {:.1} MiB", rss_kib() / 1024.0, status_kib("VmHWM:") / 1024.0)
 }
 
-fn rendered(c: &Cluster) -> tabby_agent::policy::render::Rendered {
-    let rs = compile(c, |e| e.node == "node-0");
-    let ifaces =
-        c.endpoints.iter().filter(|e| e.node == "node-0").map(|e| (e.key(), tabby_agent::policy::iface(e))).collect();
-    render(&rs, &ifaces)
+/// The interfaces of node-0's endpoints.
+fn ifaces(c: &Cluster) -> BTreeMap<String, String> {
+    c.endpoints.iter().filter(|e| e.node == "node-0").map(|e| (e.key(), tabby_agent::policy::iface(e))).collect()
 }
 
-#[test]
-#[ignore = "a measurement: run with --release --ignored --nocapture"]
-fn one_change_at_scale() {
-    if !require_root("policy_scale") {
+fn rendered(c: &Cluster) -> tabby_agent::policy::render::Rendered {
+    render(&compile(c, |e| e.node == "node-0"), &ifaces(c))
+}
+
+fn main() {
+    if !require_root("bench-policy-scale") {
         return;
     }
+    one_change_at_scale();
+    pass_breakdown();
+}
+
+fn one_change_at_scale() {
     let ns = Netns::new("pscale");
     // What a pass reads before compiling: 10,000 pods and 1,000 policies into the model.
     let pod_json = |i: usize| {
@@ -258,8 +265,6 @@ impl tabby_agent::kernel::nft::Exec for NoKernel {
     }
 }
 
-#[test]
-#[ignore = "a measurement: run with --release --ignored --nocapture"]
 fn pass_breakdown() {
     use tabby_agent::facts::Snapshot;
     let pod = |i: usize, role: String, app: String| {
@@ -313,14 +318,7 @@ fn pass_breakdown() {
         let m1 = trim();
         let rs = compile(&built.cluster, |e| e.node == "node-0");
         let m2 = trim();
-        let ifaces = built
-            .cluster
-            .endpoints
-            .iter()
-            .filter(|e| e.node == "node-0")
-            .map(|e| (e.key(), tabby_agent::policy::iface(e)))
-            .collect();
-        let r = render(&rs, &ifaces);
+        let r = render(&rs, &ifaces(&built.cluster));
         let m3 = trim();
         let known = tabby_agent::kernel::nft::after(None, [&r.section()]);
         let m4 = trim();
@@ -383,14 +381,7 @@ fn pass_breakdown() {
         let rs = compile(&built.cluster, |e| e.node == "node-0");
         let comp = t.elapsed();
         let t = Instant::now();
-        let ifaces = built
-            .cluster
-            .endpoints
-            .iter()
-            .filter(|e| e.node == "node-0")
-            .map(|e| (e.key(), tabby_agent::policy::iface(e)))
-            .collect();
-        let r = render(&rs, &ifaces);
+        let r = render(&rs, &ifaces(&built.cluster));
         let rend = t.elapsed();
         let t = Instant::now();
         let sec = r.section();
