@@ -410,8 +410,8 @@ pub fn after<'s>(cur: Option<&Current>, sections: impl IntoIterator<Item = &'s S
     applied(cur.cloned().unwrap_or_default(), sections)
 }
 
-/// [`after`], taking what the table held: the writer's own state moves instead of being copied; elements
-/// are shared with the sections, and a chain whose rules did not change keeps its tags.
+/// [`after`], taking what the table held: the writer's own state moves instead of being copied, and set
+/// elements are shared with the sections.
 fn applied<'s>(mut out: Current, sections: impl IntoIterator<Item = &'s Section>) -> Current {
     for s in sections {
         let (chains, sets) = s.names();

@@ -221,8 +221,8 @@ fn sa_labels_of<'a>(s: &Objects<'a>, ns: &str, name: &str) -> Option<&'a model::
 /// has instead (a relabelled pod is one of each). What a full build would give, at the cost of the
 /// changed pods: their endpoints are made, replaced or removed, and the cache follows. Returns the
 /// endpoints that changed (before, after), or `None`, having changed nothing, when one of them is an
-/// endpoint `local` picks (its program may change: that takes a compile). No pending endpoints: the
-/// caller builds in full while the CNI server adds one.
+/// endpoint `local` picks (its program may change: that takes a compile). Endpoints pending in the CNI
+/// server are the caller's to keep out of `gone` and `new` (a build merges them into their pods').
 pub fn patch_pods(
     c: &mut Cluster,
     s: &Objects,
@@ -248,7 +248,11 @@ pub fn patch_pods(
     let mut entries = Vec::with_capacity(new.len());
     for (k, (ns, name)) in keys.iter().enumerate() {
         let ips = addrs.get(&(ns.clone(), name.clone()));
-        let after = match new.iter().find(|p| key(p) == (ns.clone(), name.clone())) {
+        let named = |p: &&&LeanPod| {
+            p.metadata.namespace.as_deref().unwrap_or_default() == ns
+                && p.metadata.name.as_deref().unwrap_or_default() == name
+        };
+        let after = match new.iter().find(named) {
             Some(p) => {
                 let sa_name = p.spec.as_ref().and_then(|s| s.service_account_name.as_deref()).unwrap_or("default");
                 let sa = sa_labels_of(s, ns, sa_name);

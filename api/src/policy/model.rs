@@ -79,6 +79,13 @@ pub struct NamedPort {
     pub port: u16,
 }
 
+impl NamedPort {
+    /// Whether it is the port `name` (of `protocol`, or of any when `None`).
+    pub fn is(&self, name: &str, protocol: Option<u8>) -> bool {
+        self.name == name && protocol.is_none_or(|p| p == self.protocol)
+    }
+}
+
 /// A pod as policy sees it. Host-network pods are never endpoints (the caller leaves them out).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoint {
@@ -1148,7 +1155,7 @@ fn members_in(c: &Cluster, idx: Option<&Index>, def: &SetDef) -> Members {
                 None => every(),
             };
             for e in cands.filter(|e| sel.as_ref().is_none_or(|p| c.peer_matches(p, e))) {
-                for np in e.ports.iter().filter(|np| np.name == *name && protocol.is_none_or(|p| p == np.protocol)) {
+                for np in e.ports.iter().filter(|np| np.is(name, *protocol)) {
                     m.ports.extend(e.ips.iter().map(|ip| (*ip, np.protocol, np.port)));
                 }
             }
@@ -1167,8 +1174,7 @@ impl SetDef {
         match self {
             SetDef::Peers(p) => c.peer_matches(p, e),
             SetDef::NamedPort { name, protocol, sel } => {
-                e.ports.iter().any(|np| np.name == *name && protocol.is_none_or(|p| p == np.protocol))
-                    && sel.as_ref().is_none_or(|p| c.peer_matches(p, e))
+                e.ports.iter().any(|np| np.is(name, *protocol)) && sel.as_ref().is_none_or(|p| c.peer_matches(p, e))
             }
             SetDef::Nodes(_) => false,
         }
