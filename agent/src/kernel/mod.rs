@@ -2,6 +2,7 @@
 //! every subsystem, the interfaces snapshot a pass reads once ([`Kernel::interfaces`]), and the nftables
 //! writer ([`nft`]). Bulk route work has its own raw socket (`routes::fib`).
 
+pub mod listing;
 pub mod nft;
 
 use std::collections::BTreeMap;

@@ -25,13 +25,13 @@
 //! only when something changed or a resync is due, and there is no maintained Rust crate for the netlink
 //! encoding of nftables expressions; so the CLI stays.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use serde_json::Value;
 
 pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "tabby";
@@ -161,87 +161,51 @@ pub struct Current {
 
 /// The comment that identifies a rule: a stable hash of its text (FNV-1a, 64 bits).
 pub fn rule_tag(rule: &str) -> String {
+    format!("{TAG_PREFIX}{:016x}", rule_hash(rule))
+}
+
+/// What a rule's comment starts with; the hash follows in hex.
+const TAG_PREFIX: &str = "tabby:";
+
+/// The hash [`rule_tag`] writes.
+pub fn rule_hash(rule: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in rule.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("tabby:{h:016x}")
+    h
 }
 
-fn scalar(v: &Value) -> Option<String> {
-    v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|n| n.to_string()))
+/// The hash in a comment [`rule_tag`] wrote (`None` for any other comment).
+pub fn tag_hash(comment: &str) -> Option<u64> {
+    u64::from_str_radix(comment.strip_prefix(TAG_PREFIX)?, 16).ok()
 }
 
-fn element(e: &Value) -> Option<Element> {
-    if let Some(s) = e.as_str() {
-        return Some(Element(s.to_string()));
-    }
-    if let Some(parts) = e.get("concat").and_then(Value::as_array) {
-        let parts: Option<Vec<String>> = parts.iter().map(scalar).collect();
-        return Some(Element(parts?.join(" . ")));
-    }
-    // A map element: [key, verdict].
-    if let Some([k, v]) = e.as_array().map(Vec::as_slice) {
-        let key = element(k)?;
-        let verdict = ["goto", "jump"]
-            .iter()
-            .find_map(|t| v.get(t).and_then(|x| x.get("target")).and_then(Value::as_str).map(|c| format!("{t} {c}")))
-            .or_else(|| v.as_object().and_then(|o| o.keys().next().cloned()))?;
-        return Some(Element(format!("\"{}\" : {verdict}", key.0)));
-    }
-    if let Some(p) = e.get("prefix") {
-        let addr = p.get("addr")?.as_str()?;
-        let len = p.get("len")?.as_u64()?;
-        return Some(Element(format!("{addr}/{len}")));
-    }
-    if let Some(r) = e.get("range").and_then(Value::as_array) {
-        return Some(Element(format!("{}-{}", r.first()?.as_str()?, r.get(1)?.as_str()?)));
-    }
-    if let Some(inner) = e.get("elem") {
-        return element(inner.get("val").unwrap_or(inner));
-    }
-    None
-}
-
-/// Parses `nft -j list table` output.
+/// Parses `nft -j list table` output ([`super::listing`]: nothing but what the writer reads is built).
 pub fn parse(json: &str) -> Result<Current, NftError> {
-    let v: Value = serde_json::from_str(json).map_err(|e| NftError::Parse(e.to_string()))?;
-    let items = v.get("nftables").and_then(Value::as_array).ok_or_else(|| NftError::Parse("no nftables".into()))?;
+    let listing = super::listing::parse(json).map_err(|e| NftError::Parse(e.to_string()))?;
     let mut cur = Current::default();
-    let str_of = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-    // A concatenation's type is a list: `a . b . c`, as it is written.
-    let type_of = |o: &Value| match o.get("type") {
-        Some(Value::Array(parts)) => parts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" . "),
-        _ => str_of(o, "type"),
-    };
-    for o in items {
-        if let Some((s, map)) =
-            o.get("set").map(|s| (s, None)).or_else(|| o.get("map").map(|m| (m, Some(str_of(m, "map")))))
-        {
-            let flags = s.get("flags").and_then(Value::as_array);
-            cur.sets.insert(
-                str_of(s, "name"),
-                CurrentSet {
-                    ty: type_of(s),
-                    interval: flags.is_some_and(|f| f.iter().any(|x| x == "interval")),
-                    map,
-                    elements: Arc::new(
-                        s.get("elem").and_then(Value::as_array).into_iter().flatten().filter_map(element).collect(),
-                    ),
-                },
-            );
-        } else if let Some(c) = o.get("chain") {
-            let hook = c.get("hook").map(|_| Hook {
-                ty: str_of(c, "type"),
-                hook: str_of(c, "hook"),
-                priority: c.get("prio").and_then(Value::as_i64).unwrap_or_default() as i32,
-                policy: str_of(c, "policy"),
+    for o in listing.nftables {
+        if let Some(s) = o.set.or(o.map) {
+            let set = CurrentSet { ty: s.ty, interval: s.interval, map: s.map, elements: Arc::new(s.elem) };
+            cur.sets.insert(s.name.into_owned(), set);
+        } else if let Some(c) = o.chain {
+            let hook = c.hook.map(|hook| Hook {
+                ty: c.ty.unwrap_or_default(),
+                hook,
+                priority: c.prio.unwrap_or_default() as i32,
+                policy: c.policy.unwrap_or_default(),
             });
-            cur.chains.entry(str_of(c, "name")).or_default().hook = hook;
-        } else if let Some(r) = o.get("rule") {
-            let tag = r.get("comment").and_then(Value::as_str).map(str::to_string);
-            cur.chains.entry(str_of(r, "chain")).or_default().rules.push(tag);
+            cur.chains.entry(c.name.into_owned()).or_default().hook = hook;
+        } else if let Some(r) = o.rule {
+            let tag = r.comment.map(Cow::into_owned);
+            match cur.chains.get_mut(&*r.chain) {
+                Some(chain) => chain.rules.push(tag),
+                None => {
+                    cur.chains.insert(r.chain.into_owned(), CurrentChain { hook: None, rules: vec![tag] });
+                }
+            }
         }
     }
     Ok(cur)
@@ -567,6 +531,11 @@ impl Nft {
         if generation != self.generation {
             return false;
         }
+        if read.is_some() && read == self.known {
+            // The kernel holds what the writer knows: keep its copy, whose sets share their elements with
+            // the owners' renders, and let the read go.
+            return true;
+        }
         self.known = read;
         self.generation += 1;
         true
@@ -838,6 +807,11 @@ pub(crate) mod tests {
         assert_eq!(w.commit().unwrap(), 1);
         assert_eq!(fake.lock().unwrap().batches.last().unwrap(), "add element inet tabby pools4 { 10.1.0.0/16 }\n");
         assert_eq!(fake.lock().unwrap().lists, 1, "only the first commit read the table");
+        // A read equal to what the writer knows leaves its copy (and the generation) as it is.
+        let at = w.generation();
+        assert!(w.adopt(Some(applied(&want())), at));
+        assert_eq!(w.generation(), at, "an equal read is let go");
+        assert_eq!(w.commit().unwrap(), 0);
         // A read that found no table: the next commit reads the kernel and makes it.
         let at = w.generation();
         assert!(w.adopt(None, at));

@@ -3,44 +3,38 @@
 //! adds what they grew by to `tabby_agent_policy_packets_total` / `_bytes_total`, labelled with the
 //! direction, tier, policy, rule and action the rule stands for ([`super::render::Attr`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::Attribution;
 use super::render::Attr;
-use crate::kernel::nft::{list_terse, rule_tag};
+use crate::kernel::listing;
+use crate::kernel::nft::{list_terse, rule_hash, tag_hash};
 
-/// One counted rule as the kernel shows it.
+/// One counted rule as the kernel shows it (its chain's name borrowed from the listing).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Count {
-    pub chain: String,
+pub struct Count<'a> {
+    pub chain: Cow<'a, str>,
     pub handle: u64,
-    pub tag: String,
+    /// The hash in the rule's comment.
+    pub tag: u64,
     pub packets: u64,
     pub bytes: u64,
 }
 
-/// The counters of `nft -j list table` output (pure).
-pub fn parse(json: &str) -> Vec<Count> {
-    let Ok(v) = serde_json::from_str::<Value>(json) else { return vec![] };
-    let mut out = Vec::new();
-    for r in v.get("nftables").and_then(Value::as_array).into_iter().flatten().filter_map(|o| o.get("rule")) {
-        let Some(counter) =
-            r.get("expr").and_then(Value::as_array).and_then(|e| e.iter().find_map(|x| x.get("counter")))
-        else {
-            continue;
-        };
-        out.push(Count {
-            chain: r.get("chain").and_then(Value::as_str).unwrap_or_default().to_string(),
-            handle: r.get("handle").and_then(Value::as_u64).unwrap_or_default(),
-            tag: r.get("comment").and_then(Value::as_str).unwrap_or_default().to_string(),
-            packets: counter.get("packets").and_then(Value::as_u64).unwrap_or_default(),
-            bytes: counter.get("bytes").and_then(Value::as_u64).unwrap_or_default(),
-        });
-    }
-    out
+/// The counters of `nft -j list table` output (pure): rules with a counter and a comment the writer put.
+pub fn parse(json: &str) -> Vec<Count<'_>> {
+    let Ok(l) = listing::parse(json) else { return vec![] };
+    l.nftables
+        .into_iter()
+        .filter_map(|o| {
+            let r = o.rule?;
+            let (packets, bytes) = r.expr?;
+            let tag = tag_hash(r.comment.as_deref()?)?;
+            Some(Count { chain: r.chain, handle: r.handle, tag, packets, bytes })
+        })
+        .collect()
 }
 
 /// The metric labels of a counted rule.
@@ -55,25 +49,25 @@ pub fn labels(a: &Attr) -> Vec<(String, String)> {
     ]
 }
 
-/// Adds what each counter grew by since `last` (a refilled chain's rules are new handles: counted
-/// from zero) to the metrics; returns the new `last`.
+/// Adds what each counter grew by since `last` (by rule handle, unique in the table: a refilled chain's
+/// rules are new handles, counted from zero) to the metrics; returns the new `last`.
 pub fn feed(
     counts: &[Count],
     attribution: &BTreeMap<(String, String), Attr>,
-    last: &HashMap<(String, u64), (u64, u64)>,
-) -> HashMap<(String, u64), (u64, u64)> {
-    let by_tag: HashMap<(&str, String), &Attr> =
-        attribution.iter().map(|((chain, text), a)| ((chain.as_str(), rule_tag(text)), a)).collect();
-    let mut next = HashMap::new();
+    last: &HashMap<u64, (u64, u64)>,
+) -> HashMap<u64, (u64, u64)> {
+    let by_tag: HashMap<(&str, u64), &Attr> =
+        attribution.iter().map(|((chain, text), a)| ((chain.as_str(), rule_hash(text)), a)).collect();
+    let mut next = HashMap::with_capacity(counts.len());
     for c in counts {
-        let Some(a) = by_tag.get(&(c.chain.as_str(), c.tag.clone())) else { continue };
-        let (p0, b0) = last.get(&(c.chain.clone(), c.handle)).copied().unwrap_or_default();
+        let Some(a) = by_tag.get(&(&*c.chain, c.tag)) else { continue };
+        let (p0, b0) = last.get(&c.handle).copied().unwrap_or_default();
         let (dp, db) =
             if c.packets >= p0 { (c.packets - p0, c.bytes.saturating_sub(b0)) } else { (c.packets, c.bytes) };
         if dp > 0 || db > 0 {
             crate::metrics::policy_counted(labels(a), dp, db);
         }
-        next.insert((c.chain.clone(), c.handle), (c.packets, c.bytes));
+        next.insert(c.handle, (c.packets, c.bytes));
     }
     next
 }
@@ -93,6 +87,7 @@ pub async fn run(attribution: Attribution, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::nft::rule_tag;
     use tabby_api::policy::model::Dir;
 
     #[test]
