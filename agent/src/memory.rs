@@ -1,10 +1,16 @@
-//! The C library's allocator, tuned for a long-running agent whose passes allocate and free tens of
-//! megabytes (the policy model of every pod): one arena, and freed pages handed back to the kernel after
-//! passes, so the resident size follows what is live, not the largest pass so far.
+//! The C library's allocator, tuned for a long-running agent whose passes allocate and free megabytes:
+//! one arena, large blocks mapped on their own, and freed pages handed back to the kernel after passes,
+//! so the resident size follows what is live, not the largest pass so far.
 //!
-//! mimalloc was measured in its place (`make bench-policy`, 2026-12-06): the agent's RSS at 10,000 pods and
-//! 1,000 policies was 109.5 MiB (peak 146.3) against glibc's 97.1 (peak 97.4) in the run before, so glibc
-//! stays. What glibc keeps is fragmentation: 33.6 MiB in use, 52.6 MiB free inside the heap.
+//! What fills a heap with free pages it cannot hand back is a large burst of small short-lived blocks
+//! interleaved with long-lived ones. The agent had two: reading nft's JSON listing into a tree of values
+//! (the counters every 5 s, the drift check every resync; now parsed typed, `kernel/listing.rs`), and
+//! parsing every pod's managed fields only to drop them (now skipped unparsed, `tabby_api::pod`). On the
+//! node whose pod is under 1,000 policies that took the agent from 95.5 MiB (50 MiB free inside the heap)
+//! to 57.6 MiB (`make bench-policy`, 2026-12-06).
+//!
+//! mimalloc was measured in glibc's place the same day, before those changes: RSS 109.5 MiB (peak 146.3)
+//! against glibc's 97.1 (peak 97.4), so glibc stays.
 
 use std::time::{Duration, Instant};
 
@@ -19,17 +25,23 @@ pub fn limit_arenas() {
         // SAFETY: mallopt only sets a tunable; it is called before the runtime starts other threads.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 1);
+            // Blocks of 256 KiB and more (a listing of the nftables table, a page of a list) are mapped on
+            // their own and handed back when freed. Setting it also stops glibc from raising the threshold
+            // to the largest block freed so far, which put every later listing in the heap.
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         }
     }
 }
 
 /// Hands freed pages back to the kernel at most every `every` (`malloc_trim(0)`, which also releases free
-/// pages inside the heap, not only at its top; about a millisecond per 100 MiB of heap).
+/// pages inside the heap, not only at its top; about a millisecond per 100 MiB of heap). The agent trims
+/// at most every 2 s: the RSS someone reads between two trims is what is live plus what the passes since
+/// the last one touched.
 pub struct Trimmer {
     every: Duration,
     last: Option<Instant>,
-    /// The heap in use when it was last logged, MiB.
-    logged: f64,
+    /// The heap in use and free inside it when it was last logged, MiB.
+    logged: (f64, f64),
 }
 
 /// The C library's heap: in use, free inside it (what fragmentation keeps, resident or handed back),
@@ -56,7 +68,7 @@ pub fn heap() -> Option<Heap> {
 
 impl Trimmer {
     pub fn new(every: Duration) -> Trimmer {
-        Trimmer { every, last: None, logged: 0.0 }
+        Trimmer { every, last: None, logged: (0.0, 0.0) }
     }
 
     /// After a pass: trims when the last trim is older than `every`.
@@ -70,9 +82,11 @@ impl Trimmer {
         unsafe {
             libc::malloc_trim(0);
         }
-        // A line when what is live moved by a MiB or more: how the agent's footprint follows the cluster.
-        if let Some(h) = heap().filter(|h| (h.in_use_mib - self.logged).abs() >= 1.0) {
-            self.logged = h.in_use_mib;
+        // A line when what is live or what is free in the heap moved by a MiB or more: how the agent's
+        // footprint follows the cluster.
+        let moved = |h: &Heap| (h.in_use_mib - self.logged.0).abs() >= 1.0 || (h.free_mib - self.logged.1).abs() >= 1.0;
+        if let Some(h) = heap().filter(moved) {
+            self.logged = (h.in_use_mib, h.free_mib);
             tracing::info!(in_use_mib = h.in_use_mib, free_mib = h.free_mib, mapped_mib = h.mapped_mib, "heap");
         }
     }

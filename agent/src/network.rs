@@ -133,7 +133,7 @@ impl Network {
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "first network pass done");
         let every = cfg.resync.min(Duration::from_secs(5));
         let task = tokio::spawn(async move {
-            let mut trimmer = crate::memory::Trimmer::new(Duration::from_secs(10));
+            let mut trimmer = crate::memory::Trimmer::new(Duration::from_secs(2));
             loop {
                 tokio::select! {
                     // Debounce bursts of watch events into one pass.

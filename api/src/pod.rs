@@ -5,6 +5,11 @@
 //!
 //! It is the same `v1/pods` resource: `Api<LeanPod>` lists and watches pods, and a `Pod` converts
 //! ([`From<&Pod>`]) for code that already holds one (the CLI, tests).
+//!
+//! Its metadata is read the same way ([`Meta`]): name, namespace, uid, resource version, labels,
+//! annotations and deletion time. Managed fields (a tree of every field each client set, the largest part
+//! of a small pod's JSON), owner references and kubectl's last-applied copy are skipped unparsed, so
+//! listing 10,000 pods never builds them only to free them.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -19,7 +24,7 @@ use serde::{Deserialize, Serialize};
 /// spec and status Tabby reads.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct LeanPod {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_metadata")]
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<LeanPodSpec>,
@@ -181,6 +186,92 @@ impl kube::Resource for LeanPod {
     }
 }
 
+/// kubectl's copy of the whole object, in objects created with `kubectl apply`.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The metadata of a pod that Tabby keeps.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Meta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(deserialize_with = "annotations")]
+    annotations: Option<BTreeMap<String, String>>,
+    deletion_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+impl From<Meta> for ObjectMeta {
+    fn from(m: Meta) -> ObjectMeta {
+        ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            uid: m.uid,
+            resource_version: m.resource_version,
+            labels: m.labels,
+            annotations: m.annotations,
+            deletion_timestamp: m.deletion_timestamp,
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// What [`Meta`] keeps of `m`.
+fn lean_meta(m: &ObjectMeta) -> ObjectMeta {
+    let mut annotations = m.annotations.clone();
+    if let Some(a) = &mut annotations {
+        a.remove(LAST_APPLIED);
+    }
+    ObjectMeta {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        uid: m.uid.clone(),
+        resource_version: m.resource_version.clone(),
+        labels: m.labels.clone(),
+        annotations,
+        deletion_timestamp: m.deletion_timestamp.clone(),
+        ..ObjectMeta::default()
+    }
+}
+
+fn lean_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    Meta::deserialize(d).map(ObjectMeta::from)
+}
+
+/// Annotations without kubectl's last-applied copy (its value is skipped, not read into a string).
+fn annotations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct Annotations;
+    impl<'de> serde::de::Visitor<'de> for Annotations {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of annotations")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                if k == LAST_APPLIED {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                } else {
+                    out.insert(k.into_owned(), map.next_value()?);
+                }
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_option(Annotations)
+}
+
 fn lean_container(c: &Container) -> LeanContainer {
     LeanContainer { name: c.name.clone(), ports: c.ports.clone() }
 }
@@ -188,7 +279,7 @@ fn lean_container(c: &Container) -> LeanContainer {
 impl From<&Pod> for LeanPod {
     fn from(p: &Pod) -> LeanPod {
         LeanPod {
-            metadata: p.metadata.clone(),
+            metadata: lean_meta(&p.metadata),
             spec: p.spec.as_ref().map(|s| LeanPodSpec {
                 node_name: s.node_name.clone(),
                 host_network: s.host_network,
@@ -215,7 +306,12 @@ mod tests {
     #[test]
     fn reads_what_tabby_uses_and_skips_the_rest() {
         let v = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "a", "namespace": "x", "labels": {"app": "web"}, "annotations": {"k": "v"}},
+            "metadata": {"name": "a", "namespace": "x", "uid": "u1", "resourceVersion": "7", "labels": {"app": "web"},
+                         "annotations": {"k": "v", LAST_APPLIED: "{\"big\": 1}"},
+                         "creationTimestamp": "2026-12-06T00:00:00Z",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "r", "uid": "u0"}],
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                                            "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}}}}]},
             "spec": {"nodeName": "n1", "hostNetwork": false, "serviceAccountName": "web",
                      "containers": [{"name": "c", "image": "nginx", "resources": {"limits": {"cpu": "1"}},
                                      "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}]}],
@@ -225,6 +321,12 @@ mod tests {
         let lean: LeanPod = serde_json::from_value(v.clone()).unwrap();
         let full: Pod = serde_json::from_value(v).unwrap();
         assert_eq!(lean, LeanPod::from(&full), "parsed and converted agree");
+        let m = &lean.metadata;
+        assert_eq!((m.uid.as_deref(), m.resource_version.as_deref()), (Some("u1"), Some("7")), "the cache's keys");
+        assert_eq!(m.annotations.as_ref().map(|a| a.len()), Some(1), "no last-applied copy");
+        assert!(m.managed_fields.is_none() && m.owner_references.is_none() && m.creation_timestamp.is_none());
+        let no_meta: LeanPod = serde_json::from_value(json!({"metadata": {"annotations": null}})).unwrap();
+        assert!(no_meta.metadata.annotations.is_none());
         let spec = lean.spec.as_ref().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].name.as_deref(), Some("http"));

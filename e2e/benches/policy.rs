@@ -777,6 +777,38 @@ fn rss(state: &Path, node: usize, comm: &str) -> Option<(u64, u64)> {
     Some((get("VmRSS:")?, get("VmHWM:")?))
 }
 
+/// Where the resident memory of the process named `comm` on lab node `node` is, KiB: the C library's
+/// heap (`[heap]`), other anonymous mappings (large blocks, thread stacks) and files (the binary and
+/// its libraries), from `/proc/PID/smaps`.
+fn resident_parts(state: &Path, node: usize, comm: &str) -> Option<(u64, u64, u64)> {
+    let n = LabNode::new(state, node);
+    let pid = cgroups::processes(&n.cgroup_root)
+        .into_iter()
+        .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut heap, mut anon, mut file) = (0, 0, 0);
+    // A mapping's header line names it (a path, `[heap]`, `[stack]` or nothing); its `Rss:` line follows.
+    let mut kind = 0;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match kind {
+                0 => heap += kib,
+                1 => anon += kib,
+                _ => file += kib,
+            }
+        } else if line.split_whitespace().next().is_some_and(|f| f.contains('-') && !f.ends_with(':')) {
+            let name = line.split_whitespace().nth(5).unwrap_or("");
+            kind = match name {
+                "[heap]" => 0,
+                n if n.is_empty() || n.starts_with('[') => 1,
+                _ => 2,
+            };
+        }
+    }
+    Some((heap, anon, file))
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // One controller's measurements.
 
@@ -803,6 +835,8 @@ struct Results {
     tput_with: Vec<f64>,
     /// (RSS, peak) KiB per node.
     rss: Vec<(u64, u64)>,
+    /// Tabby: resident KiB in the C library's heap, other anonymous mappings and files, per node.
+    parts: Vec<Option<(u64, u64, u64)>>,
     /// Tabby: the heap as the agent last reported it (in use, free inside it), MiB per node.
     heap: Vec<Option<(f64, f64)>>,
     /// Start → first complete program with every object listed (kube-router: its first sync; Tabby: the
@@ -1074,6 +1108,7 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
             let log = agent_log(&ctx.client, i).await?;
             r.slow_passes.extend(slow_passes(&log).into_iter().map(|(ms, p)| (i, ms, p)));
             r.heap.push(last_heap(&log));
+            r.parts.push(resident_parts(state, i, comm));
         }
     }
 
@@ -1375,6 +1410,16 @@ fn print_table(k: &Knobs, tb: &Results, kr: &Results, floor: &[Duration], made: 
     {
         println!(
             "| Tabby's heap on that node, as the agent last reported it: in use / free inside it | {used:.1} / {free:.1} MiB | — | — | — |"
+        );
+    }
+    if let Some(i) = tb.rss.iter().enumerate().max_by_key(|(_, (rss, _))| *rss).map(|(i, _)| i)
+        && let Some(Some((heap, anon, file))) = tb.parts.get(i)
+    {
+        println!(
+            "| Tabby's RSS on that node by mapping: heap / other anonymous / files | {:.1} / {:.1} / {:.1} MiB | — | — | — |",
+            mib(*heap),
+            mib(*anon),
+            mib(*file)
         );
     }
     let first = |r: &Results| r.first.iter().max().copied();

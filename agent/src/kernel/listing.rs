@@ -194,7 +194,7 @@ fn element(e: &Value) -> Option<Element> {
     }
     if let Some(parts) = e.get("concat").and_then(Value::as_array) {
         let parts: Option<Vec<Cow<str>>> = parts.iter().map(scalar).collect();
-        return Some(Element::raw(&parts?.join(" . ")));
+        return Some(Element::raw(parts?.join(" . ")));
     }
     // A map element: [key, verdict].
     if let Some([k, v]) = e.as_array().map(Vec::as_slice) {
@@ -208,10 +208,10 @@ fn element(e: &Value) -> Option<Element> {
     if let Some(p) = e.get("prefix") {
         let addr = p.get("addr")?.as_str()?;
         let len = p.get("len")?.as_u64()?;
-        return Some(Element::raw(&format!("{addr}/{len}")));
+        return Some(Element::raw(format!("{addr}/{len}")));
     }
     if let Some(r) = e.get("range").and_then(Value::as_array) {
-        return Some(Element::raw(&format!("{}-{}", r.first()?.as_str()?, r.get(1)?.as_str()?)));
+        return Some(Element::raw(format!("{}-{}", r.first()?.as_str()?, r.get(1)?.as_str()?)));
     }
     if let Some(inner) = e.get("elem") {
         return element(inner.get("val").unwrap_or(inner));
