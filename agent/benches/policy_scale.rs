@@ -191,6 +191,22 @@ fn one_change_at_scale() {
         let t = Instant::now();
         let changes = n.commit().expect("first commit");
         println!("first program, one pod under 1000 policies: {changes} changes in {:?}", t.elapsed());
+        // What policy's counters cost on that table: the netlink dump the agent reads, beside `nft`'s
+        // listing it read before (the floor is the dump).
+        let t = Instant::now();
+        let mut counted = 0;
+        tabby_agent::kernel::nfnl::rule_counters("tabby", |c| counted += usize::from(c.comment.is_some()))
+            .expect("rule counters");
+        let dump = t.elapsed();
+        let t = Instant::now();
+        let listed = std::process::Command::new("nft").args(["-j", "-t", "list", "table", "inet", "tabby"]).output();
+        let nft_list = t.elapsed();
+        assert!(listed.is_ok_and(|o| o.status.success()));
+        assert!(counted > 2000, "every counted rule is read: {counted}");
+        println!(
+            "  its {counted} counted rules read: netlink dump {dump:?}, `nft -j -t list table` {nft_list:?} ({:.3}x)",
+            dump.as_secs_f64() / nft_list.as_secs_f64()
+        );
         for (i, r) in [&big2, &big, &big2, &big].into_iter().enumerate() {
             n.stage(r.section());
             let t = Instant::now();

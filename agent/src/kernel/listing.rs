@@ -1,19 +1,18 @@
-//! `nft -j list table` output, read as far as the agent reads it: sets and maps with their elements,
-//! chains with their hooks, rules with their chain, handle, comment and counter. Everything else (the
-//! rules' expressions, the table, `metainfo`) is skipped by the parser without being built, names are
-//! borrowed from the text, and a set's elements are converted one at a time as they are read.
+//! `nft -j list table` output, read as far as the writer reads it (the drift check every resync): sets
+//! and maps with their elements, chains with their hooks, rules with their chain and comment. Everything
+//! else (the rules' expressions, the table, `metainfo`) is skipped by the parser without being built,
+//! names are borrowed from the text, and a set's elements are converted one at a time as they are read.
 //!
 //! The reader used to build a `serde_json::Value` of the whole listing first: for a table of 1,000
-//! policies (2,000 sets, 3,000 rules) that tree was tens of megabytes of small blocks every read (the
-//! counters every few seconds, the drift check every resync), which is what kept the agent's heap
-//! fragmented long after each read was freed.
+//! policies (2,000 sets, 3,000 rules) that tree was tens of megabytes of small blocks every read, which is
+//! what kept the agent's heap fragmented long after each read was freed.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{self, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::nft::Element;
@@ -71,17 +70,13 @@ pub struct ChainJson<'a> {
     pub policy: Option<String>,
 }
 
-/// A rule: where it is, its comment and the counter among its expressions.
+/// A rule: where it is and its comment (its expressions are skipped).
 #[derive(Debug, Deserialize)]
 pub struct RuleJson<'a> {
     #[serde(borrow)]
     pub chain: Cow<'a, str>,
-    #[serde(default)]
-    pub handle: u64,
     #[serde(borrow, default)]
     pub comment: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "counter")]
-    pub expr: Option<(u64, u64)>,
 }
 
 /// Parses a listing.
@@ -135,52 +130,6 @@ fn elements<'de, D: de::Deserializer<'de>>(d: D) -> Result<BTreeSet<Element>, D:
         }
     }
     d.deserialize_seq(Elements)
-}
-
-/// The packets and bytes of the first anonymous counter among a rule's expressions.
-fn counter<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<(u64, u64)>, D::Error> {
-    #[derive(Deserialize)]
-    struct Counted {
-        #[serde(default)]
-        packets: u64,
-        #[serde(default)]
-        bytes: u64,
-    }
-    /// An expression: only `counter` is read (a named counter's reference is a string: not ours).
-    #[derive(Deserialize)]
-    struct Expr {
-        #[serde(default, deserialize_with = "anonymous")]
-        counter: Option<Counted>,
-    }
-    fn anonymous<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Counted>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Any {
-            Anonymous(Counted),
-            Other(IgnoredAny),
-        }
-        Ok(match Any::deserialize(d)? {
-            Any::Anonymous(c) => Some(c),
-            Any::Other(_) => None,
-        })
-    }
-    struct Exprs;
-    impl<'de> Visitor<'de> for Exprs {
-        type Value = Option<(u64, u64)>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a list of rule expressions")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut found = None;
-            while let Some(e) = seq.next_element::<Expr>()? {
-                if found.is_none() {
-                    found = e.counter.map(|c| (c.packets, c.bytes));
-                }
-            }
-            Ok(found)
-        }
-    }
-    d.deserialize_seq(Exprs)
 }
 
 fn scalar(v: &Value) -> Option<Cow<'_, str>> {
@@ -245,9 +194,9 @@ mod tests {
         assert_eq!((chain.hook.as_deref(), chain.prio), (Some("input"), Some(0)));
         let rule = l.nftables[4].rule.as_ref().unwrap();
         assert!(matches!(rule.chain, Cow::Borrowed("input")), "names are borrowed from the text");
-        assert_eq!((rule.handle, rule.comment.as_deref(), rule.expr), (7, Some("tabby:0a"), Some((12, 720))));
+        assert_eq!(rule.comment.as_deref(), Some("tabby:0a"));
         let bare = l.nftables[5].rule.as_ref().unwrap();
-        assert_eq!((bare.comment.as_deref(), bare.expr), (None, None));
+        assert_eq!(bare.comment, None);
         assert!(l.nftables[0].set.is_none() && l.nftables[0].rule.is_none(), "metainfo is none of them");
         assert!(parse("nope").is_err());
     }

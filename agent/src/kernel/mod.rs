@@ -3,6 +3,8 @@
 //! writer ([`nft`]). Bulk route work has its own raw socket (`routes::fib`).
 
 pub mod listing;
+pub mod netlink;
+pub mod nfnl;
 pub mod nft;
 
 use std::collections::BTreeMap;

@@ -438,12 +438,6 @@ pub fn read_kernel() -> Result<Option<Current>, NftError> {
     Cli.list()?.map(|j| parse(&j)).transpose()
 }
 
-/// The table without the elements of its sets (`nft -j -t`), for its rules' counters; `None` when it does
-/// not exist. Read without the writer: a set of 10,000 addresses costs its reader nothing here.
-pub fn list_terse() -> Result<Option<String>, NftError> {
-    list_table(&["-j", "-t"])
-}
-
 /// `nft <flags> list table inet tabby`; `None` when the table does not exist.
 fn list_table(flags: &[&str]) -> Result<Option<String>, NftError> {
     let args: Vec<&str> = flags.iter().copied().chain(["list", "table", FAMILY, TABLE]).collect();

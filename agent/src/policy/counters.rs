@@ -1,41 +1,16 @@
 //! Per-rule packet counters: every policy rule, tier end and unknown-interface drop carries a counter;
-//! this reads them from the kernel (`nft -j -t list table`, every few seconds, never after a write) and
-//! adds what they grew by to `tabby_agent_policy_packets_total` / `_bytes_total`, labelled with the
-//! direction, tier, policy, rule and action the rule stands for ([`super::render::Attr`]).
+//! this reads them from the kernel (one netlink dump of the table's rules, [`crate::kernel::nfnl`], every
+//! few seconds, never after a write) and adds what they grew by to `tabby_agent_policy_packets_total` /
+//! `_bytes_total`, labelled with the direction, tier, policy, rule and action the rule stands for
+//! ([`super::render::Attr`]).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::Attribution;
 use super::render::Attr;
-use crate::kernel::listing;
-use crate::kernel::nft::{list_terse, rule_hash, tag_hash};
-
-/// One counted rule as the kernel shows it (its chain's name borrowed from the listing).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Count<'a> {
-    pub chain: Cow<'a, str>,
-    pub handle: u64,
-    /// The hash in the rule's comment.
-    pub tag: u64,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-/// The counters of `nft -j list table` output (pure): rules with a counter and a comment the writer put.
-pub fn parse(json: &str) -> Vec<Count<'_>> {
-    let Ok(l) = listing::parse(json) else { return vec![] };
-    l.nftables
-        .into_iter()
-        .filter_map(|o| {
-            let r = o.rule?;
-            let (packets, bytes) = r.expr?;
-            let tag = tag_hash(r.comment.as_deref()?)?;
-            Some(Count { chain: r.chain, handle: r.handle, tag, packets, bytes })
-        })
-        .collect()
-}
+use crate::kernel::nfnl::{self, RuleCounter};
+use crate::kernel::nft::{TABLE, rule_hash, tag_hash};
 
 /// The metric labels of a counted rule.
 pub fn labels(a: &Attr) -> Vec<(String, String)> {
@@ -49,38 +24,64 @@ pub fn labels(a: &Attr) -> Vec<(String, String)> {
     ]
 }
 
-/// Adds what each counter grew by since `last` (by rule handle, unique in the table: a refilled chain's
-/// rules are new handles, counted from zero) to the metrics; returns the new `last`.
-pub fn feed(
-    counts: &[Count],
-    attribution: &BTreeMap<(String, String), Attr>,
-    last: &HashMap<u64, (u64, u64)>,
-) -> HashMap<u64, (u64, u64)> {
-    let by_tag: HashMap<(&str, u64), &Attr> =
-        attribution.iter().map(|((chain, text), a)| ((chain.as_str(), rule_hash(text)), a)).collect();
-    let mut next = HashMap::with_capacity(counts.len());
-    for c in counts {
-        let Some(a) = by_tag.get(&(&*c.chain, c.tag)) else { continue };
-        let (p0, b0) = last.get(&c.handle).copied().unwrap_or_default();
+/// One read of the counters: adds what each counted rule grew by since the last read to the metrics.
+/// Rules are known by handle (unique in a table: a refilled chain's rules are new handles, counted from
+/// zero) and attributed by their chain and the hash in their comment.
+pub struct Tally<'r> {
+    by_tag: HashMap<(&'r str, u64), &'r Attr>,
+    last: HashMap<u64, (u64, u64)>,
+    next: HashMap<u64, (u64, u64)>,
+}
+
+impl<'r> Tally<'r> {
+    /// A read against `attribution` (what the applied rules mean), `last` being the previous read's values.
+    pub fn new(attribution: &'r BTreeMap<(String, String), Attr>, last: HashMap<u64, (u64, u64)>) -> Tally<'r> {
+        let by_tag = attribution.iter().map(|((chain, text), a)| ((chain.as_str(), rule_hash(text)), a)).collect();
+        let next = HashMap::with_capacity(last.len());
+        Tally { by_tag, last, next }
+    }
+
+    /// One rule's counter; rules that do not stand for a policy verdict are skipped.
+    pub fn rule(&mut self, r: &RuleCounter) {
+        let Some(tag) = r.comment.and_then(tag_hash) else { return };
+        let Some(a) = self.by_tag.get(&(r.chain, tag)) else { return };
+        let (p0, b0) = self.last.get(&r.handle).copied().unwrap_or_default();
         let (dp, db) =
-            if c.packets >= p0 { (c.packets - p0, c.bytes.saturating_sub(b0)) } else { (c.packets, c.bytes) };
+            if r.packets >= p0 { (r.packets - p0, r.bytes.saturating_sub(b0)) } else { (r.packets, r.bytes) };
         if dp > 0 || db > 0 {
             crate::metrics::policy_counted(labels(a), dp, db);
         }
-        next.insert(c.handle, (c.packets, c.bytes));
+        self.next.insert(r.handle, (r.packets, r.bytes));
     }
-    next
+
+    /// The values the next read counts from: this read's, when it read every rule; after a read cut short,
+    /// the last ones with this read's over them (nothing added to the metrics is added twice).
+    pub fn finish(mut self, whole: bool) -> HashMap<u64, (u64, u64)> {
+        if whole {
+            return self.next;
+        }
+        self.last.extend(self.next);
+        self.last
+    }
 }
 
-/// Reads the counters every `every` (a table read per period, whatever changed), without the sets'
-/// elements and without holding the writer, so a pass never waits for it.
+/// Reads the counters every `every` (one dump of the table's rules per period, whatever changed), off
+/// the writer, so a pass never waits for it.
 pub async fn run(attribution: Attribution, every: Duration) {
     let mut last = HashMap::new();
     loop {
         tokio::time::sleep(every).await;
-        let Ok(Ok(Some(json))) = tokio::task::spawn_blocking(list_terse).await else { continue };
         let rendered = attribution.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        last = feed(&parse(&json), &rendered.attribution, &last);
+        let before = std::mem::take(&mut last);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut tally = Tally::new(&rendered.attribution, before);
+            let whole = nfnl::rule_counters(TABLE, |r| tally.rule(&r));
+            if let Err(e) = &whole {
+                tracing::debug!(error = %e, "reading the rules' counters");
+            }
+            tally.finish(whole.is_ok())
+        });
+        last = read.await.unwrap_or_default();
     }
 }
 
@@ -93,12 +94,13 @@ mod tests {
     #[test]
     fn counters_grow_by_their_deltas() {
         let text = "meta l4proto tcp counter drop".to_string();
-        let j = |p: u64, handle: u64| {
-            format!(
-                r#"{{"nftables":[{{"rule":{{"chain":"p-pi-1","handle":{handle},"comment":"{}","expr":[{{"counter":{{"packets":{p},"bytes":{}}}}},{{"drop":null}}]}}}}]}}"#,
-                rule_tag(&text),
-                p * 60
-            )
+        let tag = rule_tag(&text);
+        let read = |packets: u64, handle: u64| RuleCounter {
+            chain: "p-pi-1",
+            handle,
+            comment: Some(tag.as_str()),
+            packets,
+            bytes: packets * 60,
         };
         let a = Attr {
             dir: Dir::Ingress,
@@ -116,12 +118,22 @@ mod tests {
                 .find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        let last = feed(&parse(&j(3, 7)), &attribution, &HashMap::new());
+        let tally = |last, reads: &[RuleCounter], whole| {
+            let mut t = Tally::new(&attribution, last);
+            reads.iter().for_each(|r| t.rule(r));
+            t.finish(whole)
+        };
+        let unrelated = RuleCounter { chain: "p-pi-1", handle: 1, comment: Some("other"), packets: 99, bytes: 1 };
+        let last = tally(HashMap::new(), &[read(3, 7), unrelated], true);
         assert_eq!(value(), 3);
-        let last = feed(&parse(&j(5, 7)), &attribution, &last);
+        assert_eq!(last.len(), 1, "only policy's rules are followed");
+        let last = tally(last, &[read(5, 7)], true);
         assert_eq!(value(), 5);
         // Refilled: a new handle starts from zero.
-        feed(&parse(&j(1, 9)), &attribution, &last);
+        let last = tally(last, &[read(1, 9)], true);
         assert_eq!(value(), 6);
+        // A read cut short keeps what it did not reach, and counts nothing twice.
+        let last = tally(last.into_iter().chain([(7, (5, 300))]).collect(), &[read(2, 9)], false);
+        assert_eq!((value(), last.get(&7), last.get(&9)), (7, Some(&(5, 300)), Some(&(2, 120))));
     }
 }

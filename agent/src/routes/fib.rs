@@ -11,26 +11,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use tokio::io::unix::AsyncFd;
 
 use super::{Diff, KernelRoute, RTPROT_TABBY, Target};
+use crate::kernel::netlink::{
+    self, NLM_F_DUMP, NLM_F_MULTI, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, messages, push_attr, recv, send,
+    u32_at,
+};
 
-const NLMSG_HDR: usize = 16;
 const RTMSG: usize = 12;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_MULTI: u16 = 0x2;
-const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
 const RTA_DST: u16 = 1;
@@ -52,125 +50,6 @@ const ESRCH: i32 = 3;
 
 /// Bytes of requests per `sendmsg` (the default socket send buffer is about 208 KiB).
 const BATCH: usize = 64 * 1024;
-/// Receive buffer asked for: room for failures of a whole batch, and for event bursts.
-const RCVBUF: libc::c_int = 8 << 20;
-
-fn nl_socket(groups: u32, nonblocking: bool) -> io::Result<OwnedFd> {
-    let flags = libc::SOCK_RAW | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, flags, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a freshly created descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: all-zero is a valid sockaddr_nl; the fields are set below.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    sa.nl_groups = groups;
-    // SAFETY: `sa` is a valid sockaddr_nl of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Privileged agents may exceed rmem_max; otherwise take what the system allows.
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: the option value is a live c_int of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&RCVBUF as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-    }
-    Ok(fd)
-}
-
-fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-    loop {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-fn send(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<()> {
-    loop {
-        // SAFETY: `buf` is valid for reads of its length.
-        let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Netlink messages in a received buffer: (type, flags, seq, payload).
-fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, u16, u32, &[u8])> {
-    let mut off = 0;
-    std::iter::from_fn(move || {
-        if off + NLMSG_HDR > buf.len() {
-            return None;
-        }
-        let len = u32_at(buf, off) as usize;
-        if len < NLMSG_HDR || off + len > buf.len() {
-            return None;
-        }
-        let m = (u16_at(buf, off + 4), u16_at(buf, off + 6), u32_at(buf, off + 8), &buf[off + NLMSG_HDR..off + len]);
-        off += align4(len);
-        Some(m)
-    })
-}
-
-/// Route attributes of an `rtmsg` payload: (type, value).
-fn attrs(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = RTMSG;
-    std::iter::from_fn(move || {
-        if off + 4 > payload.len() {
-            return None;
-        }
-        let len = u16_at(payload, off) as usize;
-        if len < 4 || off + len > payload.len() {
-            return None;
-        }
-        let a = (u16_at(payload, off + 2) & 0x3fff, &payload[off + 4..off + len]);
-        off += align4(len);
-        Some(a)
-    })
-}
 
 fn ip_of(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
@@ -178,13 +57,6 @@ fn ip_of(b: &[u8]) -> Option<IpAddr> {
         16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
         _ => None,
     }
-}
-
-fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(align4(out.len()), 0);
 }
 
 fn octets(a: IpAddr) -> Vec<u8> {
@@ -248,7 +120,7 @@ fn decode_parts(payload: &[u8], links: &BTreeMap<u32, String>) -> Option<(IpNet,
     let (dst_len, mut table, kind) = (payload[1], u32::from(payload[4]), payload[7]);
     let flags = u32_at(payload, 8);
     let (mut dst, mut gw, mut oif) = (None, None, None);
-    for (t, v) in attrs(payload) {
+    for (t, v) in netlink::attrs(payload, RTMSG) {
         match t {
             RTA_DST => dst = ip_of(v),
             RTA_GATEWAY => gw = ip_of(v),
@@ -282,7 +154,7 @@ pub struct Fib {
 
 impl Fib {
     pub fn open() -> io::Result<Fib> {
-        Ok(Fib { fd: nl_socket(0, false)?, seq: 1, buf: vec![0; 256 * 1024] })
+        Ok(Fib { fd: netlink::socket(libc::NETLINK_ROUTE, 0, false)?, seq: 1, buf: vec![0; 256 * 1024] })
     }
 
     /// Applies `plan` (deletions first); returns the prefixes whose change failed, with the reason.
@@ -430,10 +302,11 @@ pub fn events(buf: &[u8]) -> impl Iterator<Item = Event> + '_ {
 
 /// Calls `f` for every relevant netlink event until the socket fails.
 pub async fn watch(f: impl Fn(Event) + Send + 'static) {
-    let registered = nl_socket(RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE, true).and_then(|fd| {
-        // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for its lifetime.
-        unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
-    });
+    let registered = netlink::socket(libc::NETLINK_ROUTE, RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE, true)
+        .and_then(|fd| {
+            // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for its lifetime.
+            unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
+        });
     let fd = match registered {
         Ok(fd) => fd,
         Err(e) => {
