@@ -420,56 +420,97 @@ pub fn build_with(s: &Objects, pending: &[Endpoint], cache: &mut EndpointCache) 
         let default_action = t.spec.default_action.unwrap_or(Action::Deny);
         c.tiers.insert(t.name_any(), TierInfo { order: t.spec.order, default_action });
     }
-    let mut invalid = Vec::new();
-    let mut add = |r: ObjectRef, p: Result<Policy, Invalid>, fallback: &dyn Fn() -> Option<Policy>| match p {
-        Ok(p) => {
-            if !c.tiers.contains_key(&p.tier) {
-                invalid.push((
-                    r,
-                    Invalid { field: "spec.tier".into(), message: format!("tier {:?} does not exist", p.tier) },
-                ));
-            }
-            c.policies.push(p);
-        }
-        Err(e) => {
-            invalid.push((r, e));
-            c.policies.extend(fallback());
-        }
-    };
-    let oref = |kind, ns: Option<String>, name: String| ObjectRef { kind, namespace: ns, name };
-    for np in s.k8s.iter().copied() {
-        add(oref(Kind::Kubernetes, np.namespace(), np.name_any()), model::from_kubernetes(np), &|| None);
+    for o in s.policy_objects() {
+        let Some((r, policy, problem)) = o.convert(&c.tiers) else { continue };
+        c.policies.extend(policy);
+        out.invalid.extend(problem.map(|e| (r, e)));
     }
-    for p in &s.namespaced {
-        let (ns, name) = (p.namespace(), p.name_any());
-        let f = &p.spec.fields;
-        let r = model::from_tabby(Kind::Namespaced, ns.as_deref(), &name, f);
-        add(oref(Kind::Namespaced, ns.clone(), name.clone()), r, &|| {
-            subject_only(Kind::Namespaced, ns.as_deref(), &name, f)
-        });
-    }
-    for p in &s.global {
-        let name = p.name_any();
-        let f = &p.spec.fields;
-        let r = model::from_tabby(Kind::Global, None, &name, f);
-        add(oref(Kind::Global, None, name.clone()), r, &|| subject_only(Kind::Global, None, &name, f));
-    }
-    // Staged policies are never enforced, so one that does not read is only reported.
-    for p in s.staged.iter().filter(|p| p.spec.staged_action != Some(StagedAction::Delete)) {
-        let (ns, name) = (p.namespace(), p.name_any());
-        let r = model::from_tabby(Kind::StagedNamespaced, ns.as_deref(), &name, &p.spec.fields);
-        add(oref(Kind::StagedNamespaced, ns, name), r, &|| None);
-    }
-    for p in s.staged_global.iter().filter(|p| p.spec.staged_action != Some(StagedAction::Delete)) {
-        let name = p.name_any();
-        let r = model::from_tabby(Kind::StagedGlobal, None, &name, &p.spec.fields);
-        add(oref(Kind::StagedGlobal, None, name), r, &|| None);
-    }
-    for p in s.cnps.iter().copied() {
-        add(oref(Kind::Cluster, None, p.name_any()), model::from_cnp(p), &|| None);
-    }
-    out.invalid = invalid;
+    // In one order whatever order the caches hold them in (a patch of the last build keeps it).
+    out.invalid.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// One policy object of any kind.
+#[derive(Debug, Clone, Copy)]
+pub enum PolicyObject<'a> {
+    Kubernetes(&'a K8sNetworkPolicy),
+    Namespaced(&'a NetworkPolicy),
+    Global(&'a GlobalNetworkPolicy),
+    StagedNamespaced(&'a StagedNetworkPolicy),
+    StagedGlobal(&'a StagedGlobalNetworkPolicy),
+    Cluster(&'a ClusterNetworkPolicy),
+}
+
+/// A policy object as the model reads it: its reference, what is programmed for it (as written, or its
+/// subject with one Deny per direction when it cannot be read), and why not as written.
+pub type Converted = (ObjectRef, Option<Policy>, Option<Invalid>);
+
+impl PolicyObject<'_> {
+    /// Which object it is.
+    pub fn oref(&self) -> ObjectRef {
+        let (kind, namespace, name) = match self {
+            PolicyObject::Kubernetes(p) => (Kind::Kubernetes, p.namespace(), p.name_any()),
+            PolicyObject::Namespaced(p) => (Kind::Namespaced, p.namespace(), p.name_any()),
+            PolicyObject::Global(p) => (Kind::Global, None, p.name_any()),
+            PolicyObject::StagedNamespaced(p) => (Kind::StagedNamespaced, p.namespace(), p.name_any()),
+            PolicyObject::StagedGlobal(p) => (Kind::StagedGlobal, None, p.name_any()),
+            PolicyObject::Cluster(p) => (Kind::Cluster, None, p.name_any()),
+        };
+        ObjectRef { kind, namespace, name }
+    }
+
+    /// The object in the model, given the tiers that exist; `None` for a staged policy whose
+    /// `stagedAction` is Delete (it is not evaluated).
+    pub fn convert(&self, tiers: &BTreeMap<String, TierInfo>) -> Option<Converted> {
+        let r = self.oref();
+        let (ns, name) = (r.namespace.as_deref(), r.name.as_str());
+        // Staged policies are never enforced, so one that does not read is only reported.
+        let (read, fallback) = match self {
+            PolicyObject::Kubernetes(p) => (model::from_kubernetes(p), None),
+            PolicyObject::Namespaced(p) => {
+                let f = &p.spec.fields;
+                (model::from_tabby(Kind::Namespaced, ns, name, f), Some((Kind::Namespaced, f)))
+            }
+            PolicyObject::Global(p) => {
+                let f = &p.spec.fields;
+                (model::from_tabby(Kind::Global, None, name, f), Some((Kind::Global, f)))
+            }
+            PolicyObject::StagedNamespaced(p) if p.spec.staged_action != Some(StagedAction::Delete) => {
+                (model::from_tabby(Kind::StagedNamespaced, ns, name, &p.spec.fields), None)
+            }
+            PolicyObject::StagedGlobal(p) if p.spec.staged_action != Some(StagedAction::Delete) => {
+                (model::from_tabby(Kind::StagedGlobal, None, name, &p.spec.fields), None)
+            }
+            PolicyObject::StagedNamespaced(_) | PolicyObject::StagedGlobal(_) => return None,
+            PolicyObject::Cluster(p) => (model::from_cnp(p), None),
+        };
+        Some(match read {
+            Ok(p) => {
+                let problem = (!tiers.contains_key(&p.tier)).then(|| Invalid {
+                    field: "spec.tier".into(),
+                    message: format!("tier {:?} does not exist", p.tier),
+                });
+                (r, Some(p), problem)
+            }
+            Err(e) => {
+                let policy = fallback.and_then(|(kind, f)| subject_only(kind, ns, name, f));
+                (r, policy, Some(e))
+            }
+        })
+    }
+}
+
+impl Objects<'_> {
+    /// Every policy object, kind by kind.
+    pub fn policy_objects(&self) -> impl Iterator<Item = PolicyObject<'_>> {
+        let k8s = self.k8s.iter().map(|p| PolicyObject::Kubernetes(p));
+        let namespaced = self.namespaced.iter().map(|p| PolicyObject::Namespaced(p));
+        let global = self.global.iter().map(|p| PolicyObject::Global(p));
+        let staged = self.staged.iter().map(|p| PolicyObject::StagedNamespaced(p));
+        let staged_global = self.staged_global.iter().map(|p| PolicyObject::StagedGlobal(p));
+        let cnps = self.cnps.iter().map(|p| PolicyObject::Cluster(p));
+        k8s.chain(namespaced).chain(global).chain(staged).chain(staged_global).chain(cnps)
+    }
 }
 
 #[cfg(test)]

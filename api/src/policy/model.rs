@@ -17,7 +17,7 @@
 //!   `kube-admin` (order 1000) and Baseline in `kube-baseline` (order 10,000,000), both passing by
 //!   default, so Admin → NetworkPolicy → Baseline → allow.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -1065,7 +1065,8 @@ pub fn disjoint(nets: impl IntoIterator<Item = IpNet>) -> BTreeSet<IpNet> {
 
 struct Compiler<'a> {
     c: &'a Cluster,
-    idx: &'a Index<'a>,
+    /// Candidates for set members (none: every endpoint is tried).
+    idx: Option<&'a Index<'a>>,
     sets: BTreeMap<String, (SetDef, Members)>,
 }
 
@@ -1080,7 +1081,7 @@ impl Compiler<'_> {
     }
 
     fn members(&self, def: &SetDef) -> Members {
-        members_in(self.c, Some(self.idx), def)
+        members_in(self.c, self.idx, def)
     }
 
     fn side(&mut self, m: &Match, protocol: Option<u8>, dst: bool) -> CMatch {
@@ -1210,16 +1211,13 @@ fn order_key(o: Option<f64>) -> f64 {
     o.unwrap_or(f64::INFINITY)
 }
 
-/// Compiles the policies of the endpoints `local` picks (the agent: this node's; the trace: all).
-///
-/// Costs what the selected things are, not what the cluster holds: an [`Index`] of the endpoints'
-/// labels gives each subject and peer selector its candidates (`app in {'a', 'b'}` reads two lists),
-/// which the full match then confirms; the rest is linear in the policies and the local endpoints.
-pub fn compile(c: &Cluster, local: impl Fn(&Endpoint) -> bool) -> Ruleset {
-    let idx = Index::new(&c.endpoints);
-    let mut comp = Compiler { c, idx: &idx, sets: BTreeMap::new() };
-    let mut out = Ruleset::default();
-    // Tiers in order, policies in each in order.
+/// The tiers in order, and each tier's policies in order.
+struct Order<'p> {
+    tiers: Vec<(&'p str, TierInfo)>,
+    by_tier: BTreeMap<&'p str, Vec<&'p Policy>>,
+}
+
+fn order(c: &Cluster) -> Order<'_> {
     let mut by_tier: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
     for p in &c.policies {
         by_tier.entry(p.tier.as_str()).or_default().push(p);
@@ -1229,23 +1227,85 @@ pub fn compile(c: &Cluster, local: impl Fn(&Endpoint) -> bool) -> Ruleset {
     for ps in by_tier.values_mut() {
         ps.sort_by(|a, b| order_key(a.order).total_cmp(&order_key(b.order)).then_with(|| a.id.cmp(&b.id)));
     }
+    Order { tiers, by_tier }
+}
+
+/// The directions a policy has rules for (0: ingress, 1: egress).
+fn dirs(p: &Policy) -> impl Iterator<Item = usize> + '_ {
+    [Dir::Ingress, Dir::Egress].into_iter().enumerate().filter(|(_, d)| p.rules(*d).is_some()).map(|(i, _)| i)
+}
+
+/// Per direction, the tiers (by position in [`Order::tiers`]) whose policies apply to one endpoint, each
+/// tier's in order.
+type Applying<'p> = [BTreeMap<usize, Vec<&'p Policy>>; 2];
+
+/// The policies that apply to `e`, read policy by policy (what [`compile`] finds through the index).
+fn applying_to<'p>(c: &Cluster, ord: &Order<'p>, e: &Endpoint) -> Applying<'p> {
+    let mut a: Applying = Default::default();
+    for (ti, (tier, _)) in ord.tiers.iter().enumerate() {
+        for p in &ord.by_tier[tier] {
+            if dirs(p).next().is_some() && c.applies(&p.subject, e) {
+                for d in dirs(p) {
+                    a[d].entry(ti).or_default().push(p);
+                }
+            }
+        }
+    }
+    a
+}
+
+/// An endpoint's programs from what applies to it; each policy they name is compiled into `policies`
+/// unless it is there already.
+fn programs(
+    comp: &mut Compiler,
+    policies: &mut BTreeMap<(PolicyId, Dir), CPolicy>,
+    ord: &Order,
+    a: Option<&Applying>,
+) -> (Program, Program) {
+    let mut progs: (Program, Program) = (Vec::new(), Vec::new());
+    let Some(a) = a else { return progs };
+    for (d, dir) in [Dir::Ingress, Dir::Egress].into_iter().enumerate() {
+        let prog = if dir == Dir::Ingress { &mut progs.0 } else { &mut progs.1 };
+        for (ti, ps) in &a[d] {
+            let (tier, info) = &ord.tiers[*ti];
+            let only_staged = ps.iter().all(|p| p.staged());
+            for p in ps {
+                let key = (p.id.clone(), dir);
+                if let std::collections::btree_map::Entry::Vacant(v) = policies.entry(key) {
+                    let rules = p.rules(dir).map(|rs| rs.iter().map(|r| comp.rule(r)).collect()).unwrap_or_default();
+                    v.insert(CPolicy { id: p.id.clone(), tier: p.tier.clone(), dir, staged: p.staged(), rules });
+                }
+            }
+            prog.push(TierStep {
+                tier: tier.to_string(),
+                policies: ps.iter().map(|p| p.id.clone()).collect(),
+                end: if only_staged { Action::Pass } else { info.default_action },
+                only_staged,
+            });
+        }
+    }
+    progs
+}
+
+/// Compiles the policies of the endpoints `local` picks (the agent: this node's; the trace: all).
+///
+/// Costs what the selected things are, not what the cluster holds: an [`Index`] of the endpoints'
+/// labels gives each subject and peer selector its candidates (`app in {'a', 'b'}` reads two lists),
+/// which the full match then confirms; the rest is linear in the policies and the local endpoints.
+pub fn compile(c: &Cluster, local: impl Fn(&Endpoint) -> bool) -> Ruleset {
+    let idx = Index::new(&c.endpoints);
+    let mut comp = Compiler { c, idx: Some(&idx), sets: BTreeMap::new() };
+    let mut out = Ruleset::default();
+    let ord = order(c);
     let local: Vec<u32> = (0..c.endpoints.len() as u32).filter(|i| local(&c.endpoints[*i as usize])).collect();
     let mut is_local = vec![false; c.endpoints.len()];
     for i in &local {
         is_local[*i as usize] = true;
     }
-    // Per local endpoint and direction: the tiers (by position) whose policies apply, each in order.
-    type Applying<'p> = [BTreeMap<usize, Vec<&'p Policy>>; 2];
     let mut applying: BTreeMap<u32, Applying> = BTreeMap::new();
-    for (ti, (tier, _)) in tiers.iter().enumerate() {
-        for p in &by_tier[tier] {
-            let dirs: Vec<usize> = [Dir::Ingress, Dir::Egress]
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| p.rules(**d).is_some())
-                .map(|(i, _)| i)
-                .collect();
-            if dirs.is_empty() {
+    for (ti, (tier, _)) in ord.tiers.iter().enumerate() {
+        for p in &ord.by_tier[tier] {
+            if dirs(p).next().is_none() {
                 continue;
             }
             let hits: Vec<u32> = match idx.subject(c, &p.subject) {
@@ -1254,48 +1314,60 @@ pub fn compile(c: &Cluster, local: impl Fn(&Endpoint) -> bool) -> Ruleset {
             };
             for i in hits.into_iter().filter(|i| c.applies(&p.subject, &c.endpoints[*i as usize])) {
                 let a = applying.entry(i).or_default();
-                for d in &dirs {
-                    a[*d].entry(ti).or_default().push(p);
+                for d in dirs(p) {
+                    a[d].entry(ti).or_default().push(p);
                 }
             }
         }
     }
     for i in local {
-        let e = &c.endpoints[i as usize];
-        let mut progs: (Program, Program) = (Vec::new(), Vec::new());
-        if let Some(a) = applying.get(&i) {
-            for (d, dir) in [Dir::Ingress, Dir::Egress].into_iter().enumerate() {
-                let prog = if dir == Dir::Ingress { &mut progs.0 } else { &mut progs.1 };
-                for (ti, ps) in &a[d] {
-                    let (tier, info) = &tiers[*ti];
-                    let only_staged = ps.iter().all(|p| p.staged());
-                    for p in ps {
-                        let key = (p.id.clone(), dir);
-                        if let std::collections::btree_map::Entry::Vacant(v) = out.policies.entry(key) {
-                            let rules =
-                                p.rules(dir).map(|rs| rs.iter().map(|r| comp.rule(r)).collect()).unwrap_or_default();
-                            v.insert(CPolicy {
-                                id: p.id.clone(),
-                                tier: p.tier.clone(),
-                                dir,
-                                staged: p.staged(),
-                                rules,
-                            });
-                        }
-                    }
-                    prog.push(TierStep {
-                        tier: tier.to_string(),
-                        policies: ps.iter().map(|p| p.id.clone()).collect(),
-                        end: if only_staged { Action::Pass } else { info.default_action },
-                        only_staged,
-                    });
-                }
-            }
-        }
-        out.endpoints.insert(e.key(), progs);
+        let progs = programs(&mut comp, &mut out.policies, &ord, applying.get(&i));
+        out.endpoints.insert(c.endpoints[i as usize].key(), progs);
     }
     out.sets = comp.sets;
     out
+}
+
+/// Brings `rs`, compiled by [`compile`] from the cluster as it was, up to date with the policies
+/// `changed` (added, edited or removed; `c` is the cluster with them, and nothing else changed): the
+/// local endpoints one of them applied to or applies to get their programs again, the changed policies
+/// are compiled again, and the compiled policies and sets no program names any more go. What
+/// [`compile`] gives, at the cost of the change: the policies beside them are neither compiled nor
+/// rendered again, only their subjects are read for the endpoints the change touches.
+pub fn recompile(c: &Cluster, rs: &mut Ruleset, changed: &BTreeSet<PolicyId>, local: impl Fn(&Endpoint) -> bool) {
+    let ord = order(c);
+    rs.policies.retain(|(id, _), _| !changed.contains(id));
+    let mut comp = Compiler { c, idx: None, sets: std::mem::take(&mut rs.sets) };
+    let now: Vec<&Policy> = c.policies.iter().filter(|p| changed.contains(&p.id)).collect();
+    for e in c.endpoints.iter().filter(|e| local(e)) {
+        let key = e.key();
+        let named = |(i, eg): &(Program, Program)| {
+            i.iter().chain(eg).any(|step| step.policies.iter().any(|id| changed.contains(id)))
+        };
+        if !rs.endpoints.get(&key).is_some_and(named) && !now.iter().any(|p| c.applies(&p.subject, e)) {
+            continue;
+        }
+        let a = applying_to(c, &ord, e);
+        let progs = programs(&mut comp, &mut rs.policies, &ord, Some(&a));
+        rs.endpoints.insert(key, progs);
+    }
+    let Ruleset { endpoints, policies, .. } = rs;
+    let mut named: HashSet<(&PolicyId, Dir)> = HashSet::new();
+    for (ingress, egress) in endpoints.values() {
+        for (prog, d) in [(ingress, Dir::Ingress), (egress, Dir::Egress)] {
+            named.extend(prog.iter().flat_map(|s| &s.policies).map(|id| (id, d)));
+        }
+    }
+    policies.retain(|(id, d), _| named.contains(&(id, *d)));
+    let sets: HashSet<&str> = policies
+        .values()
+        .flat_map(|p| &p.rules)
+        .flat_map(|r| [&r.src, &r.dst])
+        .flat_map(|m| m.set.iter().chain(&m.not_set).chain(&m.named).chain(&m.not_named))
+        .map(String::as_str)
+        .collect();
+    comp.sets.retain(|id, _| sets.contains(id.as_str()));
+    rs.sets = comp.sets;
 }
 
 /// A packet, for [`Ruleset::decide`].
