@@ -369,19 +369,21 @@ fn pass_breakdown() {
         n.commit().unwrap();
         drop(w);
         println!("memory: the reconciler's memo and the writer's state: +{:.1} MiB", trim() - before);
-        for round in 0..5 {
-            let role = if round % 2 == 0 { "client-0".to_string() } else { format!("client-{}", 8 / 7) };
-            s.pods[8] = pod(8, role, "app-8".into());
+        // One pass of the reconciler and its commit (without `nft`), timed; how many changes it made.
+        let mut pass = |s: &Snapshot, what: &str| {
             let t = Instant::now();
-            let w = p.desired(&s, &local);
+            let w = p.desired(s, &local);
             let d = t.elapsed();
             let t = Instant::now();
             n.stage(w.rendered.section());
             let changes = n.commit().unwrap();
-            println!(
-                "agent pass, label change {round}: desired {d:?}, stage+commit (no nft) {:?}, {changes} changes",
-                t.elapsed()
-            );
+            println!("agent pass, {what}: desired {d:?}, stage+commit (no nft) {:?}, {changes} changes", t.elapsed());
+            changes
+        };
+        for round in 0..5 {
+            let role = if round % 2 == 0 { "client-0".to_string() } else { format!("client-{}", 8 / 7) };
+            s.pods[8] = pod(8, role, "app-8".into());
+            pass(&s, &format!("label change {round}"));
         }
         // One policy edited, then created and deleted: only it is compiled (the kept model takes it in).
         for round in 0..6 {
@@ -411,16 +413,7 @@ fn pass_breakdown() {
                     "deleted"
                 }
             };
-            let t = Instant::now();
-            let w = p.desired(&s, &local);
-            let d = t.elapsed();
-            let t = Instant::now();
-            n.stage(w.rendered.section());
-            let changes = n.commit().unwrap();
-            println!(
-                "agent pass, a policy {what}: desired {d:?}, stage+commit (no nft) {:?}, {changes} changes",
-                t.elapsed()
-            );
+            let changes = pass(&s, &format!("a policy {what}"));
             // An edit refills its chain; a policy created or deleted also changes the tier chain of every
             // endpoint it applies to (here the one under all 1,000 policies: two rules per policy).
             assert!(what != "edited" || changes <= 3, "an edit is its chain: {changes} changes");

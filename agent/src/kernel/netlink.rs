@@ -142,3 +142,30 @@ pub fn push_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(value);
     out.resize(align4(out.len()), 0);
 }
+
+/// Reads the replies to the dump request `seq` on `fd` (through `buf`), calling `each(type, payload)` for
+/// every message of it, until the dump is done. An `NLMSG_ERROR` reply is returned as its errno.
+pub fn dump(fd: &impl AsRawFd, buf: &mut [u8], seq: u32, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
+    loop {
+        let n = recv(fd, buf, 0)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "netlink dump ended early"));
+        }
+        for (kind, flags, mseq, p) in messages(&buf[..n]) {
+            if mseq != seq {
+                continue;
+            }
+            match kind {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let errno = if p.len() >= 4 { -(u32_at(p, 0) as i32) } else { libc::EIO };
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                _ => each(kind, p),
+            }
+            if flags & NLM_F_MULTI == 0 {
+                return Ok(());
+            }
+        }
+    }
+}

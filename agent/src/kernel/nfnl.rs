@@ -12,9 +12,7 @@
 
 use std::io;
 
-use super::netlink::{
-    self, NLM_F_DUMP, NLM_F_MULTI, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, messages, push_attr, recv, send, u32_at,
-};
+use super::netlink::{self, NLM_F_DUMP, NLM_F_REQUEST, push_attr, send};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -136,41 +134,24 @@ pub fn rule_counters(table: &str, mut f: impl FnMut(RuleCounter)) -> io::Result<
     send(&fd, &request(table, seq))?;
     // A dump message is at most a page or two; a read returns whole messages.
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = recv(&fd, &mut buf, 0)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "netlink dump ended early"));
+    let rule = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE;
+    let read = netlink::dump(&fd, &mut buf, seq, |kind, p| {
+        if kind == rule
+            && let Some(c) = decode(p)
+        {
+            f(c);
         }
-        for (kind, flags, mseq, p) in messages(&buf[..n]) {
-            if mseq != seq {
-                continue;
-            }
-            match kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let errno = if p.len() >= 4 { -(u32_at(p, 0) as i32) } else { libc::EIO };
-                    return match errno {
-                        0 | libc::ENOENT => Ok(()),
-                        e => Err(io::Error::from_raw_os_error(e)),
-                    };
-                }
-                k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE => {
-                    if let Some(c) = decode(p) {
-                        f(c);
-                    }
-                }
-                _ => {}
-            }
-            if flags & NLM_F_MULTI == 0 {
-                return Ok(());
-            }
-        }
+    });
+    match read {
+        Err(e) if matches!(e.raw_os_error(), Some(0 | libc::ENOENT)) => Ok(()),
+        other => other,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::netlink::{messages, u32_at};
 
     fn nested(kind: u16, parts: &[Vec<u8>]) -> Vec<u8> {
         let mut inner = Vec::new();

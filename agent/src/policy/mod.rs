@@ -107,9 +107,9 @@ const PATCH_LIMIT: usize = 64;
 /// At most this many policy objects of a kind changed between two passes are compiled alone.
 const POLICY_PATCH_LIMIT: usize = 16;
 
-/// The Pod objects of `old` that `new` no longer has and those it has instead (by address: the cache
-/// replaces an object on every change), or `None` when more than `limit` changed.
-fn pod_changes<'a, T>(old: &'a [Arc<T>], new: &'a [Arc<T>], limit: usize) -> Option<(Vec<&'a T>, Vec<&'a T>)> {
+/// The objects of `old` that `new` no longer has and those it has instead (by address: a cache replaces
+/// an object on every change), or `None` when more than `limit` changed.
+fn changes<'a, T>(old: &'a [Arc<T>], new: &'a [Arc<T>], limit: usize) -> Option<(Vec<&'a T>, Vec<&'a T>)> {
     let (mut gone, mut added) = (Vec::new(), Vec::new());
     if old.len() == new.len() {
         // The cache keeps its order while objects are only replaced: compare place by place.
@@ -177,7 +177,7 @@ impl Memo {
         let mut added: Vec<cluster::PolicyObject> = Vec::new();
         macro_rules! kind {
             ($field:ident, $variant:ident) => {
-                let (g, a) = pod_changes(&p.$field, &q.$field, POLICY_PATCH_LIMIT)?;
+                let (g, a) = changes(&p.$field, &q.$field, POLICY_PATCH_LIMIT)?;
                 gone.extend(g.into_iter().map(cluster::PolicyObject::$variant));
                 added.extend(a.into_iter().map(cluster::PolicyObject::$variant));
             };
@@ -191,13 +191,13 @@ impl Memo {
         if gone.is_empty() && added.is_empty() {
             return None;
         }
-        let id = |r: ObjectRef| model::PolicyId { kind: r.kind, namespace: r.namespace, name: r.name };
         let changed: std::collections::BTreeSet<model::PolicyId> =
-            gone.iter().chain(&added).map(|o| id(o.oref())).collect();
+            gone.iter().chain(&added).map(|o| o.oref().id()).collect();
         // Every policy is read again (a few milliseconds at 1,000; keeping them parsed between passes
         // cost the agent 3 MiB at that scale), but only the changed ones are compiled.
         let mut invalid = Vec::new();
-        for (r, policy, problem) in objects(s).policy_objects().filter_map(|o| o.convert(&self.cluster.tiers)) {
+        for (r, policy, problem) in policies(&s.policy).policy_objects().filter_map(|o| o.convert(&self.cluster.tiers))
+        {
             self.cluster.policies.extend(policy);
             invalid.extend(problem.map(|e| (r, e)));
         }
@@ -226,7 +226,7 @@ impl Memo {
         if self.pending != pending || self.generation != generation || !self.same_but_pods(s) {
             return None;
         }
-        let (gone, added) = pod_changes(&self.pods, &s.pods, PATCH_LIMIT)?;
+        let (gone, added) = changes(&self.pods, &s.pods, PATCH_LIMIT)?;
         let is_pending = |p: &&LeanPod| {
             pending.iter().any(|e| {
                 p.metadata.name.as_deref() == Some(e.name.as_str())
@@ -286,15 +286,23 @@ pub fn objects(s: &Snapshot) -> Objects<'_> {
         service_accounts: p.service_accounts.iter().map(AsRef::as_ref).collect(),
         nodes: s.nodes.iter().map(AsRef::as_ref).collect(),
         blocks: s.blocks.iter().map(AsRef::as_ref).collect(),
+        sets: p.sets.iter().map(AsRef::as_ref).collect(),
+        global_sets: p.global_sets.iter().map(AsRef::as_ref).collect(),
+        tiers: p.tiers.iter().map(AsRef::as_ref).collect(),
+        ..policies(p)
+    }
+}
+
+/// The policy objects alone (what a policy patch reads again).
+fn policies(p: &PolicyFacts) -> Objects<'_> {
+    Objects {
         k8s: p.k8s.iter().map(AsRef::as_ref).collect(),
         namespaced: p.namespaced.iter().map(AsRef::as_ref).collect(),
         global: p.global.iter().map(AsRef::as_ref).collect(),
         staged: p.staged.iter().map(AsRef::as_ref).collect(),
         staged_global: p.staged_global.iter().map(AsRef::as_ref).collect(),
-        sets: p.sets.iter().map(AsRef::as_ref).collect(),
-        global_sets: p.global_sets.iter().map(AsRef::as_ref).collect(),
-        tiers: p.tiers.iter().map(AsRef::as_ref).collect(),
         cnps: p.cnps.iter().map(AsRef::as_ref).collect(),
+        ..Objects::default()
     }
 }
 

@@ -19,8 +19,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::{Diff, KernelRoute, RTPROT_TABBY, Target};
 use crate::kernel::netlink::{
-    self, NLM_F_DUMP, NLM_F_MULTI, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDR, messages, push_attr, recv, send,
-    u32_at,
+    self, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, messages, push_attr, recv, send, u32_at,
 };
 
 const RTMSG: usize = 12;
@@ -245,34 +244,14 @@ impl Fib {
             req.extend_from_slice(&0u32.to_ne_bytes());
             req.extend_from_slice(&[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
             send(&self.fd, &req)?;
-            'dump: loop {
-                let n = recv(&self.fd, &mut self.buf, 0)?;
-                if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "netlink dump ended early"));
+            netlink::dump(&self.fd, &mut self.buf, seq, |kind, p| {
+                if kind == RTM_NEWROUTE
+                    && let Some((dst, t, oif)) = decode_parts(p, links)
+                {
+                    let target = targets.entry(t).or_insert_with_key(|t| Arc::new(t.clone())).clone();
+                    routes.push(KernelRoute { dst, target, oif });
                 }
-                for (kind, flags, mseq, p) in messages(&self.buf[..n]) {
-                    if mseq != seq {
-                        continue;
-                    }
-                    match kind {
-                        NLMSG_DONE => break 'dump,
-                        NLMSG_ERROR => {
-                            let errno = if p.len() >= 4 { -(u32_at(p, 0) as i32) } else { libc::EIO };
-                            return Err(io::Error::from_raw_os_error(errno));
-                        }
-                        RTM_NEWROUTE => {
-                            if let Some((dst, t, oif)) = decode_parts(p, links) {
-                                let target = targets.entry(t).or_insert_with_key(|t| Arc::new(t.clone())).clone();
-                                routes.push(KernelRoute { dst, target, oif });
-                            }
-                        }
-                        _ => {}
-                    }
-                    if flags & NLM_F_MULTI == 0 {
-                        break 'dump;
-                    }
-                }
-            }
+            })?;
         }
         Ok(routes)
     }

@@ -68,6 +68,13 @@ pub struct ObjectRef {
     pub name: String,
 }
 
+impl ObjectRef {
+    /// The id of the policy this object is.
+    pub fn id(self) -> model::PolicyId {
+        model::PolicyId { kind: self.kind, namespace: self.namespace, name: self.name }
+    }
+}
+
 /// The model's view of the cluster, and what could not be read as written.
 #[derive(Debug, Clone, Default)]
 pub struct Built {
