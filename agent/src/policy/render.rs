@@ -6,6 +6,7 @@
 //! | `p-from-wl`, `p-to-wl` + maps `p-from-wl-map`, `p-to-wl-map` | `iifname`/`oifname` verdict maps: each local pod's veth → `goto` its endpoint chain; an interface the map lacks is dropped |
 //! | `p-ee-<hash>`, `p-ei-<hash>` | endpoint chains (egress, ingress): the endpoint's tiers in order; named by content, so endpoints with the same policies share one |
 //! | `p-te-<hash>`, `p-ti-<hash>` | tier chains: the tier's policies that apply, in order, then the tier's end (Deny: a counted drop) |
+//! | `p-ce-<hash>`, `p-ci-<hash>` | chunks of a tier with more than 32 applying policies, cut where the policies' hashes say: a policy created or deleted rewrites its chunk (about 16 policies per level), not the whole tier |
 //! | `p-pe-<id>`, `p-pi-<id>` | policy chains, one per policy and direction, shared by every endpoint: one rule per model rule and address family, each counted |
 //! | `p-s<id>-4`, `p-s<id>-6` | the addresses a peer selector matches (pods, network sets, nodes): a hash set, an interval set when a network is among them |
 //! | `p-n<id>-4`, `p-n<id>-6` | `addr . proto . port` sets: a named port on the pods that have it |
@@ -257,13 +258,16 @@ fn policy_rules(rs: &Ruleset, id: &PolicyId, dir: Dir) -> Vec<(String, Option<At
     out
 }
 
-fn tier_chain(o: &mut Out, rs: &Ruleset, step: &TierStep, dir: Dir) -> String {
+/// Average number of calls in a chunk of a long tier chain.
+const CHUNK: u64 = 16;
+/// A tier chain calls at most this many chains directly; a longer list is split into chunks.
+const FLAT: usize = 32;
+
+/// The rules that call `items` (chain, only staged policies under it) in order: after the first, each
+/// call is skipped once Pass is set, and an Allow returns at once (a staged policy never sets it).
+fn calls(items: &[(String, bool)]) -> Vec<(String, Option<Attr>)> {
     let mut rules = Vec::new();
-    for (i, id) in step.policies.iter().enumerate() {
-        let chain = policy_chain(id, dir);
-        let rules_of = policy_rules(rs, id, dir);
-        o.chain(chain.clone(), rules_of);
-        let staged = rs.policies.get(&(id.clone(), dir)).is_some_and(|p| p.staged);
+    for (i, (chain, staged)) in items.iter().enumerate() {
         rules.push((
             if i == 0 { format!("jump {chain}") } else { format!("meta mark & {PASS:#x} == 0 jump {chain}") },
             None,
@@ -272,6 +276,45 @@ fn tier_chain(o: &mut Out, rs: &Ruleset, step: &TierStep, dir: Dir) -> String {
             rules.push((format!("meta mark & {ACCEPT:#x} != 0 return"), None));
         }
     }
+    rules
+}
+
+/// `items` cut into chunk chains (`p-ci-<hash>`, `p-ce-<hash>`, named by content) where the items' own
+/// hashes say (content-defined, as rsync cuts files): an item created or deleted changes its own chunk
+/// only, so a long tier is rewritten in O(chunk) rules per level, never in full. A chunk holds at least
+/// two items (each level at least halves) and at most four times the average.
+fn chunks(o: &mut Out, items: Vec<(String, bool)>, dir: Dir) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut cur: Vec<(String, bool)> = Vec::new();
+    let last = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        let cut = fnv(&item.0) % CHUNK == 0;
+        cur.push(item);
+        if (cut && cur.len() >= 2) || cur.len() as u64 >= 4 * CHUNK || i + 1 == last {
+            let rules = calls(&cur);
+            let content: Vec<&str> = rules.iter().map(|(t, _)| t.as_str()).collect();
+            let name = format!("p-c{}-{}", if dir == Dir::Ingress { "i" } else { "e" }, short(&content.join("\n")));
+            let staged = cur.iter().all(|(_, s)| *s);
+            out.push((o.chain(name, rules), staged));
+            cur.clear();
+        }
+    }
+    out
+}
+
+fn tier_chain(o: &mut Out, rs: &Ruleset, step: &TierStep, dir: Dir) -> String {
+    let mut items = Vec::with_capacity(step.policies.len());
+    for id in &step.policies {
+        let chain = policy_chain(id, dir);
+        let rules_of = policy_rules(rs, id, dir);
+        o.chain(chain.clone(), rules_of);
+        let staged = rs.policies.get(&(id.clone(), dir)).is_some_and(|p| p.staged);
+        items.push((chain, staged));
+    }
+    while items.len() > FLAT {
+        items = chunks(o, items, dir);
+    }
+    let mut rules = calls(&items);
     let end = Attr {
         dir,
         tier: step.tier.clone(),

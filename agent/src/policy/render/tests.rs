@@ -135,3 +135,164 @@ fn families_protocols_and_ports() {
     assert_eq!(rule_match(&icmp, false).unwrap(), "meta l4proto 1 icmp type 8");
     assert_eq!(rule_match(&icmp, true), None);
 }
+
+/// One endpoint under `actions.len()` policies of tier `security` (Deny at its end), in that order: each
+/// policy has one ingress rule matching everything with that action (`None`: no rule), staged when
+/// `true`.
+fn under(actions: &[(Option<Action>, bool)]) -> Cluster {
+    let mut tiers = model::builtin_tiers();
+    tiers.insert("security".into(), TierInfo { order: Some(100.0), default_action: Action::Deny });
+    let policies = actions
+        .iter()
+        .enumerate()
+        .map(|(i, (action, staged))| {
+            let ingress: Vec<serde_json::Value> = action.iter().map(|a| json!({"action": format!("{a:?}")})).collect();
+            let spec =
+                json!({"tier": "security", "order": i, "selector": "all()", "types": ["Ingress"], "ingress": ingress});
+            let name = format!("p{i:04}");
+            if *staged {
+                let s: StagedGlobalNetworkPolicySpec = serde_json::from_value(spec).unwrap();
+                model::from_tabby(Kind::StagedGlobal, None, &name, &s.fields).unwrap()
+            } else {
+                let s: GlobalNetworkPolicySpec = serde_json::from_value(spec).unwrap();
+                model::from_tabby(Kind::Global, None, &name, &s.fields).unwrap()
+            }
+        })
+        .collect();
+    Cluster {
+        endpoints: vec![ep("shop", "web-0", "10.1.0.1", "n1", &[("app", "web")])],
+        namespaces: [("shop".to_string(), BTreeMap::new())].into(),
+        tiers,
+        policies,
+        ..Cluster::default()
+    }
+}
+
+/// Runs a packet through the ingress chains of `r`'s one endpoint the way the kernel does, for the
+/// rules policy writes when every policy rule matches everything: whether it is accepted, and the
+/// deepest chain it reached (the kernel allows 16 levels of jumps).
+fn ingress_verdict(r: &Rendered) -> (bool, usize) {
+    #[derive(PartialEq)]
+    enum Out {
+        Return,
+        Drop,
+    }
+    fn run(r: &Rendered, chain: &str, mark: &mut u32, depth: usize, deepest: &mut usize) -> Out {
+        *deepest = (*deepest).max(depth);
+        let c = r.chains.iter().find(|c| c.name == chain).unwrap_or_else(|| panic!("no chain {chain}"));
+        for rule in &c.rules {
+            let (cond, rest) = if let Some(rest) = rule.strip_prefix(&format!("meta mark & {PASS:#x} == 0 ")) {
+                (*mark & PASS == 0, rest)
+            } else if let Some(rest) = rule.strip_prefix(&format!("meta mark & {ACCEPT:#x} != 0 ")) {
+                (*mark & ACCEPT != 0, rest)
+            } else if let Some(rest) = rule.strip_prefix(&format!("meta mark & {:#x} == 0 ", PASS | STAGED)) {
+                (*mark & (PASS | STAGED) == 0, rest)
+            } else {
+                (true, rule.as_str())
+            };
+            if !cond {
+                continue;
+            }
+            let rest = rest.strip_prefix("counter").map_or(rest, str::trim_start);
+            let rest = match rest.strip_prefix(CLEAR) {
+                Some(more) => {
+                    *mark &= 0xfff8_ffff;
+                    more.trim_start()
+                }
+                None => rest,
+            };
+            if let Some(to) = rest.strip_prefix("jump ") {
+                if run(r, to, mark, depth + 1, deepest) == Out::Drop {
+                    return Out::Drop;
+                }
+            } else if let Some(bit) = rest.strip_prefix("meta mark set meta mark | ") {
+                *mark |= u32::from_str_radix(bit.trim_end_matches(" return").trim_start_matches("0x"), 16).unwrap();
+                return Out::Return;
+            } else if rest == "return" {
+                return Out::Return;
+            } else if rest == "drop" {
+                return Out::Drop;
+            } else if !(rest.is_empty() || rest.starts_with("log ")) {
+                panic!("a rule this walk does not know: {rule}");
+            }
+        }
+        Out::Return
+    }
+    let map = r.sets.iter().find(|s| s.name == "p-to-wl-map").unwrap();
+    let element = map.elements.iter().next().expect("the endpoint's interface").as_str().to_string();
+    let chain = element.split("goto ").nth(1).unwrap();
+    let (mut mark, mut deepest) = (0, 0);
+    (run(r, chain, &mut mark, 1, &mut deepest) == Out::Return, deepest)
+}
+
+/// What the tier means: the first enforced policy that allows, denies or passes decides; Log goes on;
+/// staged policies only count; no decision at the end of a tier with an enforced policy: denied.
+fn expected(actions: &[(Option<Action>, bool)]) -> bool {
+    for (a, staged) in actions {
+        match (a, staged) {
+            (_, true) | (None | Some(Action::Log), _) => {}
+            (Some(Action::Allow | Action::Pass), false) => return true,
+            (Some(Action::Deny), false) => return false,
+        }
+    }
+    actions.iter().all(|(_, staged)| *staged)
+}
+
+#[test]
+fn long_tiers_are_cut_into_chunks_that_mean_what_one_chain_does() {
+    let mut seed: u64 = 0x5eed;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    for case in 0..40 {
+        let len = [0, 1, 31, 32, 33, 64, 150, 400][case % 8] as usize;
+        let actions: Vec<(Option<Action>, bool)> = (0..len)
+            .map(|_| {
+                // Mostly policies that do not decide, so decisions land deep in the tier.
+                let a = match next(40) {
+                    0 => Some(Action::Allow),
+                    1 => Some(Action::Deny),
+                    2 => Some(Action::Pass),
+                    3..=9 => Some(Action::Log),
+                    _ => None,
+                };
+                (a, next(10) == 0)
+            })
+            .collect();
+        let c = under(&actions);
+        let r = rendered(&c);
+        let (accepted, deepest) = ingress_verdict(&r);
+        assert_eq!(accepted, expected(&actions), "case {case}: {len} policies {actions:?}");
+        // Endpoint, tier, at most two levels of chunks at 400, the policy.
+        assert!(deepest <= 5, "case {case}: {deepest} levels");
+        for ch in r.chains.iter().filter(|ch| ch.name.starts_with("p-t")) {
+            assert!(ch.rules.len() <= 2 * FLAT + 1, "{} has {} rules", ch.name, ch.rules.len());
+        }
+        let chunked = r.chains.iter().any(|ch| ch.name.starts_with("p-ci-"));
+        assert_eq!(chunked, len > FLAT, "case {case}: chunks only past {FLAT} policies");
+    }
+}
+
+#[test]
+fn a_policy_created_or_deleted_under_a_thousand_rewrites_its_chunk_not_the_tier() {
+    let actions: Vec<(Option<Action>, bool)> = (0..1000).map(|_| (Some(Action::Log), false)).collect();
+    let c = under(&actions);
+    let before = after(None, &[rendered(&c).section()]);
+    for at in [0, 1, 500, 998, 999] {
+        // A policy created between two others (same order, a name sorting after the one there).
+        let mut created = c.clone();
+        let mut extra = under(&[(Some(Action::Deny), false)]).policies.remove(0);
+        extra.id.name = format!("p{at:04}x");
+        extra.order = Some(at as f64);
+        created.policies.push(extra);
+        let b = plan(Some(&before), &[rendered(&created).section()]);
+        assert!(b.0.len() < 150, "a policy created at {at}: {} changes\n{}", b.0.len(), b.render());
+        assert!(!ingress_verdict(&rendered(&created)).0, "the new Deny decides");
+        // And deleted.
+        let mut deleted = c.clone();
+        deleted.policies.remove(at);
+        let b = plan(Some(&before), &[rendered(&deleted).section()]);
+        assert!(b.0.len() < 150, "a policy deleted at {at}: {} changes\n{}", b.0.len(), b.render());
+    }
+}
