@@ -6,7 +6,7 @@
 //!   except on pod addresses, a namespace relabelled after the policy, the node always reaching its pods,
 //!   IPv6, per-rule counters in `/metrics`, and everything open again once the policies are gone;
 //! - `tiers_pass_log_and_staged`: a tier before `default` with Log (a JSON line), Deny and Pass, a staged
-//!   default-deny that only counts, an invalid policy that fails closed and says why;
+//!   default-deny that only counts, a tier of 61 policies run through chunk chains, an invalid policy that fails closed and says why;
 //! - `new_pods_are_isolated_and_reachable_when_add_returns`: the first packet right after CNI ADD,
 //!   pod churn under policy, an interface the agent does not know is dropped;
 //! - `agent_restart_keeps_policy`: no packet of an allowed flow lost and no denied packet through while
@@ -205,6 +205,37 @@ async fn tiers_pass_log_and_staged() {
     counted("the staged default-deny would drop", &|l| {
         l.contains("staged=\"true\"") && l.contains("action=\"tier-deny\"")
     });
+
+    // A long tier: 60 more policies before guard (orders 1.0-6.9) cut the tier into chunk chains; one in
+    // the middle allows port 82. Port 80 still passes through every chunk to default, 22 is still denied
+    // after them, and the allow in a chunk decides for 82; deleted, 82 ends at default's deny again.
+    let fillers: Vec<String> = (0..60)
+        .map(|i| {
+            let rule = if i == 30 {
+                "{action: Allow, protocol: TCP, destination: {ports: [82]}}".to_string()
+            } else {
+                format!("{{action: Deny, protocol: UDP, destination: {{ports: [{}]}}}}", 10000 + i)
+            };
+            format!(
+                "apiVersion: tabby.dev/v1\nkind: GlobalNetworkPolicy\nmetadata: {{name: filler-{i:02}}}\nspec:\n  tier: security\n  order: {}\n  selector: app == 'web'\n  ingress: [{rule}]\n",
+                1.0 + f64::from(i) / 10.0
+            )
+        })
+        .collect();
+    let _s82 = serve(&web.ns, 82);
+    lab.apply(&fillers.join("---\n"));
+    until("port 82 allowed by the policy in a chunk", true, || tcp(&cli.ns, &web.ip, 82, T));
+    let table = String::from_utf8_lossy(
+        &n.ns.command("nft").args(["list", "table", "inet", "tabby"]).output().expect("nft").stdout,
+    )
+    .to_string();
+    assert!(table.contains("chain p-ci-"), "61 policies in one tier are chunked:\n{table}");
+    assert!(tcp(&cli.ns, &web.ip, 80, T), "passed through every chunk to default");
+    assert!(!tcp(&cli.ns, &web.ip, 22, T), "denied by guard after the chunks");
+    assert!(!tcp(&cli.ns, &web.ip, 81, T), "default's end");
+    lab.cp.kubectl_ok(&["delete", "globalnetworkpolicy.tabby.dev", "filler-30"]);
+    until("port 82 denied once its policy is gone", false, || tcp(&cli.ns, &web.ip, 82, T));
+    assert!(tcp(&cli.ns, &web.ip, 80, T), "80 still passes");
 
     // A policy that does not read fails closed and says why.
     lab.apply("apiVersion: tabby.dev/v1\nkind: NetworkPolicy\nmetadata: {name: typo, namespace: default}\nspec:\n  selector: app == 'cli'\n  types: [Egress]\n  egress: [{action: Allow, destination: {selector: \"app = 'web'\"}}]\n");
