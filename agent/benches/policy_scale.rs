@@ -183,6 +183,15 @@ fn one_change_at_scale() {
     let t = Instant::now();
     let _ = rendered(&again);
     println!("  then one remote label change: compile + render {:?}", t.elapsed());
+    // A policy created there (it selects the shared pod, so it joins that pod's tier of 1,000).
+    let mut created = shared.clone();
+    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "np-5000", "namespace": "bench"},
+        "spec": {"podSelector": {"matchLabels": {"app": "shared"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client-0"}}}], "ports": [{"port": 8443}]}]}}))
+    .unwrap();
+    created.policies.push(model::from_kubernetes(&np).unwrap());
+    let big3 = rendered(&created);
     let (big, big2) = (rs, rendered(&again));
     let result = ns.run(move || {
         // The bench's worst node: one pod under all 1,000 policies (1,027 chains, 2,002 sets).
@@ -212,6 +221,14 @@ fn one_change_at_scale() {
             let t = Instant::now();
             let changes = n.commit().expect("label change");
             println!("  a remote label change {i} there: {changes} changes, commit with nft {:?}", t.elapsed());
+        }
+        // A policy created and deleted under the 1,000: its chunk and the chunks above it, not the tier.
+        for (what, r) in [("created", &big3), ("deleted", &big)] {
+            n.stage(r.section());
+            let t = Instant::now();
+            let changes = n.commit().expect("policy created");
+            println!("  a policy {what} there: {changes} changes, commit with nft {:?}", t.elapsed());
+            assert!(changes < 200, "its chunks, not the tier: {changes}");
         }
         n.teardown(tabby_agent::policy::render::OWNER).expect("teardown");
         let nft = Arc::new(Mutex::new(Nft::default()));
