@@ -288,7 +288,7 @@ fn chunks(o: &mut Out, items: Vec<(String, bool)>, dir: Dir) -> Vec<(String, boo
     let mut cur: Vec<(String, bool)> = Vec::new();
     let last = items.len();
     for (i, item) in items.into_iter().enumerate() {
-        let cut = fnv(&item.0) % CHUNK == 0;
+        let cut = fnv(&item.0).is_multiple_of(CHUNK);
         cur.push(item);
         if (cut && cur.len() >= 2) || cur.len() as u64 >= 4 * CHUNK || i + 1 == last {
             let rules = calls(&cur);
