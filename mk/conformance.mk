@@ -41,11 +41,14 @@ conformance-ci: e2e-images e2e-test ## CI's subset: pod Granular Checks (HTTP, U
 
 # The network-policy-api project's conformance suite (ClusterNetworkPolicy), a Go test of module
 # sigs.k8s.io/network-policy-api at its latest release, built in its own module (e2e/netpolapi), with the
-# module's CRD beside it for the runner to install.
+# module's CRD beside it for the runner to install. Beside it, the same tests over the suite's manifests with
+# the base pods' SCTP servers taken out (e2e/netpolapi/withoutsctp: generated, then built), which the runner
+# uses on a kernel without SCTP.
 NETPOL_API_DIR := $(CACHE)/e2e/netpol-api
 NETPOL_API_TEST := $(NETPOL_API_DIR)/netpol-api.test
+NETPOL_API_NOSCTP := $(NETPOL_API_DIR)/netpol-api-without-sctp.test
 .PHONY: netpol-api-test
-netpol-api-test: $(NETPOL_API_TEST) ## Build the network-policy-api conformance suite (cached)
+netpol-api-test: $(NETPOL_API_TEST) $(NETPOL_API_NOSCTP) ## Build the network-policy-api conformance suite (cached)
 
 $(NETPOL_API_TEST): $(ROOT)/e2e/netpolapi/go.mod $(ROOT)/e2e/netpolapi/go.sum
 	@mkdir -p $(NETPOL_API_DIR)
@@ -54,4 +57,12 @@ $(NETPOL_API_TEST): $(ROOT)/e2e/netpolapi/go.mod $(ROOT)/e2e/netpolapi/go.sum
 	  go test -c -trimpath -o $@.tmp sigs.k8s.io/network-policy-api/conformance && \
 	  dir=$$(go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api) && \
 	  cp $$dir/config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml $(NETPOL_API_DIR)/crd.yaml && \
+	  mv $@.tmp $@
+
+$(NETPOL_API_NOSCTP): $(ROOT)/e2e/netpolapi/go.mod $(ROOT)/e2e/netpolapi/go.sum $(wildcard $(ROOT)/e2e/netpolapi/withoutsctp/*.go $(ROOT)/e2e/netpolapi/withoutsctp/gen/*.go)
+	@mkdir -p $(NETPOL_API_DIR)
+	@echo "==> building the network-policy-api conformance suite without SCTP servers"
+	@cd $(ROOT)/e2e/netpolapi && rm -rf withoutsctp/base && \
+	  go run ./withoutsctp/gen withoutsctp && \
+	  go test -c -trimpath -o $@.tmp ./withoutsctp && \
 	  mv $@.tmp $@
