@@ -35,8 +35,10 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     ]
 }
 
-/// ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`): not among [`all`], because it is the
-/// network-policy-api project's; the operator creates it only when the cluster has none.
+/// ClusterNetworkPolicy (`policy.networking.k8s.io`): not among [`all`], because it is the
+/// network-policy-api project's; the operator creates it only when the cluster has none. As the project's
+/// v0.3.0 CRD does, it serves `v1beta1` (stored) and `v1alpha2`, with the same schema and no conversion: an
+/// object written in either version reads in the other, so manifests and clients of both keep working.
 pub fn cluster_network_policy() -> CustomResourceDefinition {
     let mut crd = crate::policy::cnp::ClusterNetworkPolicy::crd();
     // `*.k8s.io` groups are protected: the API server wants the approval of the group's API review.
@@ -47,5 +49,9 @@ pub fn cluster_network_policy() -> CustomResourceDefinition {
         )]
         .into(),
     );
+    let mut alpha = crd.spec.versions[0].clone();
+    alpha.name = crate::policy::cnp::SERVED_ALSO.to_string();
+    alpha.storage = false;
+    crd.spec.versions.insert(0, alpha);
     crd
 }

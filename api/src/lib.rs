@@ -12,7 +12,7 @@
 //!   [`IPPool`], [`IPAMConfig`], [`IPAMBlock`], [`BlockAffinity`], [`IPAMHandle`], [`BGPConfiguration`],
 //!   [`BGPPeer`] and [`NodeStatus`]; network policy ([`policy`]): NetworkPolicy, GlobalNetworkPolicy, their
 //!   staged twins, NetworkSet, GlobalNetworkSet and Tier.
-//! - `policy.networking.k8s.io/v1alpha2`: ClusterNetworkPolicy ([`policy::cnp`]), installed when absent.
+//! - `policy.networking.k8s.io/v1beta1` (and `v1alpha2`): ClusterNetworkPolicy ([`policy::cnp`]), installed when absent.
 
 // `#[kube(printcolumn(...), printcolumn(...))]` repeats keys such as `type_` by design; clippy's
 // duplicated-attributes lint reads them as duplicates.

@@ -154,11 +154,14 @@ fn every_crd_generates_and_is_structural() {
         let json = serde_json::to_string(crd).unwrap();
         // Client-side `kubectl apply` stores the whole object in an annotation limited to 262144 bytes.
         assert!(json.len() < 262_144 / 2, "{} is {} bytes", crd.metadata.name.as_deref().unwrap(), json.len());
-        let version = &crd.spec.versions[0];
-        assert!(version.served && version.storage);
-        let schema =
-            serde_json::to_value(version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
-        assert_structural(&schema, "");
+        // Every version served, one stored (ClusterNetworkPolicy serves two with one schema).
+        assert!(crd.spec.versions.iter().all(|v| v.served));
+        assert_eq!(crd.spec.versions.iter().filter(|v| v.storage).count(), 1);
+        for version in &crd.spec.versions {
+            let schema =
+                serde_json::to_value(version.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
+            assert_structural(&schema, "");
+        }
         let namespaced = ["NetworkPolicy", "StagedNetworkPolicy", "NetworkSet"].contains(&crd.spec.names.kind.as_str());
         let scope = if namespaced { "Namespaced" } else { "Cluster" };
         assert_eq!(crd.spec.scope, scope, "{} should be {scope}", crd.spec.names.kind);

@@ -4,7 +4,7 @@
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
-use tabby_api::names::OPERATOR_FIELD_MANAGER;
+use tabby_api::names::{MANAGED_BY_LABEL, OPERATOR_FIELD_MANAGER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -151,6 +151,24 @@ pub async fn create_if_absent(client: &Client, object: &Value) -> Result<Outcome
         Ok(_) => Ok(Outcome::Created),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Unchanged),
         Err(source) => Err(ApplyError::Write { kind: target.resource.kind.clone(), name: target.name, source }),
+    }
+}
+
+/// Creates `object` when no object of its name exists, and applies it (as [`apply`]) while the live one
+/// carries the operator's managed-by label; an object someone else created is never changed.
+pub async fn create_or_update_own(client: &Client, object: &Value) -> Result<Outcome, ApplyError> {
+    let target = Target::of(object)?;
+    let live = target.api(client).get_metadata_opt(&target.name).await.map_err(|source| ApplyError::Read {
+        kind: target.resource.kind.clone(),
+        name: target.name.clone(),
+        source,
+    })?;
+    match live {
+        None => create_if_absent(client, object).await,
+        Some(m) if m.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(OPERATOR_FIELD_MANAGER) => {
+            apply(client, object).await
+        }
+        Some(_) => Ok(Outcome::Unchanged),
     }
 }
 

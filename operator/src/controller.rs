@@ -160,14 +160,25 @@ async fn converge(inst: &Installation, ctx: &Context) -> Result<Action, Error> {
     if invalid.is_empty() {
         let rendered =
             render::render(&effective, &Facts { default_image: ctx.settings.default_image.clone(), managed_pools });
-        for object in &rendered.create_if_absent {
-            match apply::create_if_absent(client, object).await {
-                Ok(Outcome::Created) => {
+        let first = rendered
+            .create_if_absent
+            .iter()
+            .map(|o| (o, false))
+            .chain(rendered.unless_foreign.iter().map(|o| (o, true)));
+        for (object, own) in first {
+            let outcome = if own {
+                apply::create_or_update_own(client, object).await
+            } else {
+                apply::create_if_absent(client, object).await
+            };
+            match outcome {
+                Ok(Outcome::Unchanged) => {}
+                Ok(outcome) => {
                     let target = apply::Target::of(object)?;
                     ctx.metrics.wrote(&target.resource.kind);
-                    written.push(format!("created {}", target.describe()));
+                    let verb = if outcome == Outcome::Created { "created" } else { "updated" };
+                    written.push(format!("{verb} {}", target.describe()));
                 }
-                Ok(_) => {}
                 Err(e) => observed.apply_error = Some(e.to_string()),
             }
         }

@@ -44,6 +44,10 @@ pub struct Rendered {
     /// Created when absent and never changed afterwards (the user owns them); before `objects`, so the
     /// agents find them when they start.
     pub create_if_absent: Vec<Value>,
+    /// Created when absent, and kept as rendered while the live object carries the operator's managed-by
+    /// label (the operator made it: an upgrade brings it up to date); one anyone else made is left alone.
+    /// Before `objects` too.
+    pub unless_foreign: Vec<Value>,
 }
 
 /// Renders the effective Installation `spec`.
@@ -57,13 +61,14 @@ pub fn render(spec: &InstallationSpec, facts: &Facts) -> Rendered {
     objects.push(daemonset(spec, facts, &conflist));
     Rendered {
         objects,
-        create_if_absent: vec![cluster_network_policy_crd(), singleton("IPAMConfig"), singleton("BGPConfiguration")],
+        create_if_absent: vec![singleton("IPAMConfig"), singleton("BGPConfiguration")],
+        unless_foreign: vec![cluster_network_policy_crd()],
     }
 }
 
-/// ClusterNetworkPolicy's CRD, created only when the cluster has none: it is the network-policy-api
-/// project's API, and a cluster that installed the project's own (newer, or experimental-channel) CRD
-/// keeps it. Shipping it in operator.yaml instead would make `kubectl apply -f operator.yaml` replace
+/// ClusterNetworkPolicy's CRD, created only when the cluster has none and updated only while it is the
+/// one the operator created: it is the network-policy-api project's API, and a cluster that installed the
+/// project's own (newer, or experimental-channel) CRD keeps it. Shipping it in operator.yaml instead would make `kubectl apply -f operator.yaml` replace
 /// that CRD with ours.
 fn cluster_network_policy_crd() -> Value {
     let mut crd = serde_json::to_value(tabby_api::crds::cluster_network_policy()).expect("CRDs serialize");

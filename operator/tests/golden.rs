@@ -13,7 +13,7 @@ fn check(case: &str, spec: serde_json::Value, facts: Facts) {
     // Agents start only once everything they read exists: the DaemonSet is applied last.
     assert_eq!(rendered.objects.last().map(|o| o["kind"].clone()), Some(json!("DaemonSet")), "{case}");
     let mut text = String::new();
-    for object in rendered.objects.iter().chain(&rendered.create_if_absent) {
+    for object in rendered.objects.iter().chain(&rendered.create_if_absent).chain(&rendered.unless_foreign) {
         text.push_str("---\n");
         if object["kind"] == "CustomResourceDefinition" {
             // Generated from the API types and checked in api/tests; here only that it is rendered.

@@ -98,8 +98,11 @@ pub fn operator_cluster_rules() -> Value {
 
 fn operator_own_rules() -> Value {
     json!([
-        // create: ClusterNetworkPolicy's CRD when the cluster has none (the network-policy-api project's).
+        // create: ClusterNetworkPolicy's CRD when the cluster has none (the network-policy-api project's);
+        // patch: that one only, while it is the one the operator created (an upgrade brings it up to date).
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch", "create"]},
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+         "resourceNames": ["clusternetworkpolicies.policy.networking.k8s.io"], "verbs": ["patch"]},
         {"apiGroups": ["operator.tabby.dev"], "resources": ["installations", "tabbystatuses"],
          "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
         {"apiGroups": ["operator.tabby.dev"], "resources": ["installations/status", "tabbystatuses/status"],

@@ -457,6 +457,7 @@ pub mod conditions {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter as EventReporter};
     use serde_json::json;
     use tabby_api::policy::CONDITION_VALID;
+    use tabby_api::policy::cnp;
     use tabby_api::policy::model::{Invalid, Kind};
 
     use tabby_api::policy::cluster::ObjectRef;
@@ -474,7 +475,7 @@ pub mod conditions {
             Kind::Global => ("tabby.dev", "v1", "GlobalNetworkPolicy", "globalnetworkpolicies"),
             Kind::StagedNamespaced => ("tabby.dev", "v1", "StagedNetworkPolicy", "stagednetworkpolicies"),
             Kind::StagedGlobal => ("tabby.dev", "v1", "StagedGlobalNetworkPolicy", "stagedglobalnetworkpolicies"),
-            Kind::Cluster => ("policy.networking.k8s.io", "v1alpha2", "ClusterNetworkPolicy", "clusternetworkpolicies"),
+            Kind::Cluster => (cnp::GROUP, cnp::VERSION, "ClusterNetworkPolicy", "clusternetworkpolicies"),
             Kind::Kubernetes => ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
         };
         Some((ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), plural), k))

@@ -1,6 +1,7 @@
-//! `ClusterNetworkPolicy` (`policy.networking.k8s.io/v1alpha2`), the network-policy-api project's
-//! successor of AdminNetworkPolicy and BaselineAdminNetworkPolicy, with the field names of its v0.3.0
-//! CRD (experimental channel: `nodes` and `domainNames` peers included, so the object round-trips).
+//! `ClusterNetworkPolicy` (`policy.networking.k8s.io/v1beta1`, also served as `v1alpha2`), the
+//! network-policy-api project's successor of AdminNetworkPolicy and BaselineAdminNetworkPolicy, with the
+//! field names of its v0.3.0 CRD (experimental channel: `nodes` and `domainNames` peers included, so the
+//! object round-trips).
 //!
 //! The operator installs this CRD only when the cluster has none (a cluster that installed the
 //! project's own CRD keeps it). Evaluation: the Admin tier before Kubernetes NetworkPolicy, the
@@ -15,12 +16,16 @@ use crate::condition::Condition;
 
 /// The API group of ClusterNetworkPolicy.
 pub const GROUP: &str = "policy.networking.k8s.io";
+/// The version Tabby reads and the CRD stores (network-policy-api v0.3.0's).
+pub const VERSION: &str = "v1beta1";
+/// The earlier version the CRD serves too (same schema, no conversion), as the project's own CRD does.
+pub const SERVED_ALSO: &str = "v1alpha2";
 
 /// Cluster-wide policy of the Admin or the Baseline tier.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "policy.networking.k8s.io",
-    version = "v1alpha2",
+    version = "v1beta1",
     kind = "ClusterNetworkPolicy",
     plural = "clusternetworkpolicies",
     shortname = "cnp",

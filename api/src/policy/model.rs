@@ -210,7 +210,7 @@ pub enum Kind {
     Global,
     StagedNamespaced,
     StagedGlobal,
-    /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy.
+    /// policy.networking.k8s.io ClusterNetworkPolicy.
     Cluster,
 }
 
