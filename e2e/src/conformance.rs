@@ -114,29 +114,28 @@ pub fn parse_go_test(output: &str) -> Vec<Spec> {
 /// On a kernel without SCTP: the failed tests of `go test -v` output (the network-policy-api suite's) that
 /// stopped at an SCTP probe become skips saying so. A test stops at its first failed probe, so the probes
 /// before it passed and none after it ran; a test that failed at any other probe stays failed. The probe is
-/// the last `Command was [...]` line the test logged (streamed under its `=== RUN`, or under its `--- FAIL`).
+/// the last `Command was [...]` line the test logged (streamed under its `=== RUN` or `=== NAME`, or under
+/// its `--- FAIL`).
 pub fn sctp_stops(output: &str, specs: &mut [Spec]) {
-    let lines: Vec<&str> = output.lines().collect();
-    let block = |start: &str| -> Vec<&str> {
-        let mut out = Vec::new();
-        for (i, l) in lines.iter().enumerate() {
-            if l.trim_start().starts_with(start) {
-                out.extend(lines[i + 1..].iter().take_while(|l| {
-                    let t = l.trim_start();
-                    !t.starts_with("=== ") && !t.starts_with("--- ") && !l.starts_with("PASS") && !l.starts_with("FAIL")
-                }));
-            }
+    // Each test's last probe, in the order the lines came: a header names the test whose lines follow.
+    let mut last: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut current: Option<&str> = None;
+    for line in output.lines() {
+        let t = line.trim_start();
+        if let Some(name) = ["=== RUN   ", "=== NAME  ", "=== CONT  "].iter().find_map(|h| t.strip_prefix(h)) {
+            current = Some(name.trim_end());
+        } else if let Some(rest) = ["--- FAIL: ", "--- PASS: ", "--- SKIP: "].iter().find_map(|h| t.strip_prefix(h)) {
+            current = rest.rsplit_once(" (").map(|(name, _)| name);
+        } else if t.contains("Command was")
+            && let Some(name) = current
+        {
+            last.insert(name, t);
         }
-        out
-    };
+    }
     for spec in specs.iter_mut() {
-        if !matches!(spec.outcome, Outcome::Failed(_)) {
-            continue;
-        }
-        let mut logged = block(&format!("=== RUN   {}", spec.name));
-        logged.extend(block(&format!("--- FAIL: {} (", spec.name)));
-        let last = logged.iter().rev().find(|l| l.contains("Command was"));
-        if last.is_some_and(|l| l.contains("--protocol=sctp")) {
+        if matches!(spec.outcome, Outcome::Failed(_))
+            && last.get(spec.name.as_str()).is_some_and(|l| l.contains("--protocol=sctp"))
+        {
             spec.outcome = Outcome::Skipped(
                 "stopped at an SCTP probe, which this kernel cannot carry (no SCTP: EPROTONOSUPPORT); its probes \
                  before that one passed"
@@ -342,7 +341,13 @@ FAIL
         let out = "=== RUN   TestConformance/Gress/Should_allow
     helper.go:100: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.0.0.1:80]
     helper.go:100: FAILED Command was [/agnhost connect --timeout=3s --protocol=sctp 10.0.0.1:9003]
+=== NAME  TestConformance
+    helper.go:111: FAILED Command was [/agnhost connect --timeout=3s --protocol=sctp 10.0.0.1:9003]
+=== NAME  TestConformance/Gress/Should_allow
     helper.go:74: Error: Should be true
+=== RUN   TestConformance/Gress/Should_allow_at_port
+    helper.go:100: FAILED Command was [/agnhost connect --timeout=3s --protocol=sctp 10.0.0.1:9003]
+    helper.go:100: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.0.0.1:80]
 === RUN   TestConformance/Gress/Should_deny
     helper.go:107: FAILED Command was [/agnhost connect --timeout=3s --protocol=udp 10.0.0.1:53]
     helper.go:108: Expected connection to fail, but instead it successfully connected.
@@ -350,6 +355,7 @@ FAIL
 --- FAIL: TestConformance (45.02s)
     --- FAIL: TestConformance/Gress (40.10s)
         --- FAIL: TestConformance/Gress/Should_allow (10.00s)
+        --- FAIL: TestConformance/Gress/Should_allow_at_port (10.00s)
         --- FAIL: TestConformance/Gress/Should_deny (10.00s)
         --- PASS: TestConformance/Gress/Should_pass (1.00s)
 FAIL
@@ -357,8 +363,9 @@ FAIL
         let mut specs = parse_go_test(out);
         sctp_stops(out, &mut specs);
         assert!(matches!(&specs[0].outcome, Outcome::Skipped(m) if m.contains("SCTP")), "{:?}", specs[0]);
-        assert!(matches!(specs[1].outcome, Outcome::Failed(_)), "a UDP probe's failure stays: {:?}", specs[1]);
-        assert_eq!(specs[2].outcome, Outcome::Passed);
+        assert!(matches!(specs[1].outcome, Outcome::Failed(_)), "its last probe was TCP: {:?}", specs[1]);
+        assert!(matches!(specs[2].outcome, Outcome::Failed(_)), "a UDP probe's failure stays: {:?}", specs[2]);
+        assert_eq!(specs[3].outcome, Outcome::Passed);
     }
 
     #[test]
