@@ -84,7 +84,8 @@ pub struct Subject {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespacedPod {
-    /// The namespaces (empty: every namespace).
+    /// The namespaces (empty or left out: every namespace).
+    #[serde(default)]
     pub namespace_selector: LabelSelector,
     /// The pods in them (empty: every pod).
     pub pod_selector: LabelSelector,

@@ -258,6 +258,11 @@ fn cluster_network_policy_tiers_around_kubernetes_policy() {
                    {"action": "Deny", "to": [{"networks": ["203.0.113.0/24"]}]},
                    {"action": "Deny", "to": [{"nodes": {"matchLabels": {"zone": "z1"}}}]}]}}));
     check(vec![eg], &[(XA, OUT, TCP, 80, false), (XB, OUT, TCP, 80, true), (XA, "192.168.1.1", TCP, 22, false)]);
+    // `pods` without a namespaceSelector (optional in v0.3.0): pods of every namespace, subject and peer.
+    let anywhere = cnp(json!({"metadata": {"name": "p"}, "spec": {"tier": "Admin", "priority": 6,
+        "subject": {"pods": {"podSelector": {"matchLabels": {"pod": "a"}}}},
+        "egress": [{"action": "Deny", "to": [{"pods": {"podSelector": {"matchLabels": {"pod": "b"}}}}]}]}}));
+    check(vec![anywhere], &[(XA, XB, TCP, 80, false), (YA, XB, TCP, 80, false), (XB, XA, TCP, 80, true)]);
 }
 
 #[test]
