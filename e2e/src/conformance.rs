@@ -112,11 +112,11 @@ pub fn parse_go_test(output: &str) -> Vec<Spec> {
 }
 
 /// On a kernel without SCTP: the failed tests of `go test -v` output (the network-policy-api suite's) that
-/// stopped at an SCTP probe become skips saying so. A test stops at its first failed probe, so the probes
-/// before it passed and none after it ran; a test that failed at any other probe stays failed. The probe is
-/// the last `Command was [...]` line the test logged (streamed under its `=== RUN` or `=== NAME`, or under
-/// its `--- FAIL`).
-pub fn sctp_stops(output: &str, specs: &mut [Spec]) {
+/// stopped at an SCTP probe become skips saying so; returns how many. A test stops at its first failed
+/// probe, so the probes before it passed and none after it ran; a test that failed at any other probe stays
+/// failed. The probe is the last `Command was [...]` line the test logged (streamed under its `=== RUN` or
+/// `=== NAME`, or under its `--- FAIL`).
+pub fn sctp_stops(output: &str, specs: &mut [Spec]) -> usize {
     // Each test's last probe, in the order the lines came: a header names the test whose lines follow.
     let mut last: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
     let mut current: Option<&str> = None;
@@ -132,10 +132,12 @@ pub fn sctp_stops(output: &str, specs: &mut [Spec]) {
             last.insert(name, t);
         }
     }
+    let mut stopped = 0;
     for spec in specs.iter_mut() {
         if matches!(spec.outcome, Outcome::Failed(_))
             && last.get(spec.name.as_str()).is_some_and(|l| l.contains("--protocol=sctp"))
         {
+            stopped += 1;
             spec.outcome = Outcome::Skipped(
                 "stopped at an SCTP probe, which this kernel cannot carry (no SCTP: EPROTONOSUPPORT); its probes \
                  before that one passed"
@@ -143,6 +145,7 @@ pub fn sctp_stops(output: &str, specs: &mut [Spec]) {
             );
         }
     }
+    stopped
 }
 
 fn attribute(head: &str, name: &str) -> Option<String> {
@@ -361,7 +364,7 @@ FAIL
 FAIL
 ";
         let mut specs = parse_go_test(out);
-        sctp_stops(out, &mut specs);
+        assert_eq!(sctp_stops(out, &mut specs), 1);
         assert!(matches!(&specs[0].outcome, Outcome::Skipped(m) if m.contains("SCTP")), "{:?}", specs[0]);
         assert!(matches!(specs[1].outcome, Outcome::Failed(_)), "its last probe was TCP: {:?}", specs[1]);
         assert!(matches!(specs[2].outcome, Outcome::Failed(_)), "a UDP probe's failure stays: {:?}", specs[2]);
