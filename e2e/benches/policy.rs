@@ -686,6 +686,26 @@ fn last_heap(log: &str) -> Option<(f64, f64)> {
         .find_map(|v| Some((v["in_use_mib"].as_f64()?, v["free_mib"].as_f64()?)))
 }
 
+/// The agent's `heap` line with the most in use over its whole log: (in use, free inside the heap) MiB and
+/// the log line just before it (what the agent had been doing).
+fn most_heap(log: &str) -> Option<(f64, f64, String)> {
+    let mut before = String::new();
+    let mut best: Option<(f64, f64, String)> = None;
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        if v["message"] == "heap" {
+            if let (Some(u), Some(f)) = (v["in_use_mib"].as_f64(), v["free_mib"].as_f64())
+                && best.as_ref().is_none_or(|b| u + f > b.0 + b.1)
+            {
+                best = Some((u, f, before.clone()));
+            }
+        } else {
+            before = format!("{} {}", v["timestamp"].as_str().unwrap_or(""), v["message"].as_str().unwrap_or(""));
+        }
+    }
+    best
+}
+
 /// The agent's log on lab node `node`.
 async fn agent_log(client: &kube::Client, node: usize) -> Result<String, String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "tabby-system");
@@ -839,6 +859,8 @@ struct Results {
     parts: Vec<Option<(u64, u64, u64)>>,
     /// Tabby: the heap as the agent last reported it (in use, free inside it), MiB per node.
     heap: Vec<Option<(f64, f64)>>,
+    /// The largest heap (in use + free) each agent reported, and what it logged just before.
+    most_heap: Vec<Option<(f64, f64, String)>>,
     /// Start → first complete program with every object listed (kube-router: its first sync; Tabby: the
     /// agent's first network pass), per node.
     first: Vec<Duration>,
@@ -1108,6 +1130,7 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
             let log = agent_log(&ctx.client, i).await?;
             r.slow_passes.extend(slow_passes(&log).into_iter().map(|(ms, p)| (i, ms, p)));
             r.heap.push(last_heap(&log));
+            r.most_heap.push(most_heap(&log));
             r.parts.push(resident_parts(state, i, comm));
         }
     }
@@ -1410,6 +1433,13 @@ fn print_table(k: &Knobs, tb: &Results, kr: &Results, floor: &[Duration], made: 
     {
         println!(
             "| Tabby's heap on that node, as the agent last reported it: in use / free inside it | {used:.1} / {free:.1} MiB | — | — | — |"
+        );
+    }
+    if let Some(i) = tb.rss.iter().enumerate().max_by_key(|(_, (_, peak))| *peak).map(|(i, _)| i)
+        && let Some(Some((used, free, before))) = tb.most_heap.get(i)
+    {
+        println!(
+            "| Tabby's largest heap on the node of the peak RSS (its heap lines): in use / free inside it | {used:.1} / {free:.1} MiB (after: {before}) | — | — | — |"
         );
     }
     if let Some(i) = tb.rss.iter().enumerate().max_by_key(|(_, (rss, _))| *rss).map(|(i, _)| i)
