@@ -18,20 +18,19 @@ use tabby_api::policy::model::{self, Cluster, Endpoint, compile};
 use tabby_testkit::netns::Netns;
 use tabby_testkit::skip::require_root;
 
-/// Counts the bytes allocated now and at most since the last [`peak_reset`]: what a pass holds at its
-/// height, which the RSS after a trim does not show.
+/// Counts the bytes allocated, less those freed, while [`ON`] (only around the pass it measures, so the
+/// bench's timings elsewhere pay one relaxed load per allocation), and the most since [`peak_reset`]: what a
+/// pass holds at its height, which the RSS after a trim does not show.
 struct Counting;
-static NOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static NOW: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+static PEAK: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
 
 fn counted(delta: isize) {
     use std::sync::atomic::Ordering::Relaxed;
-    let now = if delta >= 0 {
-        NOW.fetch_add(delta as usize, Relaxed) + delta as usize
-    } else {
-        NOW.fetch_sub(delta.unsigned_abs(), Relaxed) - delta.unsigned_abs()
-    };
-    PEAK.fetch_max(now, Relaxed);
+    if ON.load(Relaxed) {
+        PEAK.fetch_max(NOW.fetch_add(delta, Relaxed) + delta, Relaxed);
+    }
 }
 
 // SAFETY: every call goes to the system allocator with the caller's layout; only counters are added.
@@ -53,16 +52,19 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Bytes allocated now (MiB), and resets the peak to it.
+/// Starts counting (or goes on), and resets the peak to the bytes counted now (MiB).
 fn peak_reset() -> f64 {
-    let now = NOW.load(std::sync::atomic::Ordering::Relaxed);
-    PEAK.store(now, std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::Ordering::Relaxed;
+    ON.store(true, Relaxed);
+    let now = NOW.load(Relaxed);
+    PEAK.store(now, Relaxed);
     now as f64 / 1048576.0
 }
 
-/// The peak since [`peak_reset`] (MiB).
-fn peak() -> f64 {
-    PEAK.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0
+/// The bytes counted now and the peak since [`peak_reset`] (MiB).
+fn counts() -> (f64, f64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (NOW.load(Relaxed) as f64 / 1048576.0, PEAK.load(Relaxed) as f64 / 1048576.0)
 }
 
 fn cluster(policies: usize, pods: usize, nodes: usize) -> Cluster {
@@ -429,12 +431,14 @@ fn pass_breakdown() {
         let t = Instant::now();
         let w = p.desired(&s, &local);
         println!("agent pass, first: {:?}", t.elapsed());
-        let desired = (NOW.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0 - base, peak() - base);
+        let (now, height) = counts();
+        let desired = (now - base, height - base);
         let mut n = Nft::new(Box::new(NoKernel));
         let staged = peak_reset();
         n.stage(w.rendered.section());
         n.commit().unwrap();
-        let commit = peak() - staged;
+        let commit = counts().1 - staged;
+        ON.store(false, std::sync::atomic::Ordering::Relaxed);
         drop(w);
         println!(
             "memory: the first full pass allocates at its height {:.1} MiB over what it started with (desired: \
