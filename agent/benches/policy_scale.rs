@@ -395,12 +395,29 @@ fn pass_breakdown() {
     let keep = snap.clone();
     {
         let before = trim();
+        // What each part holds at its height over what it keeps (the counting allocator).
+        let height = |f: &mut dyn FnMut()| {
+            let base = peak_reset();
+            f();
+            let (now, top) = counts();
+            ON.store(false, std::sync::atomic::Ordering::Relaxed);
+            top - now.max(base)
+        };
         let mut c2 = tabby_api::policy::cluster::EndpointCache::default();
-        let built = tabby_api::policy::cluster::build_with(&tabby_agent::policy::objects(&snap), &[], &mut c2);
+        let mut built = None;
+        let b = height(&mut || {
+            built = Some(tabby_api::policy::cluster::build_with(&tabby_agent::policy::objects(&snap), &[], &mut c2))
+        });
+        let built = built.unwrap();
         let m1 = trim();
-        let rs = compile(&built.cluster, |e| e.node == "node-0");
+        let mut rs = None;
+        let cm = height(&mut || rs = Some(compile(&built.cluster, |e| e.node == "node-0")));
+        let rs = rs.unwrap();
         let m2 = trim();
-        let r = render(&rs, &ifaces(&built.cluster));
+        let mut r = None;
+        let rn = height(&mut || r = Some(render(&rs, &ifaces(&built.cluster))));
+        let r = r.unwrap();
+        println!("memory: short-lived at each part's height: build {b:.1} MiB, compile {cm:.1}, render {rn:.1}");
         let m3 = trim();
         let known = tabby_agent::kernel::nft::after(None, [&r.section()]);
         let m4 = trim();
