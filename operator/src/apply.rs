@@ -52,6 +52,14 @@ impl Target {
     pub fn describe(&self) -> String {
         format!("{} {}", self.resource.kind, self.name)
     }
+
+    fn read_error(&self, source: kube::Error) -> ApplyError {
+        ApplyError::Read { kind: self.resource.kind.clone(), name: self.name.clone(), source }
+    }
+
+    fn write_error(&self, source: kube::Error) -> ApplyError {
+        ApplyError::Write { kind: self.resource.kind.clone(), name: self.name.clone(), source }
+    }
 }
 
 /// Plural resource names of the kinds the operator writes.
@@ -110,23 +118,25 @@ pub async fn apply(client: &Client, desired: &Value) -> Result<Outcome, ApplyErr
     normalize(&mut desired);
     let target = Target::of(&desired)?;
     let api = target.api(client);
-    let live = api.get_opt(&target.name).await.map_err(|source| ApplyError::Read {
-        kind: target.resource.kind.clone(),
-        name: target.name.clone(),
-        source,
-    })?;
-    if let Some(live) = &live {
+    let live = api.get_opt(&target.name).await.map_err(|e| target.read_error(e))?;
+    apply_over(&api, &target, &desired, live.as_ref()).await
+}
+
+/// [`apply`] with the live object already read (`None`: there is none); `desired` normalized.
+async fn apply_over(
+    api: &Api<DynamicObject>,
+    target: &Target,
+    desired: &Value,
+    live: Option<&DynamicObject>,
+) -> Result<Outcome, ApplyError> {
+    if let Some(live) = live {
         let live = serde_json::to_value(live).expect("objects serialize");
-        if is_subset(&desired, &live) {
+        if is_subset(desired, &live) {
             return Ok(Outcome::Unchanged);
         }
     }
     let params = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
-    api.patch(&target.name, &params, &Patch::Apply(&desired)).await.map_err(|source| ApplyError::Write {
-        kind: target.resource.kind.clone(),
-        name: target.name.clone(),
-        source,
-    })?;
+    api.patch(&target.name, &params, &Patch::Apply(desired)).await.map_err(|e| target.write_error(e))?;
     Ok(if live.is_some() { Outcome::Updated } else { Outcome::Created })
 }
 
@@ -134,14 +144,14 @@ pub async fn apply(client: &Client, desired: &Value) -> Result<Outcome, ApplyErr
 pub async fn create_if_absent(client: &Client, object: &Value) -> Result<Outcome, ApplyError> {
     let target = Target::of(object)?;
     let api = target.api(client);
-    let exists = api
-        .get_metadata_opt(&target.name)
-        .await
-        .map_err(|source| ApplyError::Read { kind: target.resource.kind.clone(), name: target.name.clone(), source })?
-        .is_some();
-    if exists {
+    if api.get_metadata_opt(&target.name).await.map_err(|e| target.read_error(e))?.is_some() {
         return Ok(Outcome::Unchanged);
     }
+    create(&api, &target, object).await
+}
+
+/// Creates `object`; one that another writer created first is left as it is.
+async fn create(api: &Api<DynamicObject>, target: &Target, object: &Value) -> Result<Outcome, ApplyError> {
     let obj: DynamicObject = serde_json::from_value(object.clone())
         .map_err(|_| ApplyError::Malformed { kind: target.resource.kind.clone(), name: target.name.clone() })?;
     match api
@@ -150,23 +160,22 @@ pub async fn create_if_absent(client: &Client, object: &Value) -> Result<Outcome
     {
         Ok(_) => Ok(Outcome::Created),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Unchanged),
-        Err(source) => Err(ApplyError::Write { kind: target.resource.kind.clone(), name: target.name, source }),
+        Err(source) => Err(target.write_error(source)),
     }
 }
 
 /// Creates `object` when no object of its name exists, and applies it (as [`apply`]) while the live one
-/// carries the operator's managed-by label; an object someone else created is never changed.
+/// carries the operator's managed-by label; an object someone else created is never changed. The live
+/// object is read once.
 pub async fn create_or_update_own(client: &Client, object: &Value) -> Result<Outcome, ApplyError> {
-    let target = Target::of(object)?;
-    let live = target.api(client).get_metadata_opt(&target.name).await.map_err(|source| ApplyError::Read {
-        kind: target.resource.kind.clone(),
-        name: target.name.clone(),
-        source,
-    })?;
-    match live {
-        None => create_if_absent(client, object).await,
-        Some(m) if m.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(OPERATOR_FIELD_MANAGER) => {
-            apply(client, object).await
+    let mut desired = object.clone();
+    normalize(&mut desired);
+    let target = Target::of(&desired)?;
+    let api = target.api(client);
+    match api.get_opt(&target.name).await.map_err(|e| target.read_error(e))? {
+        None => create(&api, &target, object).await,
+        Some(live) if live.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(OPERATOR_FIELD_MANAGER) => {
+            apply_over(&api, &target, &desired, Some(&live)).await
         }
         Some(_) => Ok(Outcome::Unchanged),
     }
@@ -178,18 +187,14 @@ pub async fn delete(client: &Client, object: &Value) -> Result<bool, ApplyError>
     match target.api(client).delete(&target.name, &DeleteParams::background()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(source) => Err(ApplyError::Write { kind: target.resource.kind.clone(), name: target.name, source }),
+        Err(source) => Err(target.write_error(source)),
     }
 }
 
 /// True when the object `object` names exists.
 pub async fn exists(client: &Client, object: &Value) -> Result<bool, ApplyError> {
     let target = Target::of(object)?;
-    let found = target.api(client).get_metadata_opt(&target.name).await.map_err(|source| ApplyError::Read {
-        kind: target.resource.kind.clone(),
-        name: target.name.clone(),
-        source,
-    })?;
+    let found = target.api(client).get_metadata_opt(&target.name).await.map_err(|e| target.read_error(e))?;
     Ok(found.is_some_and(|m| m.metadata.deletion_timestamp.is_none() || !m.finalizers().is_empty()))
 }
 

@@ -68,8 +68,8 @@ pub fn render(spec: &InstallationSpec, facts: &Facts) -> Rendered {
 
 /// ClusterNetworkPolicy's CRD, created only when the cluster has none and updated only while it is the
 /// one the operator created: it is the network-policy-api project's API, and a cluster that installed the
-/// project's own (newer, or experimental-channel) CRD keeps it. Shipping it in operator.yaml instead would make `kubectl apply -f operator.yaml` replace
-/// that CRD with ours.
+/// project's own (newer, or experimental-channel) CRD keeps it. Shipping it in operator.yaml instead would
+/// make `kubectl apply -f operator.yaml` replace that CRD with ours.
 fn cluster_network_policy_crd() -> Value {
     let mut crd = serde_json::to_value(tabby_api::crds::cluster_network_policy()).expect("CRDs serialize");
     crd["metadata"]["labels"] = labels("clusternetworkpolicies");
