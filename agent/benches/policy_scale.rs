@@ -67,6 +67,17 @@ fn counts() -> (f64, f64) {
     (NOW.load(Relaxed) as f64 / 1048576.0, PEAK.load(Relaxed) as f64 / 1048576.0)
 }
 
+/// Kubernetes NetworkPolicy `name` of namespace `bench`: pods labelled `app` take `port` from role
+/// client-0 only.
+fn client_0_to(name: &str, app: &str, port: u16) -> model::Policy {
+    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "bench"},
+        "spec": {"podSelector": {"matchLabels": {"app": app}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client-0"}}}], "ports": [{"port": port}]}]}}))
+    .unwrap();
+    model::from_kubernetes(&np).unwrap()
+}
+
 fn cluster(policies: usize, pods: usize, nodes: usize) -> Cluster {
     let mut c = Cluster { tiers: model::builtin_tiers(), ..Cluster::default() };
     for i in 0..pods {
@@ -234,12 +245,7 @@ fn one_change_at_scale() {
     println!("  then one remote label change: compile + render {:?}", t.elapsed());
     // A policy created there (it selects the shared pod, so it joins that pod's tier of 1,000).
     let mut created = shared.clone();
-    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
-        "metadata": {"name": "np-5000", "namespace": "bench"},
-        "spec": {"podSelector": {"matchLabels": {"app": "shared"}},
-                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client-0"}}}], "ports": [{"port": 8443}]}]}}))
-    .unwrap();
-    created.policies.push(model::from_kubernetes(&np).unwrap());
+    created.policies.push(client_0_to("np-5000", "shared", 8443));
     let big3 = rendered(&created);
     let (big, big2) = (rs, rendered(&again));
     let result = ns.run(move || {
@@ -313,12 +319,7 @@ fn one_change_at_scale() {
 
         // One policy edited: its chain only.
         let mut edited = relabelled.clone();
-        let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
-            "metadata": {"name": "np-0", "namespace": "bench"},
-            "spec": {"podSelector": {"matchLabels": {"app": "app-0"}},
-                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client-0"}}}], "ports": [{"port": 8080}]}]}}))
-        .unwrap();
-        edited.policies[0] = model::from_kubernetes(&np).unwrap();
+        edited.policies[0] = client_0_to("np-0", "app-0", 8080);
         let t = Instant::now();
         let r3 = rendered(&edited);
         let compute = t.elapsed();
