@@ -131,6 +131,14 @@ impl Controller {
             Controller::Tabby => "tb",
         }
     }
+
+    /// The controller's process name on a node.
+    fn comm(self) -> &'static str {
+        match self {
+            Controller::KubeRouter => "kube-router",
+            Controller::Tabby => "tabby-agent",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -864,6 +872,17 @@ struct Results {
     /// Start → first complete program with every object listed (kube-router: its first sync; Tabby: the
     /// agent's first network pass), per node.
     first: Vec<Duration>,
+    /// The largest peak RSS (KiB) of the 3 nodes after each step of the phase: where the peak was reached.
+    peaks: Vec<(&'static str, u64)>,
+}
+
+impl Results {
+    /// Notes the controller's largest peak RSS over the nodes now, after `step`.
+    fn peak_after(&mut self, step: &'static str, state: &Path, nodes: usize, c: Controller) {
+        if let Some(p) = (0..nodes).filter_map(|i| rss(state, i, c.comm())).map(|(_, hwm)| hwm).max() {
+            self.peaks.push((step, p));
+        }
+    }
 }
 
 struct Ctx {
@@ -969,6 +988,7 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
             .collect()
     };
     steady(&ring(&cli)?, true).await?;
+    r.peak_after("the phase's pods", state, n, c);
 
     // Throughput: no policy on the pair, then 1,000 (+ the client's allow) on the server; the refused pod's
     // probe says when they are in.
@@ -999,6 +1019,7 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
         r.tput_with.push(blocking(move || iperf(&st, &cl, server_ip, secs)).await?);
     }
     drop(other);
+    r.peak_after("throughput (relabels into 1,000)", state, n, c);
 
     // Policy created → enforced on every node: a default deny, then the allow.
     println!("==> {}: {} rounds of default-deny then allow in namespace {PROBE_NS}", c.name(), k.rounds);
@@ -1018,6 +1039,8 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
         delete_probe_policies(&nps).await?;
         settle(c, state, n, at).await?;
     }
+
+    r.peak_after("policy rounds", state, n, c);
 
     // Each policy's programming on its slowest node (every node enforces a probe policy).
     let mut applies = Vec::with_capacity(n);
@@ -1075,6 +1098,8 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
         }
     }
 
+    r.peak_after("label changes", state, n, c);
+
     // Pod created → Ready with its policy enforced.
     println!("==> {}: {} new servers under the two policies", c.name(), k.new_pods);
     for j in 0..k.new_pods {
@@ -1117,11 +1142,10 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
         settle(c, state, n, at).await?;
     }
 
+    r.peak_after("new pods", state, n, c);
+
     // Memory, with everything in place.
-    let comm = match c {
-        Controller::KubeRouter => "kube-router",
-        Controller::Tabby => "tabby-agent",
-    };
+    let comm = c.comm();
     for i in 0..n {
         r.rss.push(rss(state, i, comm).ok_or(format!("no {comm} process on node-{i}"))?);
     }
@@ -1208,6 +1232,7 @@ async fn kube_router_phase(ctx: &Ctx, bin: &Path, r: &mut Results) -> Result<(),
             };
             r.first.push(first);
         }
+        r.peak_after("start (first full program)", &ctx.state, ctx.nodes, Controller::KubeRouter);
         phase(ctx, Controller::KubeRouter, r).await
     }
     .await;
@@ -1260,6 +1285,7 @@ async fn tabby_phase(ctx: &Ctx, r: &mut Results) -> Result<(), String> {
         let ns = (pass.as_nanosecond() - start.as_nanosecond()).max(0);
         r.first.push(Duration::from_nanos(u64::try_from(ns).unwrap_or_default()));
     }
+    r.peak_after("start (first full program)", &ctx.state, nodes, Controller::Tabby);
     phase(ctx, Controller::Tabby, r).await
 }
 
@@ -1428,6 +1454,13 @@ fn print_table(k: &Knobs, tb: &Results, kr: &Results, floor: &[Duration], made: 
         show(max_rss(kr), max_hwm(kr)),
         ratio(max_rss(tb).map(|v| v as f64), max_rss(kr).map(|v| v as f64))
     );
+    // Where each controller's peak was reached: its largest peak over the nodes after each step.
+    for (name, r) in [("Tabby", tb), ("kube-router", kr)] {
+        if !r.peaks.is_empty() {
+            let steps: Vec<String> = r.peaks.iter().map(|(s, p)| format!("{s} {:.1}", mib(*p))).collect();
+            println!("| {name}'s peak RSS after each step, MiB | {} | — | — | — |", steps.join(" → "));
+        }
+    }
     if let Some(i) = tb.rss.iter().enumerate().max_by_key(|(_, (rss, _))| *rss).map(|(i, _)| i)
         && let Some(Some((used, free))) = tb.heap.get(i)
     {
