@@ -301,7 +301,8 @@ fn one_change_at_scale() {
         let t = Instant::now();
         let r2 = rendered(&relabelled);
         let compute = t.elapsed();
-        let batch = plan(Some(&tabby_agent::kernel::nft::after(None, &[r.section()])), &[r2.section()]);
+        let (before, after) = (tabby_agent::kernel::nft::after(None, &[r.section()]), [r2.section()]);
+        let batch = plan(Some(&before), &after);
         assert!(
             !batch.is_empty()
                 && batch.0.iter().all(|ch| matches!(ch, Change::AddElements(..) | Change::DeleteElements(..))),
@@ -340,8 +341,9 @@ impl tabby_agent::kernel::nft::Exec for NoKernel {
     fn list(&mut self) -> Result<Option<String>, tabby_agent::kernel::nft::NftError> {
         Ok(None)
     }
-    fn run(&mut self, _: &str) -> Result<(), tabby_agent::kernel::nft::NftError> {
-        Ok(())
+    fn run(&mut self, b: &tabby_agent::kernel::nft::Batch<'_>) -> Result<(), tabby_agent::kernel::nft::NftError> {
+        // Written out as to `nft`, into nothing: the text's cost counts.
+        b.write_to(&mut std::io::sink()).map_err(|e| tabby_agent::kernel::nft::NftError::Spawn(e.to_string()))
     }
     fn delete_table(&mut self) -> Result<bool, tabby_agent::kernel::nft::NftError> {
         Ok(true)
@@ -516,6 +518,25 @@ fn pass_breakdown() {
             // lands in, one chunk per level above, the tier chain and the endpoint chains it applies to.
             assert!(what != "edited" || changes <= 3, "an edit is its chain: {changes} changes");
             assert!(changes < 200, "a policy {what} is its chunks, not the tier: {changes} changes");
+        }
+        // A pod of this node relabelled: a full compile, with the last one (and the writer's state) in
+        // place; what it holds at its height over what the agent held before it (the counting allocator).
+        for round in 0..2 {
+            s.pods[100] = pod(100, format!("client-{}", 5 + round), "app-100".into());
+            let base = peak_reset();
+            let w = p.desired(&s, &local);
+            let desired = counts().1 - base;
+            n.stage(w.rendered.section());
+            drop(w);
+            let changes = n.commit().unwrap();
+            let (now, top) = counts();
+            ON.store(false, std::sync::atomic::Ordering::Relaxed);
+            println!(
+                "memory: a full pass with the last in place ({changes} changes): at its height {:.1} MiB over what \
+                 the agent held before it (desired {desired:.1}), {:+.1} after it",
+                top - base,
+                now - base
+            );
         }
     }
     for round in 0..5 {

@@ -25,7 +25,6 @@
 //! only when something changed or a resync is due, and there is no maintained Rust crate for the netlink
 //! encoding of nftables expressions; so the CLI stays.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -112,12 +111,14 @@ pub struct Chain {
     pub rules: Vec<String>,
 }
 
-/// What one owner wants in the table, and which names it owns (to delete what it no longer wants).
+/// What one owner wants in the table, and which names it owns (to delete what it no longer wants). Its
+/// chains are shared with whoever rendered them (the writer keeps the section it last committed: a copy
+/// of every rule there would double the largest part of policy's memory).
 #[derive(Debug, Clone)]
 pub struct Section {
     pub owner: &'static str,
     pub sets: Vec<Set>,
-    pub chains: Vec<Chain>,
+    pub chains: Vec<Arc<Chain>>,
     /// Whether an object of the table with this name is this owner's.
     pub owns: fn(&str) -> bool,
 }
@@ -144,12 +145,12 @@ impl CurrentSet {
     }
 }
 
-/// A chain as the kernel holds it: its hook and the hash comments of its rules, in order (`None` for a
-/// rule without one).
+/// A chain as the kernel holds it: its hook and, in order, the hash each rule's comment carries ([`rule_tag`];
+/// `None` for a rule without one): what tells a rule the writer wrote from any other, at 8 bytes a rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CurrentChain {
     pub hook: Option<Hook>,
-    pub rules: Vec<Option<String>>,
+    pub rules: Vec<Option<u64>>,
 }
 
 /// What `nft -j list table inet tabby` shows.
@@ -199,7 +200,7 @@ pub fn parse(json: &str) -> Result<Current, NftError> {
             });
             cur.chains.entry(c.name.into_owned()).or_default().hook = hook;
         } else if let Some(r) = o.rule {
-            let tag = r.comment.map(Cow::into_owned);
+            let tag = r.comment.as_deref().and_then(tag_hash);
             match cur.chains.get_mut(&*r.chain) {
                 Some(chain) => chain.rules.push(tag),
                 None => {
@@ -211,77 +212,101 @@ pub fn parse(json: &str) -> Result<Current, NftError> {
     Ok(cur)
 }
 
-/// One change of a batch.
+/// One change of a batch, borrowing what it names from the sections and the table it was planned
+/// from: a batch that builds a large table holds no second copy of its rules or elements.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub enum Change<'s> {
     AddTable,
-    AddSet(Set),
-    AddChain(Chain),
-    FlushChain(String),
-    DeleteChain(String),
-    DeleteSet(String),
-    DeleteMap(String),
-    DeleteElements(String, Vec<Element>),
-    AddElements(String, Vec<Element>),
-    AddRule(String, String),
+    /// The set (or map), without its elements (they follow as [`Change::AddElements`]).
+    AddSet(&'s Set),
+    /// The chain, without its rules (they follow as [`Change::AddRule`]).
+    AddChain(&'s Chain),
+    FlushChain(&'s str),
+    DeleteChain(&'s str),
+    DeleteSet(&'s str),
+    DeleteMap(&'s str),
+    DeleteElements(&'s str, Vec<&'s Element>),
+    AddElements(&'s str, Vec<&'s Element>),
+    AddRule(&'s str, &'s str),
 }
 
 /// The changes of one transaction, in an order nftables accepts: containers before their contents,
 /// rules removed before what they refer to, and added after it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Batch(pub Vec<Change>);
+pub struct Batch<'s>(pub Vec<Change<'s>>);
 
-impl Batch {
+impl Batch<'_> {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// The batch in `nft -f` syntax.
-    pub fn render(&self) -> String {
-        let t = format!("{FAMILY} {TABLE}");
-        let list = |v: &[Element]| v.iter().map(Element::as_str).collect::<Vec<_>>().join(", ");
-        let mut out = String::new();
+    /// Writes the batch in `nft -f` syntax, a line per change (streamed to `nft`: the text of a batch
+    /// that builds a large table is never held whole).
+    pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let t = format_args!("{FAMILY} {TABLE}");
+        let list = |out: &mut dyn Write, v: &[&Element], key: bool| -> std::io::Result<()> {
+            for (i, e) in v.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                write!(out, "{sep}{}", if key { e.key() } else { e.as_str() })?;
+            }
+            Ok(())
+        };
         for c in &self.0 {
-            let line = match c {
-                Change::AddTable => format!("add table {t}"),
+            match c {
+                Change::AddTable => write!(out, "add table {t}")?,
                 Change::AddSet(s) => {
                     let flags = if s.interval { " flags interval;" } else { "" };
                     match &s.map {
-                        Some(v) => format!("add map {t} {} {{ type {} : {v};{flags} }}", s.name, s.ty),
-                        None => format!("add set {t} {} {{ type {};{flags} }}", s.name, s.ty),
+                        Some(v) => write!(out, "add map {t} {} {{ type {} : {v};{flags} }}", s.name, s.ty)?,
+                        None => write!(out, "add set {t} {} {{ type {};{flags} }}", s.name, s.ty)?,
                     }
                 }
                 Change::AddChain(c) => match &c.hook {
-                    Some(h) => format!(
+                    Some(h) => write!(
+                        out,
                         "add chain {t} {} {{ type {} hook {} priority {}; policy {}; }}",
                         c.name, h.ty, h.hook, h.priority, h.policy
-                    ),
-                    None => format!("add chain {t} {}", c.name),
+                    )?,
+                    None => write!(out, "add chain {t} {}", c.name)?,
                 },
-                Change::FlushChain(n) => format!("flush chain {t} {n}"),
-                Change::DeleteChain(n) => format!("delete chain {t} {n}"),
-                Change::DeleteSet(n) => format!("delete set {t} {n}"),
-                Change::DeleteMap(n) => format!("delete map {t} {n}"),
+                Change::FlushChain(n) => write!(out, "flush chain {t} {n}")?,
+                Change::DeleteChain(n) => write!(out, "delete chain {t} {n}")?,
+                Change::DeleteSet(n) => write!(out, "delete set {t} {n}")?,
+                Change::DeleteMap(n) => write!(out, "delete map {t} {n}")?,
                 Change::DeleteElements(n, e) => {
-                    format!(
-                        "delete element {t} {n} {{ {} }}",
-                        e.iter().map(Element::key).collect::<Vec<_>>().join(", ")
-                    )
+                    write!(out, "delete element {t} {n} {{ ")?;
+                    list(out, e, true)?;
+                    write!(out, " }}")?;
                 }
-                Change::AddElements(n, e) => format!("add element {t} {n} {{ {} }}", list(e)),
-                Change::AddRule(chain, rule) => format!("add rule {t} {chain} {rule} comment \"{}\"", rule_tag(rule)),
-            };
-            out += &line;
-            out.push('\n');
+                Change::AddElements(n, e) => {
+                    write!(out, "add element {t} {n} {{ ")?;
+                    list(out, e, false)?;
+                    write!(out, " }}")?;
+                }
+                Change::AddRule(chain, rule) => {
+                    write!(out, "add rule {t} {chain} {rule} comment \"{TAG_PREFIX}{:016x}\"", rule_hash(rule))?
+                }
+            }
+            out.write_all(b"\n")?;
         }
-        out
+        Ok(())
+    }
+
+    /// The batch in `nft -f` syntax, whole (tests and logs).
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = self.write_to(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 
+/// What an absent table holds.
+static EMPTY: Current = Current { sets: BTreeMap::new(), chains: BTreeMap::new() };
+
 /// The batch that brings the table (`cur`, `None` when it does not exist) to what `sections` want.
-pub fn plan<'s>(cur: Option<&Current>, sections: impl IntoIterator<Item = &'s Section>) -> Batch {
-    let empty = Current::default();
-    let have = cur.unwrap_or(&empty);
+pub fn plan<'s>(cur: Option<&'s Current>, sections: impl IntoIterator<Item = &'s Section>) -> Batch<'s> {
+    let have = cur.unwrap_or(&EMPTY);
     let mut b = Batch::default();
     if cur.is_none() {
         b.0.push(Change::AddTable);
@@ -298,21 +323,21 @@ pub fn plan<'s>(cur: Option<&Current>, sections: impl IntoIterator<Item = &'s Se
             }
             let had = known.map(|h| &h.elements);
             if had.is_none() {
-                add_sets.push(Change::AddSet(Set { elements: Elements::default(), ..set.clone() }));
+                add_sets.push(Change::AddSet(set));
             }
             // What the last commit wrote from this very set (or an equal one): nothing to compare.
             if had.is_some_and(|h| Arc::ptr_eq(h, &set.elements) || h == &set.elements) {
                 continue;
             }
-            let none = BTreeSet::new();
-            let had = had.map_or(&none, |h| &**h);
-            let gone: Vec<Element> = had.difference(&set.elements).cloned().collect();
-            let new: Vec<Element> = set.elements.difference(had).cloned().collect();
+            let (gone, new): (Vec<&Element>, Vec<&Element>) = match had {
+                Some(h) => (h.difference(&set.elements).collect(), set.elements.difference(h).collect()),
+                None => (vec![], set.elements.iter().collect()),
+            };
             if !gone.is_empty() {
-                del_elems.push(Change::DeleteElements(set.name.clone(), gone));
+                del_elems.push(Change::DeleteElements(&set.name, gone));
             }
             if !new.is_empty() {
-                add_elems.push(Change::AddElements(set.name.clone(), new));
+                add_elems.push(Change::AddElements(&set.name, new));
             }
         }
         let recreated: BTreeSet<&str> = s
@@ -322,36 +347,37 @@ pub fn plan<'s>(cur: Option<&Current>, sections: impl IntoIterator<Item = &'s Se
             .map(|set| set.name.as_str())
             .collect();
         for c in &s.chains {
-            let tags: Vec<Option<String>> = c.rules.iter().map(|r| Some(rule_tag(r))).collect();
+            let same = |h: &CurrentChain| {
+                h.rules.len() == c.rules.len() && h.rules.iter().zip(&c.rules).all(|(t, r)| *t == Some(rule_hash(r)))
+            };
             let refill = match have.chains.get(&c.name) {
                 Some(h) if h.hook != c.hook => {
-                    flush.push(Change::FlushChain(c.name.clone()));
-                    drop_chains.push(Change::DeleteChain(c.name.clone()));
-                    add_chains.push(Change::AddChain(Chain { rules: vec![], ..c.clone() }));
+                    flush.push(Change::FlushChain(&c.name));
+                    drop_chains.push(Change::DeleteChain(&c.name));
+                    add_chains.push(Change::AddChain(c));
                     true
                 }
                 Some(h)
-                    if h.rules != tags
-                        || c.rules.iter().any(|r| recreated.iter().any(|n| r.contains(&format!("@{n}")))) =>
+                    if !same(h) || c.rules.iter().any(|r| recreated.iter().any(|n| r.contains(&format!("@{n}")))) =>
                 {
-                    flush.push(Change::FlushChain(c.name.clone()));
+                    flush.push(Change::FlushChain(&c.name));
                     true
                 }
                 Some(_) => false,
                 None => {
-                    add_chains.push(Change::AddChain(Chain { rules: vec![], ..c.clone() }));
+                    add_chains.push(Change::AddChain(c));
                     true
                 }
             };
             if refill {
-                add_rules.extend(c.rules.iter().map(|r| Change::AddRule(c.name.clone(), r.clone())));
+                add_rules.extend(c.rules.iter().map(|r| Change::AddRule(&c.name, r)));
             }
         }
         // What this owner has in the table and no longer wants.
         let (chains, sets) = s.names();
         for name in have.chains.keys().filter(|n| (s.owns)(n) && !chains.contains(n.as_str())) {
-            flush.push(Change::FlushChain(name.clone()));
-            drop_chains.push(Change::DeleteChain(name.clone()));
+            flush.push(Change::FlushChain(name));
+            drop_chains.push(Change::DeleteChain(name));
         }
         for (name, h) in have.sets.iter().filter(|(n, _)| (s.owns)(n) && !sets.contains(n.as_str())) {
             drop_sets.push(delete_set(name, h));
@@ -365,8 +391,8 @@ pub fn plan<'s>(cur: Option<&Current>, sections: impl IntoIterator<Item = &'s Se
     b
 }
 
-fn delete_set(name: &str, h: &CurrentSet) -> Change {
-    if h.map.is_some() { Change::DeleteMap(name.to_string()) } else { Change::DeleteSet(name.to_string()) }
+fn delete_set<'s>(name: &'s str, h: &CurrentSet) -> Change<'s> {
+    if h.map.is_some() { Change::DeleteMap(name) } else { Change::DeleteSet(name) }
 }
 
 /// What the table holds after `batch` (planned by [`plan`] from `cur` for `sections`) was applied.
@@ -393,7 +419,7 @@ fn applied<'s>(mut out: Current, sections: impl IntoIterator<Item = &'s Section>
             );
         }
         for c in &s.chains {
-            let rules = c.rules.iter().map(|r| Some(rule_tag(r))).collect();
+            let rules = c.rules.iter().map(|r| Some(rule_hash(r))).collect();
             out.chains.insert(c.name.clone(), CurrentChain { hook: c.hook.clone(), rules });
         }
     }
@@ -405,7 +431,7 @@ pub trait Exec: Send {
     /// `nft -j list table inet tabby`; `None` when the table does not exist.
     fn list(&mut self) -> Result<Option<String>, NftError>;
     /// `nft -f -` with `batch`.
-    fn run(&mut self, batch: &str) -> Result<(), NftError>;
+    fn run(&mut self, batch: &Batch<'_>) -> Result<(), NftError>;
     /// `nft delete table inet tabby`; whether it existed.
     fn delete_table(&mut self) -> Result<bool, NftError>;
 }
@@ -414,18 +440,25 @@ pub trait Exec: Send {
 #[derive(Debug, Default)]
 pub struct Cli;
 
-fn nft(args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<String, NftError> {
+/// Runs `nft args`, streaming `stdin` to it (nft reads its whole input before it reports anything).
+fn nft(args: &[&str], stdin: Option<&Batch<'_>>, what: &'static str) -> Result<String, NftError> {
     let mut cmd = Command::new("nft");
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     let mut child = cmd.spawn().map_err(|e| NftError::Spawn(e.to_string()))?;
-    if let (Some(s), Some(mut i)) = (stdin, child.stdin.take()) {
-        i.write_all(s.as_bytes()).map_err(|e| NftError::Spawn(e.to_string()))?;
-    }
+    let wrote = match (stdin, child.stdin.take()) {
+        (Some(b), Some(i)) => {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, i);
+            b.write_to(&mut w).and_then(|()| w.flush())
+        }
+        _ => Ok(()),
+    };
     let out = child.wait_with_output().map_err(|e| NftError::Spawn(e.to_string()))?;
     if !out.status.success() {
+        // What nft says matters more than the broken pipe its early exit left.
         return Err(NftError::Failed { what, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }
+    wrote.map_err(|e| NftError::Spawn(format!("writing the batch: {e}")))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -471,7 +504,7 @@ impl Exec for Cli {
         list_table(&["-j"])
     }
 
-    fn run(&mut self, batch: &str) -> Result<(), NftError> {
+    fn run(&mut self, batch: &Batch<'_>) -> Result<(), NftError> {
         nft(&["-f", "-"], Some(batch), "batch").map(|_| ())
     }
 
@@ -549,12 +582,14 @@ impl Nft {
             None => self.exec.list()?.map(|j| parse(&j)).transpose()?,
         };
         let batch = plan(cur.as_ref(), self.sections.values());
+        let changes = batch.0.len();
         if !batch.is_empty() {
             // On failure `known` stays empty: the next commit reads the kernel.
-            self.exec.run(&batch.render())?;
+            self.exec.run(&batch)?;
         }
+        drop(batch);
         self.known = Some(applied(cur.unwrap_or_default(), self.sections.values()));
-        Ok(batch.0.len())
+        Ok(changes)
     }
 
     /// Removes `owner`'s objects; the table goes when nothing of anyone is left in it (cleanup). Returns
@@ -565,9 +600,10 @@ impl Nft {
         let Some(cur) = self.exec.list()?.map(|j| parse(&j)).transpose()? else { return Ok(false) };
         if let Some(owns) = owns {
             let gone = Section { owner, sets: vec![], chains: vec![], owns };
-            let batch = plan(Some(&cur), &[gone]);
+            let gone = [gone];
+            let batch = plan(Some(&cur), &gone);
             if !batch.is_empty() {
-                self.exec.run(&batch.render())?;
+                self.exec.run(&batch)?;
             }
         }
         let left = self.exec.list()?.map(|j| parse(&j)).transpose()?.unwrap_or_default();
@@ -593,7 +629,7 @@ pub(crate) mod tests {
                 map: None,
                 elements: el(pools),
             }],
-            chains: vec![Chain {
+            chains: vec![Arc::new(Chain {
                 name: "postrouting".into(),
                 hook: Some(Hook {
                     ty: "nat".into(),
@@ -602,7 +638,7 @@ pub(crate) mod tests {
                     policy: "accept".into(),
                 }),
                 rules: vec!["ip saddr @pools4 masquerade".into()],
-            }],
+            })],
             owns: |n| n == "pools4" || n == "postrouting" || n == "old",
         }
     }
@@ -633,7 +669,7 @@ pub(crate) mod tests {
                         c.name.clone(),
                         CurrentChain {
                             hook: c.hook.clone(),
-                            rules: c.rules.iter().map(|r| Some(rule_tag(r))).collect(),
+                            rules: c.rules.iter().map(|r| Some(rule_hash(r))).collect(),
                         },
                     )
                 })
@@ -643,7 +679,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_missing_table_is_built_in_one_batch() {
-        let b = plan(None, &[nat_like(&["10.0.0.0/16"])]);
+        let want = [nat_like(&["10.0.0.0/16"])];
+        let b = plan(None, &want);
         assert_eq!(
             b.render(),
             "add table inet tabby\n\
@@ -659,15 +696,15 @@ pub(crate) mod tests {
         let want = nat_like(&["10.0.0.0/16", "10.2.0.0/16"]);
         let mut cur = applied(&nat_like(&["10.0.0.0/16", "10.1.0.0/16"]));
         // Another owner's chain and set, and a stale object of ours.
-        cur.chains.insert("pol-x".into(), CurrentChain { hook: None, rules: vec![Some("tabby:1".into())] });
+        cur.chains.insert("pol-x".into(), CurrentChain { hook: None, rules: vec![Some(1)] });
         cur.sets.insert("pol-s".into(), CurrentSet::default());
         cur.sets.insert("old".into(), CurrentSet::default());
         assert_eq!(
             plan(Some(&cur), std::slice::from_ref(&want)).0,
             vec![
-                Change::DeleteElements("pools4".into(), vec![Element::net("10.1.0.0/16".parse().unwrap())]),
-                Change::DeleteSet("old".into()),
-                Change::AddElements("pools4".into(), vec![Element::net("10.2.0.0/16".parse().unwrap())]),
+                Change::DeleteElements("pools4", vec![&Element::net("10.1.0.0/16".parse().unwrap())]),
+                Change::DeleteSet("old"),
+                Change::AddElements("pools4", vec![&Element::net("10.2.0.0/16".parse().unwrap())]),
             ]
         );
         assert!(plan(Some(&applied(&want)), &[want]).is_empty());
@@ -679,12 +716,22 @@ pub(crate) mod tests {
         let mut cur = applied(&want);
         cur.chains.get_mut("postrouting").unwrap().rules.push(None);
         let b = plan(Some(&cur), std::slice::from_ref(&want));
-        assert_eq!(b.0[0], Change::FlushChain("postrouting".into()));
-        assert_eq!(b.0[1], Change::AddRule("postrouting".into(), "ip saddr @pools4 masquerade".into()));
+        assert_eq!(b.0[0], Change::FlushChain("postrouting"));
+        assert_eq!(b.0[1], Change::AddRule("postrouting", "ip saddr @pools4 masquerade"));
         cur.chains.clear();
         let b = plan(Some(&cur), std::slice::from_ref(&want));
-        assert!(matches!(&b.0[0], Change::AddChain(c) if c.name == "postrouting" && c.rules.is_empty()));
+        assert!(matches!(&b.0[0], Change::AddChain(c) if c.name == "postrouting"));
         assert_eq!(b.0.len(), 2);
+        // The chain is added bare; its rules follow one by one.
+        let text = b.render();
+        assert!(
+            text.starts_with(
+                "add chain inet tabby postrouting { type nat hook postrouting priority 100; policy accept; }\n\
+                 add rule inet tabby postrouting ip saddr @pools4 masquerade comment \"tabby:"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2, "{text}");
         // A set of another type is recreated, and the chains using it refilled.
         let mut cur = applied(&want);
         cur.sets.get_mut("pools4").unwrap().interval = false;
@@ -704,14 +751,16 @@ pub(crate) mod tests {
           {"set":{"family":"inet","name":"pools6","table":"tabby","type":"ipv6_addr","flags":["interval"]}},
           {"chain":{"family":"inet","table":"tabby","name":"postrouting","type":"nat","hook":"postrouting","prio":100,"policy":"accept"}},
           {"rule":{"family":"inet","table":"tabby","chain":"postrouting","handle":5,"comment":"tabby:00","expr":[]}},
-          {"rule":{"family":"inet","table":"tabby","chain":"postrouting","handle":6,"expr":[]}}]}"#;
+          {"rule":{"family":"inet","table":"tabby","chain":"postrouting","handle":6,"expr":[]}},
+          {"rule":{"family":"inet","table":"tabby","chain":"postrouting","handle":7,"comment":"someone's","expr":[]}}]}"#;
         let c = parse(j).unwrap();
         assert_eq!(
             c.sets["pools4"].elements.iter().map(Element::as_str).collect::<Vec<_>>(),
             vec!["10.0.0.0/16", "10.1.0.1-10.1.0.9", "10.9.9.9"]
         );
         assert!(c.sets["pools6"].interval && c.sets["pools6"].elements.is_empty());
-        assert_eq!(c.chains["postrouting"].rules, vec![Some("tabby:00".into()), None]);
+        // Only the writer's tags count; a rule without one or with anyone else's comment is `None`.
+        assert_eq!(c.chains["postrouting"].rules, vec![Some(0), None, None]);
         assert_eq!(c.chains["postrouting"].hook.as_ref().map(|h| h.priority), Some(100));
         assert!(parse("nope").is_err());
     }
@@ -736,8 +785,8 @@ pub(crate) mod tests {
             Ok(f.table.as_ref().map(render_json))
         }
 
-        fn run(&mut self, batch: &str) -> Result<(), NftError> {
-            self.lock().unwrap().batches.push(batch.to_string());
+        fn run(&mut self, batch: &Batch<'_>) -> Result<(), NftError> {
+            self.lock().unwrap().batches.push(batch.render());
             Ok(())
         }
 

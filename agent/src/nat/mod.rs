@@ -73,14 +73,14 @@ pub fn section(want: &NatState) -> Section {
                 elements: elements(s),
             })
             .collect(),
-        chains: vec![Chain {
+        chains: vec![Arc::new(Chain {
             name: CHAIN.into(),
             hook: Some(Hook { ty: "nat".into(), hook: "postrouting".into(), priority: 100, policy: "accept".into() }),
             rules: vec![
                 "ip saddr @masq4 ip daddr != @pools4 masquerade".into(),
                 "ip6 saddr @masq6 ip6 daddr != @pools6 masquerade".into(),
             ],
-        }],
+        })],
         owns,
     }
 }
@@ -158,7 +158,7 @@ impl Reconciler for Nat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::nft::{Current, CurrentChain, CurrentSet, plan, rule_tag};
+    use crate::kernel::nft::{Current, CurrentChain, CurrentSet, plan, rule_hash};
 
     fn nets(v: &[&str]) -> BTreeSet<IpNet> {
         v.iter().map(|s| s.parse().unwrap()).collect()
@@ -182,7 +182,7 @@ mod tests {
                 .chains
                 .iter()
                 .map(|c| {
-                    let rules = c.rules.iter().map(|r| Some(rule_tag(r))).collect();
+                    let rules = c.rules.iter().map(|r| Some(rule_hash(r))).collect();
                     (c.name.clone(), CurrentChain { hook: c.hook.clone(), rules })
                 })
                 .collect(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::Attribution;
 use super::render::Attr;
 use crate::kernel::nfnl::{self, RuleCounter};
-use crate::kernel::nft::{TABLE, rule_hash, tag_hash};
+use crate::kernel::nft::{TABLE, tag_hash};
 
 /// The metric labels of a counted rule.
 pub fn labels(a: &Attr) -> Vec<(String, String)> {
@@ -35,8 +35,8 @@ pub struct Tally<'r> {
 
 impl<'r> Tally<'r> {
     /// A read against `attribution` (what the applied rules mean), `last` being the previous read's values.
-    pub fn new(attribution: &'r BTreeMap<(String, String), Attr>, last: HashMap<u64, (u64, u64)>) -> Tally<'r> {
-        let by_tag = attribution.iter().map(|((chain, text), a)| ((chain.as_str(), rule_hash(text)), a)).collect();
+    pub fn new(attribution: &'r BTreeMap<(String, u64), Attr>, last: HashMap<u64, (u64, u64)>) -> Tally<'r> {
+        let by_tag = attribution.iter().map(|((chain, hash), a)| ((chain.as_str(), *hash), a)).collect();
         let next = HashMap::with_capacity(last.len());
         Tally { by_tag, last, next }
     }
@@ -88,7 +88,7 @@ pub async fn run(attribution: Attribution, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::nft::rule_tag;
+    use crate::kernel::nft::{rule_hash, rule_tag};
     use tabby_api::policy::model::Dir;
 
     #[test]
@@ -110,7 +110,7 @@ mod tests {
             action: "deny",
             staged: false,
         };
-        let attribution: BTreeMap<(String, String), Attr> = [(("p-pi-1".to_string(), text.clone()), a)].into();
+        let attribution: BTreeMap<(String, u64), Attr> = [(("p-pi-1".to_string(), rule_hash(&text)), a)].into();
         let series = r#"tabby_agent_policy_packets_total{direction="ingress",tier="default",policy="knp:x/deny",rule="2",action="deny",staged="false"}"#;
         let value = || {
             crate::metrics::encode()

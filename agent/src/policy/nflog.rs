@@ -94,7 +94,7 @@ pub fn messages(mut buf: &[u8]) -> Vec<Logged> {
 }
 
 /// What a Log rule's prefix stands for.
-pub fn attribute<'a>(prefix: &str, attribution: &'a BTreeMap<(String, String), Attr>) -> Option<&'a Attr> {
+pub fn attribute<'a>(prefix: &str, attribution: &'a BTreeMap<(String, u64), Attr>) -> Option<&'a Attr> {
     let mut parts = prefix.split('|');
     let (_, chain, rule) = (parts.next()?, parts.next()?, parts.next()?.parse::<usize>().ok()?);
     attribution.iter().find(|((c, _), a)| c == chain && a.rule == Some(rule) && a.action == "log").map(|(_, a)| a)

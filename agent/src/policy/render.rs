@@ -24,7 +24,7 @@ use ipnet::IpNet;
 use tabby_api::policy::Action;
 use tabby_api::policy::model::{self, CMatch, CRule, Dir, Members, PolicyId, Program, Ruleset, SetDef, TierStep, fnv};
 
-use crate::kernel::nft::{Chain, Element, Hook, Section, Set};
+use crate::kernel::nft::{Chain, Element, Hook, Section, Set, rule_hash};
 
 /// The owner of policy's objects in table `inet tabby`.
 pub const OWNER: &str = "policy";
@@ -60,12 +60,15 @@ pub struct Attr {
     pub staged: bool,
 }
 
-/// Policy's section and what each counted rule means, by (chain, rule text).
+/// Policy's section and what each counted rule means.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rendered {
     pub sets: Vec<Set>,
-    pub chains: Vec<Chain>,
-    pub attribution: BTreeMap<(String, String), Attr>,
+    /// Shared with the writer's copy of the section and with the renders [`patch`] makes from this one.
+    pub chains: Vec<Arc<Chain>>,
+    /// By chain and the hash of the rule's text ([`rule_hash`], what its comment carries); shared with the
+    /// renders [`patch`] makes from this one.
+    pub attribution: Arc<BTreeMap<(String, u64), Attr>>,
 }
 
 impl Rendered {
@@ -206,14 +209,14 @@ impl Out {
         if self.have.insert(name.clone(), ()).is_none() {
             for (text, attr) in &rules {
                 if let Some(a) = attr {
-                    self.r.attribution.insert((name.clone(), text.clone()), a.clone());
+                    Arc::make_mut(&mut self.r.attribution).insert((name.clone(), rule_hash(text)), a.clone());
                 }
             }
-            self.r.chains.push(Chain {
+            self.r.chains.push(Arc::new(Chain {
                 name: name.clone(),
                 hook: None,
                 rules: rules.into_iter().map(|(t, _)| t).collect(),
-            });
+            }));
         }
         name
     }
@@ -350,12 +353,12 @@ fn endpoint_chain(o: &mut Out, rs: &Ruleset, prog: &Program, dir: Dir) -> String
     o.chain(name, rules)
 }
 
-fn base(name: &str, hook: &str, rules: Vec<String>) -> Chain {
-    Chain {
+fn base(name: &str, hook: &str, rules: Vec<String>) -> Arc<Chain> {
+    Arc::new(Chain {
         name: name.into(),
         hook: Some(Hook { ty: "filter".into(), hook: hook.into(), priority: 0, policy: "accept".into() }),
         rules,
-    }
+    })
 }
 
 /// The two sets (IPv4, IPv6) of set `id`.
@@ -434,12 +437,12 @@ pub fn render(rs: &Ruleset, ifaces: &BTreeMap<String, String>) -> Rendered {
         });
         let chain = name.trim_end_matches("-map").to_string();
         let dir = if key == "iifname" { Dir::Egress } else { Dir::Ingress };
-        o.r.attribution.insert((chain.clone(), "counter drop".into()), unknown(dir));
-        o.r.chains.push(Chain {
+        Arc::make_mut(&mut o.r.attribution).insert((chain.clone(), rule_hash("counter drop")), unknown(dir));
+        o.r.chains.push(Arc::new(Chain {
             name: chain,
             hook: None,
             rules: vec![format!("{key} vmap @{name}"), "counter drop".into()],
-        });
+        }));
     }
     let g = VETH_GLOB;
     o.r.chains.push(base(

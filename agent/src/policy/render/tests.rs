@@ -90,7 +90,8 @@ fn a_label_change_moves_elements_and_a_policy_edit_refills_one_chain() {
     // A remote pod becomes a load balancer: only set elements change.
     let mut relabelled = c.clone();
     relabelled.endpoints.push(ep("shop", "lb-2", "10.1.1.3", "n2", &[("app", "lb")]));
-    let b = plan(Some(&before), &[rendered(&relabelled).section()]);
+    let after = [rendered(&relabelled).section()];
+    let b = plan(Some(&before), &after);
     assert!(b.0.iter().all(|ch| matches!(ch, crate::kernel::nft::Change::AddElements(..))), "{}", b.render());
     assert_eq!(b.0.len(), 2, "the selector set and the named-port set: {}", b.render());
     // An edit of one policy refills its chain only.
@@ -286,13 +287,15 @@ fn a_policy_created_or_deleted_under_a_thousand_rewrites_its_chunk_not_the_tier(
         extra.id.name = format!("p{at:04}x");
         extra.order = Some(at as f64);
         created.policies.push(extra);
-        let b = plan(Some(&before), &[rendered(&created).section()]);
+        let after = [rendered(&created).section()];
+        let b = plan(Some(&before), &after);
         assert!(b.0.len() < 150, "a policy created at {at}: {} changes\n{}", b.0.len(), b.render());
         assert!(!ingress_verdict(&rendered(&created)).0, "the new Deny decides");
         // And deleted.
         let mut deleted = c.clone();
         deleted.policies.remove(at);
-        let b = plan(Some(&before), &[rendered(&deleted).section()]);
+        let after = [rendered(&deleted).section()];
+        let b = plan(Some(&before), &after);
         assert!(b.0.len() < 150, "a policy deleted at {at}: {} changes\n{}", b.0.len(), b.render());
     }
 }
