@@ -9,7 +9,10 @@
 //!    kubelet behind them, 10,000 pods bound to those nodes with an address written into their status
 //!    (phase Running; they never run anywhere, and tolerate the nodes' unreachable taints so nothing evicts
 //!    them), 1,000 NetworkPolicies over them (policy p selects `app in (app-p, shared)` and admits
-//!    `role=client-p` on TCP 80, the shape of `agent/benches/policy_scale.rs`);
+//!    `role=client-p` on TCP 80, the shape of `agent/benches/policy_scale.rs`); then a wait for the node
+//!    controller's one burst of work on the fake nodes (their Ready condition set to Unknown, about 70 s
+//!    after they are made: a status write per node that every node watcher sees), which took a fifth off
+//!    the throughput of whichever iperf3 run it fell on;
 //! 2. **kube-router** (only its firewall: `--run-firewall=true --run-router=false --run-service-proxy=false`)
 //!    as a process on every node, over the reference plugins' pods; measured; then its pods deleted, the
 //!    process stopped, its iptables rules and ipsets removed;
@@ -31,7 +34,9 @@
 //!   refused one does not;
 //! - **TCP throughput** (iperf3 in the netshoot image, across nodes) with no policy on the pair, then with
 //!   1,000 policies (the server relabelled `app=shared`, which every scale policy selects) and one allowing
-//!   the client; the server keeps the 1,000 policies for the rest of the phase;
+//!   the client; the server keeps the 1,000 policies for the rest of the phase. A refused pod's probe says
+//!   when the policies are in and stops before iperf3 starts (its attempts, dropped after every policy,
+//!   cost the loaded case about 4%: measured);
 //! - **RSS** of the controller on each node at the end (1,000 + 2 policies, 10,000 + the real pods).
 //!
 //! Probes are TCP connection attempts from the client pod's own network namespace (entered by this process,
@@ -428,6 +433,40 @@ fn nodes_ready(state: &Path, nodes: usize) -> Result<(), String> {
         )
         .is_ok_and(|s| s.split_whitespace().count() == nodes && s.split_whitespace().all(|v| v == "True"))
     })
+}
+
+/// Waits until the node controller has given every fake node its Ready condition (`Unknown`: no kubelet
+/// ever reported), its one burst of work on them (a status write per node, which every controller
+/// watching nodes sees), and a little after, so no phase is measured during it. Returns how long that
+/// took and how many of them carry the unreachable taint by then (the controller adds those slowly, at
+/// its rate for a zone mostly down).
+async fn fake_nodes_settled(client: &kube::Client) -> Result<(Duration, usize), String> {
+    let started = Instant::now();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let fake = ListParams::default().labels("bench=policy-fake");
+    let deadline = started + Duration::from_secs(180);
+    let unknown = |n: &Node| {
+        n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready"))
+    };
+    let tainted = |n: &Node| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"))
+    };
+    loop {
+        let list = nodes.list(&fake).await.map_err(|e| e.to_string())?;
+        if list.items.iter().all(unknown) {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let list = nodes.list(&fake).await.map_err(|e| e.to_string())?;
+            return Ok((started.elapsed(), list.items.iter().filter(|n| tainted(n)).count()));
+        }
+        if Instant::now() > deadline {
+            let done = list.items.iter().filter(|n| unknown(n)).count();
+            return Err(format!("the node controller gave {done} of the fake nodes a Ready condition in 180 s"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The scale objects: Node objects without kubelets, pods bound to them with addresses, policies over them.
@@ -991,34 +1030,46 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
     r.peak_after("the phase's pods", state, n, c);
 
     // Throughput: no policy on the pair, then 1,000 (+ the client's allow) on the server; the refused pod's
-    // probe says when they are in.
+    // probe says when they are in, and stops before iperf3 runs (its attempts, accepted in one case and
+    // dropped after every policy in the other, must not load one case more than the other).
     println!("==> {}: iperf3 {} s × {} runs, none / 1,000 policies", c.name(), k.iperf_seconds, k.iperf_runs);
     let server_ip = ip(&iperf_running, &tsrv)?;
-    let other = [Probe::start(
-        format!("{tbad} → {tsrv}"),
-        &netns(&iperf_running, &tbad)?,
-        SocketAddr::new(server_ip, SERVER_PORT),
-    )?];
-    steady(&other, true).await?;
+    let other = || -> Result<[Probe; 1], String> {
+        Ok([Probe::start(
+            format!("{tbad} → {tsrv}"),
+            &netns(&iperf_running, &tbad)?,
+            SocketAddr::new(server_ip, SERVER_PORT),
+        )?])
+    };
+    steady(&other()?, true).await?;
     for run in 0..k.iperf_runs {
         if run > 0 {
             let at = SystemTime::now();
             relabel(&scale_pods, &tsrv, "app", "solo").await?;
-            steady(&other, true).await?;
+            steady(&other()?, true).await?;
             settle(c, state, n, at).await?;
         }
         let st = ctx.state.clone();
         let (cl, secs) = (tcli.clone(), k.iperf_seconds);
+        let none_at = k8s_openapi::jiff::Timestamp::now();
         r.tput_none.push(blocking(move || iperf(&st, &cl, server_ip, secs)).await?);
+        let probe = other()?;
         let (t0, at) = (Instant::now(), SystemTime::now());
         relabel(&scale_pods, &tsrv, "app", "shared").await?;
-        r.shared.push(flip(&other, t0, false).await?);
+        r.shared.push(flip(&probe, t0, false).await?);
+        drop(probe);
         settle(c, state, n, at).await?;
         let st = ctx.state.clone();
         let cl = tcli.clone();
+        let with_at = k8s_openapi::jiff::Timestamp::now();
         r.tput_with.push(blocking(move || iperf(&st, &cl, server_ip, secs)).await?);
+        println!(
+            "    run {}: none {:.2} Gbit/s (from {none_at:.0}), 1,000 policies {:.2} Gbit/s (from {with_at:.0})",
+            run + 1,
+            r.tput_none.last().copied().unwrap_or_default(),
+            r.tput_with.last().copied().unwrap_or_default()
+        );
     }
-    drop(other);
     r.peak_after("throughput (relabels into 1,000)", state, n, c);
 
     // Policy created → enforced on every node: a default deny, then the allow.
@@ -1150,8 +1201,12 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
         r.rss.push(rss(state, i, comm).ok_or(format!("no {comm} process on node-{i}"))?);
     }
     if c == Controller::Tabby {
+        let keep = tabby_e2e::repo_root().join("target/bench-policy");
+        let _ = std::fs::create_dir_all(&keep);
         for i in 0..n {
             let log = agent_log(&ctx.client, i).await?;
+            // The agents' logs outlive the lab.
+            let _ = std::fs::write(keep.join(format!("tabby-agent-node-{i}.log")), &log);
             r.slow_passes.extend(slow_passes(&log).into_iter().map(|(ms, p)| (i, ms, p)));
             r.heap.push(last_heap(&log));
             r.most_heap.push(most_heap(&log));
@@ -1318,6 +1373,11 @@ async fn bench(
     );
     let made = scale_objects(&ctx.client, k).await?;
     println!("    made in {:.1} s", made.as_secs_f64());
+    let (settled, tainted) = fake_nodes_settled(&ctx.client).await?;
+    println!(
+        "    the node controller marked the fake nodes not ready {:.0} s later ({tainted} tainted unreachable by then)",
+        settled.as_secs_f64()
+    );
     println!("==> floor: {} host-network pods", k.new_pods);
     let floor = ready_floor(&ctx).await?;
 
