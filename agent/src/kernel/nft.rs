@@ -162,7 +162,16 @@ pub struct Current {
 
 /// The comment that identifies a rule: a stable hash of its text (FNV-1a, 64 bits).
 pub fn rule_tag(rule: &str) -> String {
-    format!("{TAG_PREFIX}{:016x}", rule_hash(rule))
+    Tag(rule_hash(rule)).to_string()
+}
+
+/// A rule's comment as written: `tabby:<16 hex>`.
+struct Tag(u64);
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{TAG_PREFIX}{:016x}", self.0)
+    }
 }
 
 /// What a rule's comment starts with; the hash follows in hex.
@@ -284,7 +293,7 @@ impl Batch<'_> {
                     write!(out, " }}")?;
                 }
                 Change::AddRule(chain, rule) => {
-                    write!(out, "add rule {t} {chain} {rule} comment \"{TAG_PREFIX}{:016x}\"", rule_hash(rule))?
+                    write!(out, "add rule {t} {chain} {rule} comment \"{}\"", Tag(rule_hash(rule)))?
                 }
             }
             out.write_all(b"\n")?;
