@@ -12,7 +12,8 @@
 //! | `p-n<id>-4`, `p-n<id>-6` | `addr . proto . port` sets: a named port on the pods that have it |
 //!
 //! Verdicts travel in three packet-mark bits: a policy's Allow sets [`ACCEPT`] and returns, Pass sets
-//! [`PASS`] (the rest of the tier is skipped), a staged policy's match sets [`STAGED`]; Deny drops at once.
+//! [`PASS`] (either way the rest of the tier is skipped: each later call is conditional on neither bit), a
+//! staged policy's match sets [`STAGED`]; Deny drops at once.
 //! Chains return rather than accept, so a packet between two local pods meets the sender's egress and
 //! then the receiver's ingress; the base chain's policy accepts what every check returned.
 
@@ -267,26 +268,33 @@ const CHUNK: u64 = 16;
 const FLAT: usize = 32;
 
 /// The rules that call `items` (chain, only staged policies under it) in order: after the first, each
-/// call is skipped once Pass is set, and an Allow returns at once (a staged policy never sets it).
-fn calls(items: &[(String, bool)]) -> Vec<(String, Option<Attr>)> {
+/// call is skipped once Allow or Pass is set. With `returns`, an Allow also returns at once (a staged
+/// policy never sets it). A list of policies goes without those returns: a connection no policy decides
+/// (or that a late one does) meets one rule per policy instead of two, and one that an early policy allows
+/// meets at most the rest of its list (64 in a chunk, 32 in a tier) as skipped calls. A list of chunks
+/// keeps them, so that an Allow leaves as soon as its chunk returns.
+fn calls(items: &[(String, bool)], returns: bool) -> Vec<(String, Option<Attr>)> {
     let mut rules = Vec::new();
     for (i, (chain, staged)) in items.iter().enumerate() {
         rules.push((
-            if i == 0 { format!("jump {chain}") } else { format!("meta mark & {PASS:#x} == 0 jump {chain}") },
+            if i == 0 { format!("jump {chain}") } else { format!("meta mark & {DECIDED:#x} == 0 jump {chain}") },
             None,
         ));
-        if !staged {
+        if returns && !staged {
             rules.push((format!("meta mark & {ACCEPT:#x} != 0 return"), None));
         }
     }
     rules
 }
 
+/// Allowed or passed: the rest of the tier is skipped.
+const DECIDED: u32 = ACCEPT | PASS;
+
 /// `items` cut into chunk chains (`p-ci-<hash>`, `p-ce-<hash>`, named by content) where the items' own
 /// hashes say (content-defined, as rsync cuts files): an item created or deleted changes its own chunk
 /// only, so a long tier is rewritten in O(chunk) rules per level, never in full. A chunk holds at least
 /// two items (each level at least halves) and at most four times the average.
-fn chunks(o: &mut Out, items: Vec<(String, bool)>, dir: Dir) -> Vec<(String, bool)> {
+fn chunks(o: &mut Out, items: Vec<(String, bool)>, dir: Dir, of_policies: bool) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let mut cur: Vec<(String, bool)> = Vec::new();
     let last = items.len();
@@ -294,7 +302,7 @@ fn chunks(o: &mut Out, items: Vec<(String, bool)>, dir: Dir) -> Vec<(String, boo
         let cut = fnv(&item.0).is_multiple_of(CHUNK);
         cur.push(item);
         if (cut && cur.len() >= 2) || cur.len() as u64 >= 4 * CHUNK || i + 1 == last {
-            let rules = calls(&cur);
+            let rules = calls(&cur, !of_policies);
             let content: Vec<&str> = rules.iter().map(|(t, _)| t.as_str()).collect();
             let name = format!("p-c{}-{}", if dir == Dir::Ingress { "i" } else { "e" }, short(&content.join("\n")));
             let staged = cur.iter().all(|(_, s)| *s);
@@ -314,10 +322,12 @@ fn tier_chain(o: &mut Out, rs: &Ruleset, step: &TierStep, dir: Dir) -> String {
         let staged = rs.policies.get(&(id.clone(), dir)).is_some_and(|p| p.staged);
         items.push((chain, staged));
     }
+    let mut of_policies = true;
     while items.len() > FLAT {
-        items = chunks(o, items, dir);
+        items = chunks(o, items, dir, of_policies);
+        of_policies = false;
     }
-    let mut rules = calls(&items);
+    let mut rules = calls(&items, !of_policies);
     let end = Attr {
         dir,
         tier: step.tier.clone(),
@@ -329,7 +339,7 @@ fn tier_chain(o: &mut Out, rs: &Ruleset, step: &TierStep, dir: Dir) -> String {
     if step.only_staged {
         rules.push((format!("meta mark & {:#x} == 0 counter", PASS | STAGED), Some(end)));
     } else if step.end == Action::Deny {
-        rules.push((format!("meta mark & {PASS:#x} == 0 counter drop"), Some(end)));
+        rules.push((format!("meta mark & {DECIDED:#x} == 0 counter drop"), Some(end)));
     }
     let content: Vec<&str> = rules.iter().map(|(t, _)| t.as_str()).collect();
     let name = format!(
