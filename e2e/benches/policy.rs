@@ -753,6 +753,13 @@ fn most_heap(log: &str) -> Option<(f64, f64, String)> {
     best
 }
 
+/// Where the controllers' logs are kept after the lab is gone.
+fn kept_logs() -> PathBuf {
+    let keep = tabby_e2e::repo_root().join("target/bench-policy");
+    let _ = std::fs::create_dir_all(&keep);
+    keep
+}
+
 /// The agent's log on lab node `node`.
 async fn agent_log(client: &kube::Client, node: usize) -> Result<String, String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "tabby-system");
@@ -1201,8 +1208,7 @@ async fn phase(ctx: &Ctx, c: Controller, r: &mut Results) -> Result<(), String> 
         r.rss.push(rss(state, i, comm).ok_or(format!("no {comm} process on node-{i}"))?);
     }
     if c == Controller::Tabby {
-        let keep = tabby_e2e::repo_root().join("target/bench-policy");
-        let _ = std::fs::create_dir_all(&keep);
+        let keep = kept_logs();
         for i in 0..n {
             let log = agent_log(&ctx.client, i).await?;
             // The agents' logs outlive the lab.
@@ -1296,8 +1302,7 @@ async fn kube_router_phase(ctx: &Ctx, bin: &Path, r: &mut Results) -> Result<(),
         let _ = child.wait();
     }
     // Its logs outlive the lab.
-    let keep = tabby_e2e::repo_root().join("target/bench-policy");
-    let _ = std::fs::create_dir_all(&keep);
+    let keep = kept_logs();
     for i in 0..ctx.nodes {
         let _ = std::fs::copy(kube_router_log(&ctx.state, i), keep.join(format!("kube-router-node-{i}.log")));
     }
@@ -1515,12 +1520,11 @@ fn print_table(k: &Knobs, tb: &Results, kr: &Results, floor: &[Duration], made: 
         ratio(max_rss(tb).map(|v| v as f64), max_rss(kr).map(|v| v as f64))
     );
     // Where each controller's peak was reached: its largest peak over the nodes after each step.
-    for (name, r) in [("Tabby", tb), ("kube-router", kr)] {
-        if !r.peaks.is_empty() {
-            let steps: Vec<String> = r.peaks.iter().map(|(s, p)| format!("{s} {:.1}", mib(*p))).collect();
-            println!("| {name}'s peak RSS after each step, MiB | {} | — | — | — |", steps.join(" → "));
-        }
-    }
+    let steps = |r: &Results| {
+        let steps: Vec<String> = r.peaks.iter().map(|(s, p)| format!("{s} {:.1}", mib(*p))).collect();
+        if steps.is_empty() { "—".to_string() } else { steps.join(" → ") }
+    };
+    println!("| controller peak RSS after each step of its phase, MiB | {} | {} | — | — |", steps(tb), steps(kr));
     if let Some(i) = tb.rss.iter().enumerate().max_by_key(|(_, (rss, _))| *rss).map(|(i, _)| i)
         && let Some(Some((used, free))) = tb.heap.get(i)
     {
