@@ -61,6 +61,11 @@ fn peak_reset() -> f64 {
     now as f64 / 1048576.0
 }
 
+/// Stops counting (what is counted stays).
+fn stop_counting() {
+    ON.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The bytes counted now and the peak since [`peak_reset`] (MiB).
 fn counts() -> (f64, f64) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -403,7 +408,7 @@ fn pass_breakdown() {
             let base = peak_reset();
             f();
             let (now, top) = counts();
-            ON.store(false, std::sync::atomic::Ordering::Relaxed);
+            stop_counting();
             top - now.max(base)
         };
         let mut c2 = tabby_api::policy::cluster::EndpointCache::default();
@@ -458,7 +463,7 @@ fn pass_breakdown() {
         n.stage(w.rendered.section());
         n.commit().unwrap();
         let commit = counts().1 - staged;
-        ON.store(false, std::sync::atomic::Ordering::Relaxed);
+        stop_counting();
         drop(w);
         println!(
             "memory: the first full pass allocates at its height {:.1} MiB over what it started with (desired: \
@@ -530,7 +535,7 @@ fn pass_breakdown() {
             drop(w);
             let changes = n.commit().unwrap();
             let (now, top) = counts();
-            ON.store(false, std::sync::atomic::Ordering::Relaxed);
+            stop_counting();
             println!(
                 "memory: a full pass with the last in place ({changes} changes): at its height {:.1} MiB over what \
                  the agent held before it (desired {desired:.1}), {:+.1} after it",
